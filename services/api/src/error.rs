@@ -1,0 +1,153 @@
+//! The HTTP error shape and its status mapping, decided in exactly one place.
+//!
+//! Every error reaches the client as `{"error": {"code", "message"}}`. Internal failures reach
+//! the client as a generic message and the log as the full cause chain.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use confab_core::validation::ValidationError;
+use serde::Serialize;
+
+pub type Result<T, E = ApiError> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("request body is not valid JSON: {0}")]
+    MalformedJson(String),
+    #[error("{0}")]
+    InvalidParameter(String),
+    #[error("{0}")]
+    Unprocessable(String),
+    #[error(transparent)]
+    Validation(#[from] ValidationError),
+    #[error("request body is larger than {0} bytes")]
+    PayloadTooLarge(usize),
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    #[error("no route for this path")]
+    NoRoute,
+    #[error("method not allowed for this path")]
+    MethodNotAllowed,
+    #[error("request timed out")]
+    Timeout,
+    #[error("a dependency is unavailable: {0}")]
+    Unavailable(String),
+    #[error(transparent)]
+    Internal(#[from] Internal),
+}
+
+/// An unexpected failure; its cause chain is logged, never sent.
+#[derive(Debug, thiserror::Error)]
+pub enum Internal {
+    #[error("database: {0}")]
+    Database(#[source] sqlx::Error),
+    #[error("redis: {0}")]
+    Redis(#[source] redis::RedisError),
+    #[error("{0}")]
+    Other(String),
+}
+
+impl From<sqlx::Error> for ApiError {
+    fn from(error: sqlx::Error) -> Self {
+        match error {
+            sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
+                Self::Unavailable(format!("database: {error}"))
+            }
+            other => Self::Internal(Internal::Database(other)),
+        }
+    }
+}
+
+impl From<redis::RedisError> for ApiError {
+    fn from(error: redis::RedisError) -> Self {
+        if error.is_io_error() || error.is_timeout() || error.is_connection_dropped() {
+            Self::Unavailable(format!("redis: {error}"))
+        } else {
+            Self::Internal(Internal::Redis(error))
+        }
+    }
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ErrorDetail {
+    /// Stable, machine-readable: `malformed_json`, `invalid_parameter`, `validation_failed`,
+    /// `payload_too_large`, `not_found`, `method_not_allowed`, `timeout`, `unavailable`,
+    /// `internal`.
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn status_and_code(&self) -> (StatusCode, &'static str) {
+        match self {
+            Self::MalformedJson(_) => (StatusCode::BAD_REQUEST, "malformed_json"),
+            Self::InvalidParameter(_) => (StatusCode::BAD_REQUEST, "invalid_parameter"),
+            Self::Validation(ValidationError::BodyTooLarge { .. }) | Self::PayloadTooLarge(_) => {
+                (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large")
+            }
+            Self::Validation(ValidationError::OutOfRange { .. }) => {
+                (StatusCode::BAD_REQUEST, "invalid_parameter")
+            }
+            Self::Validation(_) | Self::Unprocessable(_) => {
+                (StatusCode::UNPROCESSABLE_ENTITY, "validation_failed")
+            }
+            Self::NotFound(_) | Self::NoRoute => (StatusCode::NOT_FOUND, "not_found"),
+            Self::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+            Self::Timeout => (StatusCode::SERVICE_UNAVAILABLE, "timeout"),
+            Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code) = self.status_and_code();
+        let message = match &self {
+            Self::Internal(cause) => {
+                tracing::error!(error = %cause, source = ?std::error::Error::source(cause), "internal error");
+                "internal error".to_owned()
+            }
+            Self::Unavailable(cause) => {
+                tracing::warn!(error = %cause, "dependency unavailable");
+                "a dependency is unavailable; retry later".to_owned()
+            }
+            other => other.to_string(),
+        };
+        let mut response = (
+            status,
+            Json(ErrorBody {
+                error: ErrorDetail { code, message },
+            }),
+        )
+            .into_response();
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            response
+                .headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, 1.into());
+        }
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_follow_the_contract() {
+        let s = |e: ApiError| e.status_and_code().0.as_u16();
+        assert_eq!(s(ApiError::MalformedJson("x".into())), 400);
+        assert_eq!(s(ValidationError::Blank { field: "name" }.into()), 422);
+        assert_eq!(s(ValidationError::BodyTooLarge { max: 1 }.into()), 413);
+        assert_eq!(s(ApiError::NotFound("chat")), 404);
+        assert_eq!(s(ApiError::MethodNotAllowed), 405);
+        assert_eq!(s(sqlx::Error::PoolTimedOut.into()), 503);
+    }
+}

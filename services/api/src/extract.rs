@@ -1,0 +1,117 @@
+//! Request extraction with Confab's error shape: JSON bodies (plain or Rails-wrapped), path
+//! numbers and tokens, and pagination.
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{FromRequest, FromRequestParts, Query, Request};
+use axum::http::request::Parts;
+use confab_core::validation;
+use confab_core::Token;
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// A JSON object body. Malformed JSON is a 400; an empty body is an empty object (creating a
+/// chat takes an optional body).
+pub struct JsonObject(pub serde_json::Map<String, Value>);
+
+impl FromRequest<AppState> for JsonObject {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
+        let bytes = Bytes::from_request(req, state)
+            .await
+            .map_err(|rejection| match rejection {
+                BytesRejection::FailedToBufferBody(_) => {
+                    ApiError::PayloadTooLarge(state.max_request_bytes)
+                }
+                other => ApiError::MalformedJson(other.body_text()),
+            })?;
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Ok(Self(serde_json::Map::new()));
+        }
+        match serde_json::from_slice::<Value>(&bytes) {
+            Ok(Value::Object(map)) => Ok(Self(map)),
+            Ok(_) => Err(ApiError::Unprocessable(
+                "request body must be a JSON object".into(),
+            )),
+            Err(error) => Err(ApiError::MalformedJson(error.to_string())),
+        }
+    }
+}
+
+impl JsonObject {
+    /// A string field, accepted at the top level or inside the Rails-style wrapper object
+    /// (`{"message": {"body": ...}}`). Present but not a string is a 422.
+    pub fn string(&self, wrapper: &str, field: &'static str) -> Result<Option<&str>, ApiError> {
+        let value = match self.0.get(wrapper) {
+            Some(Value::Object(inner)) => inner.get(field),
+            Some(_) if !self.0.contains_key(field) => {
+                return Err(ApiError::Unprocessable(format!(
+                    "`{wrapper}` must be an object"
+                )))
+            }
+            _ => self.0.get(field),
+        };
+        match value {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s)),
+            Some(_) => Err(ApiError::Unprocessable(format!(
+                "`{field}` must be a string"
+            ))),
+        }
+    }
+}
+
+/// Parses a path token; a malformed one cannot exist, so it is a 404 like an unknown one.
+pub fn token(raw: &str) -> Result<Token, ApiError> {
+    Token::parse(raw).ok_or(ApiError::NotFound("application"))
+}
+
+/// Parses a chat or message number from the path.
+pub fn number(raw: &str, what: &str) -> Result<u64, ApiError> {
+    validation::number(raw).ok_or_else(|| {
+        ApiError::InvalidParameter(format!("{what} number must be a positive integer"))
+    })
+}
+
+/// `?page=&per_page=` as raw strings, so bad values get our error shape.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct PageQuery {
+    /// 1-based page number (default 1).
+    page: Option<String>,
+    /// Items per page (default 50, maximum 500; see `CONFAB_MAX_PER_PAGE`).
+    per_page: Option<String>,
+}
+
+/// A resolved page: `LIMIT`/`OFFSET`.
+pub struct Page {
+    pub limit: u32,
+    pub offset: u64,
+}
+
+impl FromRequestParts<AppState> for Page {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let Query(q) = Query::<PageQuery>::from_request_parts(parts, state)
+            .await
+            .map_err(|e| ApiError::InvalidParameter(e.body_text()))?;
+        let num = |field: &'static str, raw: Option<String>| -> Result<Option<u64>, ApiError> {
+            raw.filter(|s| !s.is_empty())
+                .map(|s| {
+                    s.parse::<u64>().map_err(|_| {
+                        ApiError::InvalidParameter(format!("`{field}` must be a positive integer"))
+                    })
+                })
+                .transpose()
+        };
+        let (limit, offset) = state
+            .limits
+            .page(num("page", q.page)?, num("per_page", q.per_page)?)?;
+        Ok(Self { limit, offset })
+    }
+}

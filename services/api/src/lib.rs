@@ -1,0 +1,128 @@
+//! The Confab HTTP API.
+//!
+//! Applications are written to MySQL synchronously. Chat and message creation resolve the token
+//! (cached), take a number from a Redis sequence ([`numbering`]), publish the event to JetStream
+//! and answer once the stream acknowledged it ([`publish`]): MySQL is never written on that path;
+//! the persister does it. Reads come from MySQL.
+//!
+//! [`run`] starts the tenant API and the admin server on listeners the caller bound, and returns
+//! after `shutdown` resolved and in-flight requests finished.
+
+pub mod config;
+pub mod error;
+pub mod extract;
+pub mod http;
+pub mod numbering;
+pub mod openapi;
+pub mod publish;
+pub mod repo;
+pub mod resolve;
+pub mod routes;
+pub mod state;
+pub mod views;
+
+use std::future::Future;
+
+use axum::Router;
+use confab_core::keys::Keys;
+use confab_runtime::admin::{self, Readiness};
+use confab_runtime::shutdown::Shutdown;
+use confab_runtime::{cache, db, jetstream};
+use tokio::net::TcpListener;
+
+pub use config::ApiConfig;
+use state::{AppState, StateParts};
+
+/// Why the api could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("migrations: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("jetstream: {0}")]
+    JetStream(#[from] jetstream::Error),
+    #[error("server: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// The listeners the api serves on; bound by the caller so tests can use port 0.
+pub struct Listeners {
+    pub http: TcpListener,
+    pub admin: TcpListener,
+}
+
+/// The full tenant router for a state, with observation and timeout layers.
+pub fn app(state: AppState, request_timeout: std::time::Duration) -> Router {
+    routes::router(state).layer(axum::middleware::from_fn_with_state(
+        request_timeout,
+        http::observe,
+    ))
+}
+
+/// Connects to MySQL, Redis and NATS, and builds the state.
+pub async fn connect(config: &ApiConfig) -> Result<AppState, Error> {
+    let db = db::pool(&config.common)?;
+    if config.migrate {
+        db::migrate(&db).await?;
+    }
+    let redis = cache::connect(&config.common).await?;
+    let js =
+        jetstream::connect(&config.common.nats_url, "confab-api", &config.common.stream).await?;
+    Ok(AppState::new(StateParts {
+        db,
+        redis,
+        publisher: publish::Publisher::new(js),
+        keys: Keys::new(config.common.redis_prefix.clone()),
+        limits: config.limits.clone(),
+        max_request_bytes: config.max_request_bytes(),
+        in_flight_ttl: config.in_flight_ttl,
+        token_cache_ttl: config.token_cache_ttl,
+    }))
+}
+
+/// Runs the api until `shutdown` resolves.
+pub async fn run(
+    config: ApiConfig,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), Error> {
+    let shutdown = Shutdown::new(shutdown);
+    let state = connect(&config).await?;
+    let readiness = readiness(&state);
+    let admin = tokio::spawn(admin::serve(listeners.admin, readiness, shutdown.wait()));
+    tracing::info!(addr = %listeners.http.local_addr()?, "api listening");
+    axum::serve(listeners.http, app(state.clone(), config.request_timeout))
+        .with_graceful_shutdown(shutdown.wait())
+        .await?;
+    if let Err(error) = state.publisher.jetstream().client.flush().await {
+        tracing::warn!(%error, "nats flush on shutdown failed");
+    }
+    match admin.await {
+        Ok(result) => result?,
+        Err(error) => tracing::error!(%error, "admin server task failed"),
+    }
+    tracing::info!("api stopped");
+    Ok(())
+}
+
+fn readiness(state: &AppState) -> Readiness {
+    let db = state.db.clone();
+    let redis = state.redis.clone();
+    let nats = state.publisher.jetstream().client.clone();
+    Readiness::default()
+        .with("mysql", move || {
+            let db = db.clone();
+            async move { db::ping(&db).await }
+        })
+        .with("redis", move || {
+            let redis = redis.clone();
+            async move { cache::ping(&redis).await }
+        })
+        .with("nats", move || {
+            let ok = jetstream::connected(&nats);
+            async move { ok }
+        })
+}

@@ -1,0 +1,187 @@
+//! MySQL access of the api: reads for every resource, and the (rare, synchronous) application
+//! writes. Chat and message creation never come here to write.
+
+use chrono::{DateTime, Utc};
+use sqlx::MySqlPool;
+
+#[derive(Debug, sqlx::FromRow)]
+pub struct ApplicationRow {
+    pub id: u64,
+    pub name: String,
+    pub token: String,
+    pub chats_count: u64,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(Debug, sqlx::FromRow)]
+pub struct ChatRow {
+    pub number: u64,
+    pub messages_count: u64,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(Debug, sqlx::FromRow)]
+pub struct MessageRow {
+    pub number: u64,
+    pub body: String,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+const APPLICATION_COLUMNS: &str = "id, name, token, chats_count, created_at, updated_at";
+
+pub async fn insert_application(
+    db: &MySqlPool,
+    name: &str,
+    token: &str,
+) -> sqlx::Result<ApplicationRow> {
+    let now = Utc::now();
+    let id = sqlx::query(
+        "INSERT INTO applications (name, token, chats_count, created_at, updated_at) \
+         VALUES (?, ?, 0, ?, ?)",
+    )
+    .bind(name)
+    .bind(token)
+    .bind(now)
+    .bind(now)
+    .execute(db)
+    .await?
+    .last_insert_id();
+    sqlx::query_as(&format!(
+        "SELECT {APPLICATION_COLUMNS} FROM applications WHERE id = ?"
+    ))
+    .bind(id)
+    .fetch_one(db)
+    .await
+}
+
+pub async fn list_applications(
+    db: &MySqlPool,
+    limit: u32,
+    offset: u64,
+) -> sqlx::Result<Vec<ApplicationRow>> {
+    sqlx::query_as(&format!(
+        "SELECT {APPLICATION_COLUMNS} FROM applications ORDER BY id LIMIT ? OFFSET ?"
+    ))
+    .bind(limit)
+    .bind(offset)
+    .fetch_all(db)
+    .await
+}
+
+pub async fn application_by_token(
+    db: &MySqlPool,
+    token: &str,
+) -> sqlx::Result<Option<ApplicationRow>> {
+    sqlx::query_as(&format!(
+        "SELECT {APPLICATION_COLUMNS} FROM applications WHERE token = ?"
+    ))
+    .bind(token)
+    .fetch_optional(db)
+    .await
+}
+
+/// Renames an application.
+pub async fn rename_application(db: &MySqlPool, id: u64, name: &str) -> sqlx::Result<()> {
+    sqlx::query("UPDATE applications SET name = ?, updated_at = ? WHERE id = ?")
+        .bind(name)
+        .bind(Utc::now())
+        .bind(id)
+        .execute(db)
+        .await?;
+    Ok(())
+}
+
+pub async fn list_chats(
+    db: &MySqlPool,
+    application_id: u64,
+    limit: u32,
+    offset: u64,
+) -> sqlx::Result<Vec<ChatRow>> {
+    sqlx::query_as(
+        "SELECT number, messages_count, created_at, updated_at FROM chats \
+         WHERE application_id = ? ORDER BY number LIMIT ? OFFSET ?",
+    )
+    .bind(application_id)
+    .bind(limit)
+    .bind(offset)
+    .fetch_all(db)
+    .await
+}
+
+pub async fn chat(
+    db: &MySqlPool,
+    application_id: u64,
+    number: u64,
+) -> sqlx::Result<Option<ChatRow>> {
+    sqlx::query_as(
+        "SELECT number, messages_count, created_at, updated_at FROM chats \
+         WHERE application_id = ? AND number = ?",
+    )
+    .bind(application_id)
+    .bind(number)
+    .fetch_optional(db)
+    .await
+}
+
+pub async fn max_chat_number(db: &MySqlPool, application_id: u64) -> sqlx::Result<Option<u64>> {
+    sqlx::query_scalar("SELECT MAX(number) FROM chats WHERE application_id = ?")
+        .bind(application_id)
+        .fetch_one(db)
+        .await
+}
+
+pub async fn max_message_number(
+    db: &MySqlPool,
+    application_id: u64,
+    chat_number: u64,
+) -> sqlx::Result<Option<u64>> {
+    sqlx::query_scalar(
+        "SELECT MAX(m.number) FROM messages m JOIN chats c ON c.id = m.chat_id \
+         WHERE c.application_id = ? AND c.number = ?",
+    )
+    .bind(application_id)
+    .bind(chat_number)
+    .fetch_one(db)
+    .await
+}
+
+pub async fn list_messages(
+    db: &MySqlPool,
+    application_id: u64,
+    chat_number: u64,
+    limit: u32,
+    offset: u64,
+) -> sqlx::Result<Vec<MessageRow>> {
+    sqlx::query_as(
+        "SELECT m.number, m.body, m.created_at, m.updated_at \
+         FROM chats c JOIN messages m ON m.chat_id = c.id \
+         WHERE c.application_id = ? AND c.number = ? ORDER BY m.number LIMIT ? OFFSET ?",
+    )
+    .bind(application_id)
+    .bind(chat_number)
+    .bind(limit)
+    .bind(offset)
+    .fetch_all(db)
+    .await
+}
+
+pub async fn message(
+    db: &MySqlPool,
+    application_id: u64,
+    chat_number: u64,
+    number: u64,
+) -> sqlx::Result<Option<MessageRow>> {
+    sqlx::query_as(
+        "SELECT m.number, m.body, m.created_at, m.updated_at \
+         FROM chats c JOIN messages m ON m.chat_id = c.id \
+         WHERE c.application_id = ? AND c.number = ? AND m.number = ?",
+    )
+    .bind(application_id)
+    .bind(chat_number)
+    .bind(number)
+    .fetch_optional(db)
+    .await
+}

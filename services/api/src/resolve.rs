@@ -1,0 +1,76 @@
+//! Resolving what a request names: token → application, and whether a chat or message exists.
+//!
+//! All of it is reads: an in-process cache first, then Redis (for items acknowledged by JetStream
+//! but maybe not persisted yet), then MySQL.
+
+use confab_core::Token;
+use redis::AsyncCommands;
+
+use crate::error::{ApiError, Result};
+use crate::repo;
+use crate::state::AppState;
+
+impl AppState {
+    /// The internal id of the application a token belongs to.
+    pub async fn application_id(&self, token: &Token) -> Result<u64> {
+        if let Some(id) = self.tokens.get(token.expose()) {
+            return Ok(id);
+        }
+        let row = repo::application_by_token(&self.db, token.expose())
+            .await?
+            .ok_or(ApiError::NotFound("application"))?;
+        self.tokens.insert(token.expose().to_owned(), row.id);
+        Ok(row.id)
+    }
+
+    /// Whether a chat exists: persisted, or created and still in flight.
+    pub async fn chat_exists(&self, application_id: u64, number: u64) -> Result<bool> {
+        if self.known_chats.contains_key(&(application_id, number)) {
+            return Ok(true);
+        }
+        let mut redis = self.redis.clone();
+        let in_flight: bool = redis
+            .exists(self.keys.chat_in_flight(application_id, number))
+            .await?;
+        let exists = in_flight
+            || repo::chat(&self.db, application_id, number)
+                .await?
+                .is_some();
+        if exists {
+            self.known_chats.insert((application_id, number), ());
+        }
+        Ok(exists)
+    }
+
+    /// Remembers a chat whose creation JetStream acknowledged, for every api replica.
+    pub async fn mark_chat_in_flight(&self, application_id: u64, number: u64) -> Result<()> {
+        let mut redis = self.redis.clone();
+        let ttl = self.in_flight_ttl.as_secs().max(1);
+        let () = redis
+            .set_ex(self.keys.chat_in_flight(application_id, number), 1u8, ttl)
+            .await?;
+        self.known_chats.insert((application_id, number), ());
+        Ok(())
+    }
+
+    /// Whether a message exists: persisted, or its number already handed out by the sequence.
+    pub async fn message_exists(
+        &self,
+        application_id: u64,
+        chat: u64,
+        number: u64,
+    ) -> Result<bool> {
+        let key = self.keys.message_sequence(application_id, chat);
+        if self
+            .numbering
+            .current(&key)
+            .await?
+            .is_some_and(|last| number <= last)
+        {
+            return Ok(true);
+        }
+        Ok(repo::message(&self.db, application_id, chat, number)
+            .await?
+            .is_some())
+    }
+}

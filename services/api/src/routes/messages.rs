@@ -1,0 +1,153 @@
+//! `/applications/{token}/chats/{number}/messages`: creation and body updates are published to
+//! JetStream (no MySQL write); reads come from MySQL.
+
+use axum::extract::{Extension, Path, State};
+use axum::http::StatusCode;
+use axum::Json;
+use confab_core::event::{Event, MessageWritten};
+use confab_core::sequence::PublishOutcome;
+use confab_core::trace::TraceParent;
+use confab_core::Envelope;
+
+use super::chats::MAX_NUMBER_ATTEMPTS;
+use crate::error::{ApiError, ErrorBody, Result};
+use crate::extract::{self, JsonObject, Page, PageQuery};
+use crate::repo;
+use crate::state::AppState;
+use crate::views::{MessageInput, MessageView};
+
+/// The application and chat a message path names, both checked to exist.
+async fn chat_of(state: &AppState, token: &str, chat: &str) -> Result<(u64, u64)> {
+    let app = state.application_id(&extract::token(token)?).await?;
+    let chat = extract::number(chat, "chat")?;
+    if !state.chat_exists(app, chat).await? {
+        return Err(ApiError::NotFound("chat"));
+    }
+    Ok((app, chat))
+}
+
+#[utoipa::path(post, path = "/api/v1/applications/{token}/chats/{number}/messages", tag = "messages",
+    params(("token" = String, Path), ("number" = u64, Path)), request_body = MessageInput,
+    responses(
+        (status = 201, body = MessageView), (status = 404, body = ErrorBody),
+        (status = 400, body = ErrorBody), (status = 413, body = ErrorBody),
+        (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)))]
+#[tracing::instrument(skip_all)]
+pub async fn create(
+    State(state): State<AppState>,
+    Extension(trace): Extension<TraceParent>,
+    Path((token, chat)): Path<(String, String)>,
+    body: JsonObject,
+) -> Result<(StatusCode, Json<MessageView>)> {
+    let (app, chat) = chat_of(&state, &token, &chat).await?;
+    let body = state.limits.body(body.string("message", "body")?)?;
+    let key = state.keys.message_sequence(app, chat);
+    for _ in 0..MAX_NUMBER_ATTEMPTS {
+        let number = state
+            .numbering
+            .next(&key, "message", message_seed(&state, app, chat))
+            .await?;
+        let envelope = Envelope::new(Event::MessageCreated(MessageWritten {
+            application_id: app,
+            chat_number: chat,
+            number,
+            body: body.clone(),
+        }));
+        match state.publisher.publish(&envelope, &trace).await? {
+            PublishOutcome::Stored | PublishOutcome::RetriedOwn => {
+                let view = MessageView {
+                    number,
+                    body,
+                    created_at: Some(envelope.occurred_at),
+                    updated_at: Some(envelope.occurred_at),
+                };
+                return Ok((StatusCode::CREATED, Json(view)));
+            }
+            PublishOutcome::Collision => {
+                tracing::warn!(number, "message number already taken, taking another");
+            }
+        }
+    }
+    Err(ApiError::Unavailable(
+        "message numbering keeps colliding".into(),
+    ))
+}
+
+/// The highest message number known for a chat: persisted or in flight.
+async fn message_seed(state: &AppState, app: u64, chat: u64) -> Result<u64> {
+    let persisted = repo::max_message_number(&state.db, app, chat).await?;
+    let subject = state
+        .publisher
+        .jetstream()
+        .subjects
+        .message_created(app, chat);
+    let in_flight = state.publisher.last_number_on(&subject).await?;
+    Ok(confab_core::sequence::reseed_value(persisted, in_flight))
+}
+
+#[utoipa::path(get, path = "/api/v1/applications/{token}/chats/{number}/messages", tag = "messages",
+    params(("token" = String, Path), ("number" = u64, Path), PageQuery),
+    responses((status = 200, body = [MessageView]), (status = 404, body = ErrorBody)))]
+#[tracing::instrument(skip_all)]
+pub async fn list(
+    State(state): State<AppState>,
+    Path((token, chat)): Path<(String, String)>,
+    page: Page,
+) -> Result<Json<Vec<MessageView>>> {
+    let (app, chat) = chat_of(&state, &token, &chat).await?;
+    let rows = repo::list_messages(&state.db, app, chat, page.limit, page.offset).await?;
+    Ok(Json(rows.into_iter().map(Into::into).collect()))
+}
+
+#[utoipa::path(get, path = "/api/v1/applications/{token}/chats/{number}/messages/{message_number}",
+    tag = "messages",
+    params(("token" = String, Path), ("number" = u64, Path), ("message_number" = u64, Path)),
+    responses((status = 200, body = MessageView), (status = 404, body = ErrorBody)))]
+#[tracing::instrument(skip_all)]
+pub async fn show(
+    State(state): State<AppState>,
+    Path((token, chat, number)): Path<(String, String, String)>,
+) -> Result<Json<MessageView>> {
+    let (app, chat) = chat_of(&state, &token, &chat).await?;
+    let number = extract::number(&number, "message")?;
+    let row = repo::message(&state.db, app, chat, number)
+        .await?
+        .ok_or(ApiError::NotFound("message"))?;
+    Ok(Json(row.into()))
+}
+
+#[utoipa::path(patch, path = "/api/v1/applications/{token}/chats/{number}/messages/{message_number}",
+    tag = "messages",
+    params(("token" = String, Path), ("number" = u64, Path), ("message_number" = u64, Path)),
+    request_body = MessageInput,
+    responses(
+        (status = 200, body = MessageView), (status = 404, body = ErrorBody),
+        (status = 413, body = ErrorBody), (status = 422, body = ErrorBody)))]
+#[tracing::instrument(skip_all)]
+pub async fn update(
+    State(state): State<AppState>,
+    Extension(trace): Extension<TraceParent>,
+    Path((token, chat, number)): Path<(String, String, String)>,
+    body: JsonObject,
+) -> Result<Json<MessageView>> {
+    let (app, chat) = chat_of(&state, &token, &chat).await?;
+    let number = extract::number(&number, "message")?;
+    if !state.message_exists(app, chat, number).await? {
+        return Err(ApiError::NotFound("message"));
+    }
+    let body = state.limits.body(body.string("message", "body")?)?;
+    let envelope = Envelope::new(Event::MessageUpdated(MessageWritten {
+        application_id: app,
+        chat_number: chat,
+        number,
+        body: body.clone(),
+    }));
+    // Updates dedup on their own event id, so a collision cannot happen here.
+    state.publisher.publish(&envelope, &trace).await?;
+    Ok(Json(MessageView {
+        number,
+        body,
+        created_at: None,
+        updated_at: Some(envelope.occurred_at),
+    }))
+}

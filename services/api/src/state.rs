@@ -1,0 +1,64 @@
+//! The api's shared state, handed to axum as `State`.
+
+use std::time::Duration;
+
+use confab_core::keys::Keys;
+use confab_core::validation::Limits;
+use moka::sync::Cache;
+use redis::aio::ConnectionManager;
+use sqlx::MySqlPool;
+
+use crate::numbering::Numbering;
+use crate::publish::Publisher;
+
+/// Chats known to exist are remembered in-process: chats are never deleted, so a positive answer
+/// never goes stale, and posting messages to a busy chat costs no lookup.
+const KNOWN_CHATS_CAPACITY: u64 = 1_000_000;
+const TOKEN_CACHE_CAPACITY: u64 = 100_000;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub db: MySqlPool,
+    pub redis: ConnectionManager,
+    pub keys: Keys,
+    pub numbering: Numbering,
+    pub publisher: Publisher,
+    pub limits: Limits,
+    pub max_request_bytes: usize,
+    pub in_flight_ttl: Duration,
+    /// Token → application id. Keyed by the token text, which never leaves this process.
+    pub tokens: Cache<String, u64>,
+    /// (application id, chat number) pairs known to exist.
+    pub known_chats: Cache<(u64, u64), ()>,
+}
+
+pub struct StateParts {
+    pub db: MySqlPool,
+    pub redis: ConnectionManager,
+    pub publisher: Publisher,
+    pub keys: Keys,
+    pub limits: Limits,
+    pub max_request_bytes: usize,
+    pub in_flight_ttl: Duration,
+    pub token_cache_ttl: Duration,
+}
+
+impl AppState {
+    pub fn new(parts: StateParts) -> Self {
+        Self {
+            numbering: Numbering::new(parts.redis.clone()),
+            db: parts.db,
+            redis: parts.redis,
+            keys: parts.keys,
+            publisher: parts.publisher,
+            limits: parts.limits,
+            max_request_bytes: parts.max_request_bytes,
+            in_flight_ttl: parts.in_flight_ttl,
+            tokens: Cache::builder()
+                .max_capacity(TOKEN_CACHE_CAPACITY)
+                .time_to_live(parts.token_cache_ttl)
+                .build(),
+            known_chats: Cache::builder().max_capacity(KNOWN_CHATS_CAPACITY).build(),
+        }
+    }
+}

@@ -1,0 +1,88 @@
+//! What clients see. Internal ids never appear here: applications are named by token, chats and
+//! messages by number.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::repo::{ApplicationRow, ChatRow, MessageRow};
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ApplicationView {
+    /// The application's secret token; the only way to address it.
+    pub token: String,
+    pub name: String,
+    /// Persisted chats; refreshed asynchronously, so it may lag creation.
+    pub chats_count: u64,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl From<ApplicationRow> for ApplicationView {
+    fn from(row: ApplicationRow) -> Self {
+        Self {
+            token: row.token,
+            name: row.name,
+            chats_count: row.chats_count,
+            created_at: row.created_at,
+            updated_at: row.updated_at,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ChatView {
+    pub number: u64,
+    /// Persisted messages; refreshed asynchronously, so it may lag creation.
+    pub messages_count: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub created_at: Option<DateTime<Utc>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub updated_at: Option<DateTime<Utc>>,
+}
+
+impl From<ChatRow> for ChatView {
+    fn from(row: ChatRow) -> Self {
+        Self {
+            number: row.number,
+            messages_count: row.messages_count,
+            created_at: Some(row.created_at),
+            updated_at: Some(row.updated_at),
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MessageView {
+    pub number: u64,
+    pub body: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub created_at: Option<DateTime<Utc>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub updated_at: Option<DateTime<Utc>>,
+}
+
+impl From<MessageRow> for MessageView {
+    fn from(row: MessageRow) -> Self {
+        Self {
+            number: row.number,
+            body: row.body,
+            created_at: Some(row.created_at),
+            updated_at: Some(row.updated_at),
+        }
+    }
+}
+
+/// Request body of application create/update (also accepted as `{"application": {...}}`).
+#[derive(Debug, ToSchema)]
+#[allow(dead_code)] // documents the request shape in the OpenAPI document
+pub struct ApplicationInput {
+    pub name: String,
+}
+
+/// Request body of message create/update (also accepted as `{"message": {...}}`).
+#[derive(Debug, ToSchema)]
+#[allow(dead_code)] // documents the request shape in the OpenAPI document
+pub struct MessageInput {
+    pub body: String,
+}

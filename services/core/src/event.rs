@@ -1,0 +1,277 @@
+//! The event contract between the api and the services that consume JetStream.
+//!
+//! Events are self-describing JSON envelopes (`version`, `id`, `type`, `occurred_at`, `data`).
+//! A consumer that meets a `version` it does not know dead-letters the event rather than guess.
+//! Headers carry what routing and tracing need without parsing the body: the dedup id
+//! (`Nats-Msg-Id`), the event type and version, and W3C `traceparent`.
+//!
+//! Subjects (with the configurable prefix `p`, default `confab`):
+//!
+//! | subject | event |
+//! |---|---|
+//! | `p.v1.chat.created.{app}` | [`Event::ChatCreated`] |
+//! | `p.v1.message.created.{app}.{chat}` | [`Event::MessageCreated`] |
+//! | `p.v1.message.updated.{app}.{chat}` | [`Event::MessageUpdated`] |
+//! | `p.dlq.<original subject>` | dead letters (separate stream) |
+//!
+//! Creation subjects are per parent so that the highest number in flight for one parent is one
+//! "last message for subject" lookup away (sequence recovery).
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// The envelope version this code writes and understands.
+pub const EVENT_VERSION: u32 = 1;
+
+/// Header names. `Nats-Msg-Id` is JetStream's own dedup header.
+pub mod headers {
+    pub const MSG_ID: &str = "Nats-Msg-Id";
+    pub const EVENT_TYPE: &str = "Confab-Event-Type";
+    pub const EVENT_VERSION: &str = "Confab-Event-Version";
+    pub const TRACEPARENT: &str = "traceparent";
+    pub const DLQ_REASON: &str = "Confab-Dead-Letter-Reason";
+    pub const DLQ_SERVICE: &str = "Confab-Dead-Letter-Service";
+    pub const DLQ_STREAM_SEQUENCE: &str = "Confab-Dead-Letter-Stream-Sequence";
+}
+
+/// One event as stored in the stream.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Envelope {
+    pub version: u32,
+    /// Unique per publish attempt sequence (a retried publish keeps its id).
+    pub id: Uuid,
+    pub occurred_at: DateTime<Utc>,
+    #[serde(flatten)]
+    pub event: Event,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", content = "data")]
+pub enum Event {
+    #[serde(rename = "chat.created")]
+    ChatCreated(ChatCreated),
+    #[serde(rename = "message.created")]
+    MessageCreated(MessageWritten),
+    #[serde(rename = "message.updated")]
+    MessageUpdated(MessageWritten),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChatCreated {
+    pub application_id: u64,
+    pub number: u64,
+}
+
+/// A message's body as of this event (create and update carry the same shape, so consumers apply
+/// both as one last-writer-wins upsert ordered by stream sequence).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MessageWritten {
+    pub application_id: u64,
+    pub chat_number: u64,
+    pub number: u64,
+    pub body: String,
+}
+
+/// The kind of an event, for metric labels and headers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventKind {
+    ChatCreated,
+    MessageCreated,
+    MessageUpdated,
+}
+
+impl EventKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ChatCreated => "chat.created",
+            Self::MessageCreated => "message.created",
+            Self::MessageUpdated => "message.updated",
+        }
+    }
+}
+
+impl Event {
+    pub fn kind(&self) -> EventKind {
+        match self {
+            Self::ChatCreated(_) => EventKind::ChatCreated,
+            Self::MessageCreated(_) => EventKind::MessageCreated,
+            Self::MessageUpdated(_) => EventKind::MessageUpdated,
+        }
+    }
+}
+
+/// Why an event cannot be decoded. Such events are dead-lettered.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("event is not valid json for the envelope: {0}")]
+    Malformed(#[from] serde_json::Error),
+    #[error("unsupported event version {0}")]
+    UnsupportedVersion(u32),
+}
+
+impl Envelope {
+    pub fn new(event: Event) -> Self {
+        Self {
+            version: EVENT_VERSION,
+            id: Uuid::now_v7(),
+            occurred_at: Utc::now(),
+            event,
+        }
+    }
+
+    /// The JetStream dedup id. Creation events dedup on (parent, number), which is what makes a
+    /// number handed out twice detectable; updates dedup on the event id (publish retries only).
+    pub fn dedup_id(&self) -> String {
+        match &self.event {
+            Event::ChatCreated(c) => format!("chat:{}:{}", c.application_id, c.number),
+            Event::MessageCreated(m) => {
+                format!("msg:{}:{}:{}", m.application_id, m.chat_number, m.number)
+            }
+            Event::MessageUpdated(_) => format!("upd:{}", self.id),
+        }
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("an envelope always serializes")
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        // Peek at the version first so a future shape fails as "unsupported", not "malformed".
+        #[derive(Deserialize)]
+        struct Version {
+            version: u32,
+        }
+        let v: Version = serde_json::from_slice(bytes)?;
+        if v.version != EVENT_VERSION {
+            return Err(DecodeError::UnsupportedVersion(v.version));
+        }
+        Ok(serde_json::from_slice(bytes)?)
+    }
+}
+
+/// Subject names under one prefix.
+#[derive(Debug, Clone)]
+pub struct Subjects {
+    prefix: String,
+}
+
+impl Subjects {
+    pub fn new(prefix: impl Into<String>) -> Self {
+        Self {
+            prefix: prefix.into(),
+        }
+    }
+
+    /// The filter of the events stream.
+    pub fn all_events(&self) -> String {
+        format!("{}.v1.>", self.prefix)
+    }
+
+    /// The filter of the dead-letter stream.
+    pub fn all_dead_letters(&self) -> String {
+        format!("{}.dlq.>", self.prefix)
+    }
+
+    pub fn chat_created(&self, application_id: u64) -> String {
+        format!("{}.v1.chat.created.{application_id}", self.prefix)
+    }
+
+    pub fn message_created(&self, application_id: u64, chat_number: u64) -> String {
+        format!(
+            "{}.v1.message.created.{application_id}.{chat_number}",
+            self.prefix
+        )
+    }
+
+    pub fn message_updated(&self, application_id: u64, chat_number: u64) -> String {
+        format!(
+            "{}.v1.message.updated.{application_id}.{chat_number}",
+            self.prefix
+        )
+    }
+
+    /// Message events only (created and updated), for consumers such as the indexer.
+    pub fn all_message_events(&self) -> String {
+        format!("{}.v1.message.>", self.prefix)
+    }
+
+    pub fn for_event(&self, event: &Event) -> String {
+        match event {
+            Event::ChatCreated(c) => self.chat_created(c.application_id),
+            Event::MessageCreated(m) => self.message_created(m.application_id, m.chat_number),
+            Event::MessageUpdated(m) => self.message_updated(m.application_id, m.chat_number),
+        }
+    }
+
+    /// Where an event that can never be applied goes, keeping its original subject visible.
+    pub fn dead_letter(&self, original_subject: &str) -> String {
+        let rest = original_subject
+            .strip_prefix(&format!("{}.", self.prefix))
+            .unwrap_or(original_subject);
+        format!("{}.dlq.{rest}", self.prefix)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(kind: fn(MessageWritten) -> Event) -> Envelope {
+        Envelope::new(kind(MessageWritten {
+            application_id: 7,
+            chat_number: 3,
+            number: 42,
+            body: "hello".into(),
+        }))
+    }
+
+    #[test]
+    fn envelope_round_trips_and_is_self_describing() {
+        let e = message(Event::MessageCreated);
+        let json: serde_json::Value = serde_json::from_slice(&e.encode()).unwrap();
+        assert_eq!(json["version"], 1);
+        assert_eq!(json["type"], "message.created");
+        assert_eq!(json["data"]["body"], "hello");
+        assert_eq!(Envelope::decode(&e.encode()).unwrap(), e);
+    }
+
+    #[test]
+    fn unknown_versions_and_garbage_are_rejected() {
+        let mut json: serde_json::Value =
+            serde_json::from_slice(&message(Event::MessageCreated).encode()).unwrap();
+        json["version"] = 2.into();
+        let bytes = serde_json::to_vec(&json).unwrap();
+        assert!(matches!(
+            Envelope::decode(&bytes),
+            Err(DecodeError::UnsupportedVersion(2))
+        ));
+        assert!(matches!(
+            Envelope::decode(b"nope"),
+            Err(DecodeError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn creation_dedups_on_number_and_updates_on_event_id() {
+        let a = message(Event::MessageCreated);
+        let b = message(Event::MessageCreated);
+        assert_eq!(a.dedup_id(), b.dedup_id());
+        let u1 = message(Event::MessageUpdated);
+        let u2 = message(Event::MessageUpdated);
+        assert_ne!(u1.dedup_id(), u2.dedup_id());
+    }
+
+    #[test]
+    fn subjects_are_under_the_stream_filters() {
+        let s = Subjects::new("t");
+        assert_eq!(s.chat_created(1), "t.v1.chat.created.1");
+        assert_eq!(s.message_created(1, 2), "t.v1.message.created.1.2");
+        assert_eq!(s.message_updated(1, 2), "t.v1.message.updated.1.2");
+        assert_eq!(
+            s.dead_letter("t.v1.chat.created.1"),
+            "t.dlq.v1.chat.created.1"
+        );
+        assert_eq!(s.all_events(), "t.v1.>");
+    }
+}

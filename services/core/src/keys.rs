@@ -1,0 +1,56 @@
+//! The Redis key layout. Redis holds sequences and caches only; losing it loses no data.
+//!
+//! Keys carry internal ids (never tokens) and start with a configurable prefix so that several
+//! installations (or parallel tests) can share one Redis.
+
+/// Builds every Redis key a service uses.
+#[derive(Debug, Clone)]
+pub struct Keys {
+    prefix: String,
+}
+
+impl Keys {
+    pub fn new(prefix: impl Into<String>) -> Self {
+        Self {
+            prefix: prefix.into(),
+        }
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The sequence that numbers an application's chats.
+    pub fn chat_sequence(&self, application_id: u64) -> String {
+        format!("{}seq:chats:{application_id}", self.prefix)
+    }
+
+    /// The sequence that numbers one chat's messages.
+    pub fn message_sequence(&self, application_id: u64, chat_number: u64) -> String {
+        format!("{}seq:messages:{application_id}:{chat_number}", self.prefix)
+    }
+
+    /// Marks a chat whose creation event is acknowledged by JetStream but maybe not persisted yet,
+    /// so messages can be posted to it immediately.
+    pub fn chat_in_flight(&self, application_id: u64, chat_number: u64) -> String {
+        format!("{}chat:{application_id}:{chat_number}", self.prefix)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_prefixed_and_distinct() {
+        let k = Keys::new("t1:");
+        let all = [
+            k.chat_sequence(1),
+            k.message_sequence(1, 2),
+            k.chat_in_flight(1, 2),
+        ];
+        assert!(all.iter().all(|x| x.starts_with("t1:")));
+        let set: std::collections::HashSet<_> = all.iter().collect();
+        assert_eq!(set.len(), all.len());
+    }
+}

@@ -1,0 +1,25 @@
+//! Confab's domain, with no I/O.
+//!
+//! Every service imports its contracts from here, so there is exactly one place for each:
+//!
+//! - [`token`]: application tokens (secrets; redacted `Debug`, 192 bits of randomness).
+//! - [`validation`]: what a valid name, body and page request are, and the limits.
+//! - [`event`]: the versioned event contract on JetStream: types, subjects, headers, dedup ids.
+//! - [`keys`]: the Redis key layout.
+//! - [`sequence`]: how a lost Redis sequence is re-seeded.
+//!
+//! ```text
+//!  client ──HTTP──▶ api ──INCR──▶ Redis            (numbers)
+//!                    │ └─publish─▶ JetStream ──▶ persister ──▶ MySQL
+//!                    └──reads──────────────────────────────────▲
+//! ```
+
+pub mod event;
+pub mod keys;
+pub mod sequence;
+pub mod token;
+pub mod trace;
+pub mod validation;
+
+pub use event::{Envelope, Event, EventKind, Subjects};
+pub use token::Token;

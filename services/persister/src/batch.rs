@@ -1,0 +1,190 @@
+//! What a batch of events becomes in MySQL — pure, no I/O.
+//!
+//! Chat creations and message writes are reduced to two sets of rows:
+//! - the chats a batch needs (every chat created, and every chat a message refers to — the api
+//!   only accepts a message for a chat that exists, so the event itself proves the chat);
+//! - message upserts, each versioned by its event's stream sequence, so that creates and updates
+//!   applied in any order, any number of times, leave the body of the highest sequence.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use confab_core::{Envelope, Event};
+
+/// One decoded event and where it sits in the stream.
+#[derive(Debug, Clone)]
+pub struct Sequenced {
+    pub stream_sequence: u64,
+    pub envelope: Envelope,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ChatKey {
+    pub application_id: u64,
+    pub number: u64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct MessageUpsert {
+    pub chat: ChatKey,
+    pub number: u64,
+    pub body: String,
+    pub version: u64,
+    pub at: DateTime<Utc>,
+}
+
+#[derive(Debug, Default, PartialEq)]
+pub struct Plan {
+    /// Chats to ensure, with the earliest time the batch saw for each. Sorted (lock order).
+    pub chats: BTreeMap<ChatKey, DateTime<Utc>>,
+    /// Message rows, at most one per (chat, number): the highest version in the batch wins here
+    /// already, and the database keeps the highest version across batches. Sorted (lock order).
+    pub messages: Vec<MessageUpsert>,
+}
+
+/// Reduces a batch of events to the rows to write.
+pub fn plan(events: &[Sequenced]) -> Plan {
+    let mut chats: BTreeMap<ChatKey, DateTime<Utc>> = BTreeMap::new();
+    let mut messages: BTreeMap<(ChatKey, u64), MessageUpsert> = BTreeMap::new();
+    for e in events {
+        let at = e.envelope.occurred_at;
+        let mut need_chat = |key: ChatKey| {
+            chats
+                .entry(key)
+                .and_modify(|t| *t = (*t).min(at))
+                .or_insert(at);
+        };
+        match &e.envelope.event {
+            Event::ChatCreated(c) => need_chat(ChatKey {
+                application_id: c.application_id,
+                number: c.number,
+            }),
+            Event::MessageCreated(m) | Event::MessageUpdated(m) => {
+                let chat = ChatKey {
+                    application_id: m.application_id,
+                    number: m.chat_number,
+                };
+                need_chat(chat.clone());
+                let row = MessageUpsert {
+                    chat: chat.clone(),
+                    number: m.number,
+                    body: m.body.clone(),
+                    version: e.stream_sequence,
+                    at,
+                };
+                messages
+                    .entry((chat, m.number))
+                    .and_modify(|existing| {
+                        if row.version > existing.version {
+                            *existing = row.clone();
+                        }
+                    })
+                    .or_insert(row);
+            }
+        }
+    }
+    Plan {
+        chats,
+        messages: messages.into_values().collect(),
+    }
+}
+
+/// Splits rows into chunks that keep one statement under `max_rows` rows and `max_bytes` of
+/// body text (MySQL's `max_allowed_packet` bounds a statement).
+pub fn chunks(rows: &[MessageUpsert], max_rows: usize, max_bytes: usize) -> Vec<&[MessageUpsert]> {
+    let mut out = Vec::new();
+    let (mut start, mut bytes) = (0, 0);
+    for (i, row) in rows.iter().enumerate() {
+        let full = i > start && (i - start >= max_rows || bytes + row.body.len() > max_bytes);
+        if full {
+            out.push(&rows[start..i]);
+            start = i;
+            bytes = 0;
+        }
+        bytes += row.body.len();
+    }
+    if start < rows.len() {
+        out.push(&rows[start..]);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use confab_core::event::{ChatCreated, MessageWritten};
+
+    fn ev(seq: u64, event: Event) -> Sequenced {
+        Sequenced {
+            stream_sequence: seq,
+            envelope: Envelope::new(event),
+        }
+    }
+
+    fn msg(chat: u64, number: u64, body: &str) -> MessageWritten {
+        MessageWritten {
+            application_id: 1,
+            chat_number: chat,
+            number,
+            body: body.into(),
+        }
+    }
+
+    #[test]
+    fn messages_imply_their_chat_and_duplicates_collapse() {
+        let p = plan(&[
+            ev(
+                1,
+                Event::ChatCreated(ChatCreated {
+                    application_id: 1,
+                    number: 1,
+                }),
+            ),
+            ev(2, Event::MessageCreated(msg(1, 1, "a"))),
+            ev(3, Event::MessageCreated(msg(2, 1, "b"))),
+            ev(2, Event::MessageCreated(msg(1, 1, "a"))),
+        ]);
+        assert_eq!(p.chats.len(), 2);
+        assert_eq!(p.messages.len(), 2);
+    }
+
+    #[test]
+    fn the_highest_sequence_wins_whatever_the_order() {
+        let p = plan(&[
+            ev(9, Event::MessageUpdated(msg(1, 1, "new"))),
+            ev(5, Event::MessageCreated(msg(1, 1, "old"))),
+        ]);
+        assert_eq!(p.messages.len(), 1);
+        assert_eq!(p.messages[0].body, "new");
+        assert_eq!(p.messages[0].version, 9);
+    }
+
+    #[test]
+    fn chunks_respect_rows_and_bytes() {
+        let rows: Vec<_> = (0..10)
+            .map(|n| MessageUpsert {
+                chat: ChatKey {
+                    application_id: 1,
+                    number: 1,
+                },
+                number: n,
+                body: "x".repeat(10),
+                version: n,
+                at: Utc::now(),
+            })
+            .collect();
+        let by_rows = chunks(&rows, 4, usize::MAX);
+        assert_eq!(
+            by_rows.iter().map(|c| c.len()).collect::<Vec<_>>(),
+            vec![4, 4, 2]
+        );
+        let by_bytes = chunks(&rows, 100, 25);
+        assert_eq!(
+            by_bytes.iter().map(|c| c.len()).collect::<Vec<_>>(),
+            vec![2, 2, 2, 2, 2]
+        );
+        // A single row over the byte budget still goes out, alone.
+        assert_eq!(chunks(&rows[..1], 100, 1).len(), 1);
+        assert!(chunks(&[], 4, 4).is_empty());
+    }
+}

@@ -1,0 +1,66 @@
+//! The dead-letter path: events that can never be applied are copied to the dead-letter stream
+//! with the reason, then terminated on the events stream.
+
+use async_nats::jetstream::{self, AckKind};
+use async_nats::HeaderMap;
+use confab_core::event::headers;
+use confab_core::Subjects;
+use confab_runtime::metrics;
+
+/// Copies `message` to the dead-letter subject with `reason`, then terminates it. When the copy
+/// cannot be stored the message is left to redelivery instead, so nothing is dropped.
+pub async fn send(
+    context: &jetstream::Context,
+    subjects: &Subjects,
+    service: &'static str,
+    message: &jetstream::Message,
+    reason_class: &'static str,
+    reason: &str,
+) {
+    let mut map = message.headers.clone().unwrap_or_else(HeaderMap::new);
+    map.insert(headers::DLQ_REASON, reason);
+    map.insert(headers::DLQ_SERVICE, service);
+    if let Ok(info) = message.info() {
+        map.insert(
+            headers::DLQ_STREAM_SEQUENCE,
+            info.stream_sequence.to_string().as_str(),
+        );
+    }
+    // The original dedup id must not dedup the dead letter against other services' copies.
+    map.insert(
+        headers::MSG_ID,
+        format!(
+            "dlq:{service}:{}",
+            message
+                .info()
+                .map(|i| i.stream_sequence)
+                .unwrap_or_default()
+        )
+        .as_str(),
+    );
+    let subject = subjects.dead_letter(&message.subject);
+    let stored = match context
+        .publish_with_headers(subject, map, message.payload.clone())
+        .await
+    {
+        Ok(ack) => ack.await.map(|_| ()),
+        Err(error) => Err(error),
+    };
+    match stored {
+        Ok(()) => {
+            metrics::EVENTS_DEAD_LETTERED
+                .with_label_values(&[service, reason_class])
+                .inc();
+            tracing::warn!(service, reason_class, reason, "event dead-lettered");
+            if let Err(error) = message.ack_with(AckKind::Term).await {
+                tracing::warn!(%error, "cannot terminate dead-lettered event");
+            }
+        }
+        Err(error) => {
+            tracing::error!(%error, "cannot store dead letter; leaving event for redelivery");
+            let _ = message
+                .ack_with(AckKind::Nak(Some(std::time::Duration::from_secs(5))))
+                .await;
+        }
+    }
+}

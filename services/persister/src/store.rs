@@ -1,0 +1,150 @@
+//! Applies a [`Plan`] to MySQL in one transaction. Idempotent: replaying any batch, in any order,
+//! leaves the same rows.
+
+use std::collections::HashMap;
+
+use sqlx::{MySql, MySqlPool, QueryBuilder, Transaction};
+
+use crate::batch::{self, ChatKey, Plan};
+
+/// Rows per multi-row statement, and body bytes per statement (well under MariaDB's default
+/// 16 MiB `max_allowed_packet`).
+const MAX_ROWS_PER_STATEMENT: usize = 500;
+const MAX_BYTES_PER_STATEMENT: usize = 4 * 1024 * 1024;
+
+/// Why a write failed, and whether retrying can help.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("transient database failure: {0}")]
+    Transient(#[source] sqlx::Error),
+    #[error("the database rejects this data: {0}")]
+    Permanent(#[source] sqlx::Error),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(error: sqlx::Error) -> Self {
+        // MySQL error numbers that no retry can fix: foreign key (the application is gone),
+        // data too long, bad string value, out of range.
+        const PERMANENT: &[&str] = &["1452", "1406", "1366", "1264", "1048"];
+        let permanent = error
+            .as_database_error()
+            .and_then(|e| e.code())
+            .is_some_and(|code| PERMANENT.contains(&code.as_ref()));
+        if permanent {
+            Self::Permanent(error)
+        } else {
+            Self::Transient(error)
+        }
+    }
+}
+
+/// Writes the plan: ensure the chats, resolve their ids, upsert the messages; one transaction.
+pub async fn apply(db: &MySqlPool, plan: &Plan) -> Result<(), StoreError> {
+    if plan.chats.is_empty() && plan.messages.is_empty() {
+        return Ok(());
+    }
+    let mut tx = db.begin().await?;
+    let mut ids = chat_ids(&mut tx, plan.chats.keys()).await?;
+    let missing: Vec<_> = plan
+        .chats
+        .iter()
+        .filter(|(key, _)| !ids.contains_key(key))
+        .collect();
+    if !missing.is_empty() {
+        insert_chats(&mut tx, &missing).await?;
+        ids.extend(chat_ids(&mut tx, missing.iter().map(|(k, _)| *k)).await?);
+    }
+    for chunk in batch::chunks(
+        &plan.messages,
+        MAX_ROWS_PER_STATEMENT,
+        MAX_BYTES_PER_STATEMENT,
+    ) {
+        upsert_messages(&mut tx, chunk, &ids).await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+async fn chat_ids<'a>(
+    tx: &mut Transaction<'_, MySql>,
+    keys: impl Iterator<Item = &'a ChatKey>,
+) -> Result<HashMap<ChatKey, u64>, StoreError> {
+    let keys: Vec<_> = keys.collect();
+    let mut ids = HashMap::with_capacity(keys.len());
+    for chunk in keys.chunks(MAX_ROWS_PER_STATEMENT) {
+        let mut q =
+            QueryBuilder::<MySql>::new("SELECT id, application_id, number FROM chats WHERE ");
+        for (i, key) in chunk.iter().enumerate() {
+            if i > 0 {
+                q.push(" OR ");
+            }
+            q.push("(application_id = ")
+                .push_bind(key.application_id)
+                .push(" AND number = ")
+                .push_bind(key.number)
+                .push(")");
+        }
+        let rows: Vec<(u64, u64, u64)> = q.build_query_as().fetch_all(&mut **tx).await?;
+        for (id, application_id, number) in rows {
+            ids.insert(
+                ChatKey {
+                    application_id,
+                    number,
+                },
+                id,
+            );
+        }
+    }
+    Ok(ids)
+}
+
+async fn insert_chats(
+    tx: &mut Transaction<'_, MySql>,
+    chats: &[(&ChatKey, &chrono::DateTime<chrono::Utc>)],
+) -> Result<(), StoreError> {
+    for chunk in chats.chunks(MAX_ROWS_PER_STATEMENT) {
+        let mut q = QueryBuilder::<MySql>::new(
+            "INSERT INTO chats (application_id, number, messages_count, created_at, updated_at) ",
+        );
+        q.push_values(chunk, |mut row, (key, at)| {
+            row.push_bind(key.application_id)
+                .push_bind(key.number)
+                .push_bind(0u64)
+                .push_bind(**at)
+                .push_bind(**at);
+        });
+        // Another replica may insert the same chat concurrently: keep the earliest time.
+        q.push(" ON DUPLICATE KEY UPDATE created_at = LEAST(created_at, VALUES(created_at))");
+        q.build().execute(&mut **tx).await?;
+    }
+    Ok(())
+}
+
+async fn upsert_messages(
+    tx: &mut Transaction<'_, MySql>,
+    rows: &[batch::MessageUpsert],
+    ids: &HashMap<ChatKey, u64>,
+) -> Result<(), StoreError> {
+    let mut q = QueryBuilder::<MySql>::new(
+        "INSERT INTO messages (chat_id, number, body, version, created_at, updated_at) ",
+    );
+    q.push_values(rows, |mut row, m| {
+        row.push_bind(ids.get(&m.chat).copied().unwrap_or_default())
+            .push_bind(m.number)
+            .push_bind(&m.body)
+            .push_bind(m.version)
+            .push_bind(m.at)
+            .push_bind(m.at);
+    });
+    // Last writer (highest stream sequence) wins. MySQL applies assignments left to right with
+    // the updated values visible, so `version` must be assigned last.
+    q.push(
+        " ON DUPLICATE KEY UPDATE \
+         body = IF(VALUES(version) > version, VALUES(body), body), \
+         updated_at = IF(VALUES(version) > version, VALUES(updated_at), updated_at), \
+         created_at = LEAST(created_at, VALUES(created_at)), \
+         version = GREATEST(version, VALUES(version))",
+    );
+    q.build().execute(&mut **tx).await?;
+    Ok(())
+}

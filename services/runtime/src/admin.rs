@@ -1,0 +1,90 @@
+//! The admin server every service runs on `CONFAB_ADMIN_ADDR`.
+//!
+//! - `/healthz`: the process is alive (always 200 while it serves).
+//! - `/readyz`: 200 only when the service's dependencies answer; 503 with the failing ones named.
+//! - `/metrics`: Prometheus text format.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::json;
+use tokio::net::TcpListener;
+
+/// One named dependency check.
+pub type Check = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = bool> + Send>> + Send + Sync>;
+
+/// The readiness checks of a service.
+#[derive(Clone, Default)]
+pub struct Readiness {
+    checks: Vec<(&'static str, Check)>,
+}
+
+impl Readiness {
+    pub fn with<F, Fut>(mut self, name: &'static str, check: F) -> Self
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = bool> + Send + 'static,
+    {
+        self.checks
+            .push((name, Arc::new(move || Box::pin(check()) as Pin<Box<_>>)));
+        self
+    }
+
+    /// Runs every check concurrently and returns the names of those that failed.
+    pub async fn failing(&self) -> Vec<&'static str> {
+        let results = futures::future::join_all(
+            self.checks
+                .iter()
+                .map(|(name, check)| async move { (*name, check().await) }),
+        )
+        .await;
+        results
+            .into_iter()
+            .filter_map(|(name, ok)| (!ok).then_some(name))
+            .collect()
+    }
+}
+
+pub fn router(readiness: Readiness) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/readyz", get(ready))
+        .route("/metrics", get(metrics))
+        .with_state(readiness)
+}
+
+async fn ready(State(readiness): State<Readiness>) -> impl IntoResponse {
+    let failing = readiness.failing().await;
+    if failing.is_empty() {
+        (StatusCode::OK, Json(json!({"status": "ready"})))
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "not ready", "failing": failing})),
+        )
+    }
+}
+
+async fn metrics() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        crate::metrics::render(),
+    )
+}
+
+/// Serves the admin router until `shutdown` resolves.
+pub async fn serve(
+    listener: TcpListener,
+    readiness: Readiness,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(readiness))
+        .with_graceful_shutdown(shutdown)
+        .await
+}

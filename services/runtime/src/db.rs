@@ -1,0 +1,40 @@
+//! MySQL/MariaDB connections and the schema migrations.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlPoolOptions};
+use sqlx::ConnectOptions;
+
+use crate::CommonConfig;
+
+/// The migrations in `migrations/`, embedded in every binary.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations");
+
+/// A lazily connecting pool: services start (and report not-ready) while MySQL is down.
+pub fn pool(config: &CommonConfig) -> Result<MySqlPool, sqlx::Error> {
+    let options = MySqlConnectOptions::from_str(config.database_url.expose())?
+        .charset("utf8mb4")
+        // Statements are logged at debug only, with placeholders, never bound values.
+        .log_statements(log::LevelFilter::Debug)
+        .log_slow_statements(log::LevelFilter::Warn, Duration::from_millis(500));
+    Ok(MySqlPoolOptions::new()
+        .max_connections(config.db_max_connections)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect_lazy_with(options))
+}
+
+/// Applies pending migrations.
+pub async fn migrate(pool: &MySqlPool) -> Result<(), sqlx::migrate::MigrateError> {
+    MIGRATOR.run(pool).await
+}
+
+/// Cheap reachability check for `/readyz`.
+pub async fn ping(pool: &MySqlPool) -> bool {
+    tokio::time::timeout(
+        Duration::from_secs(2),
+        sqlx::query("SELECT 1").execute(pool),
+    )
+    .await
+    .is_ok_and(|r| r.is_ok())
+}

@@ -1,0 +1,181 @@
+//! NATS JetStream: the connection and the topology.
+//!
+//! Two streams, both file-backed and created or updated idempotently at start-up by every service:
+//!
+//! - the events stream (`CONFAB_STREAM`) over `p.v1.>`: limits retention (events stay for
+//!   `CONFAB_STREAM_MAX_AGE_SECS` so new consumers and re-indexing can replay), a duplicate window
+//!   (`CONFAB_DUPLICATE_WINDOW_SECS`) that makes publishes idempotent and exposes numbers handed
+//!   out twice, and direct gets for the last-message-per-subject lookups of sequence recovery;
+//! - the dead-letter stream (`CONFAB_DLQ_STREAM`) over `p.dlq.>`: events a consumer can never
+//!   apply, with the reason in a header.
+//!
+//! Each consuming service has a durable pull consumer with explicit acks, a bounded number of
+//! deliveries and an ack wait.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer, stream};
+use confab_core::Subjects;
+
+use crate::config::StreamConfig;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot connect to nats: {0}")]
+    Connect(#[from] async_nats::ConnectError),
+    #[error("cannot create or update stream {name}: {source}")]
+    Stream {
+        name: String,
+        source: jetstream::context::CreateStreamError,
+    },
+    #[error("cannot get stream {name}: {source}")]
+    GetStream {
+        name: String,
+        source: jetstream::context::GetStreamError,
+    },
+    #[error("cannot create consumer {name}: {source}")]
+    Consumer {
+        name: String,
+        source: jetstream::stream::ConsumerError,
+    },
+}
+
+/// A connected JetStream context and the events stream handle.
+#[derive(Clone)]
+pub struct JetStream {
+    pub client: async_nats::Client,
+    pub context: jetstream::Context,
+    pub events: stream::Stream,
+    pub subjects: Subjects,
+    pub config: StreamConfig,
+}
+
+/// Connects and makes sure both streams exist with the configured settings.
+pub async fn connect(url: &str, service: &str, config: &StreamConfig) -> Result<JetStream, Error> {
+    let client = async_nats::ConnectOptions::new()
+        .name(service)
+        .connection_timeout(Duration::from_secs(5))
+        .retry_on_initial_connect()
+        .connect(url)
+        .await?;
+    let mut context = jetstream::new(client.clone());
+    context.set_timeout(config.publish_timeout);
+    let subjects = Subjects::new(config.subject_prefix.clone());
+    ensure_stream(&context, events_stream_config(config, &subjects)).await?;
+    ensure_stream(&context, dead_letter_stream_config(config, &subjects)).await?;
+    let events = context
+        .get_stream(&config.name)
+        .await
+        .map_err(|source| Error::GetStream {
+            name: config.name.clone(),
+            source,
+        })?;
+    Ok(JetStream {
+        client,
+        context,
+        events,
+        subjects,
+        config: config.clone(),
+    })
+}
+
+async fn ensure_stream(context: &jetstream::Context, config: stream::Config) -> Result<(), Error> {
+    let name = config.name.clone();
+    context
+        .create_or_update_stream(config)
+        .await
+        .map_err(|source| Error::Stream { name, source })?;
+    Ok(())
+}
+
+/// The events stream's configuration (pure, so it can be checked in a unit test).
+pub fn events_stream_config(config: &StreamConfig, subjects: &Subjects) -> stream::Config {
+    stream::Config {
+        name: config.name.clone(),
+        subjects: vec![subjects.all_events()],
+        storage: stream::StorageType::File,
+        retention: stream::RetentionPolicy::Limits,
+        discard: stream::DiscardPolicy::Old,
+        max_age: config.max_age,
+        duplicate_window: config.duplicate_window,
+        num_replicas: config.replicas,
+        allow_direct: true,
+        ..Default::default()
+    }
+}
+
+/// The dead-letter stream's configuration.
+pub fn dead_letter_stream_config(config: &StreamConfig, subjects: &Subjects) -> stream::Config {
+    stream::Config {
+        name: config.dlq_name.clone(),
+        subjects: vec![subjects.all_dead_letters()],
+        storage: stream::StorageType::File,
+        retention: stream::RetentionPolicy::Limits,
+        max_age: Duration::from_secs(30 * 24 * 3600),
+        duplicate_window: config.duplicate_window,
+        num_replicas: config.replicas,
+        ..Default::default()
+    }
+}
+
+/// A durable pull consumer's configuration.
+pub fn durable_consumer_config(
+    name: &str,
+    filter_subject: String,
+    config: &StreamConfig,
+    max_ack_pending: i64,
+) -> consumer::pull::Config {
+    consumer::pull::Config {
+        durable_name: Some(name.to_owned()),
+        filter_subject,
+        ack_policy: consumer::AckPolicy::Explicit,
+        deliver_policy: consumer::DeliverPolicy::All,
+        ack_wait: config.ack_wait,
+        max_deliver: config.max_deliver,
+        max_ack_pending,
+        ..Default::default()
+    }
+}
+
+/// Creates the durable consumer if it does not exist yet, and returns it.
+pub async fn durable_consumer(
+    js: &JetStream,
+    config: consumer::pull::Config,
+) -> Result<consumer::PullConsumer, Error> {
+    let name = config.durable_name.clone().unwrap_or_default();
+    js.events
+        .get_or_create_consumer(&name, config)
+        .await
+        .map_err(|source| Error::Consumer { name, source })
+}
+
+/// Whether the NATS connection is up, for `/readyz`.
+pub fn connected(client: &async_nats::Client) -> bool {
+    client.connection_state() == async_nats::connection::State::Connected
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{CommonConfig, Env};
+
+    #[test]
+    fn events_stream_is_file_backed_with_a_duplicate_window() {
+        let c = CommonConfig::from_env(&Env::new(), 1).unwrap().stream;
+        let s = events_stream_config(&c, &Subjects::new("confab"));
+        assert_eq!(s.storage, stream::StorageType::File);
+        assert_eq!(s.duplicate_window, Duration::from_secs(120));
+        assert_eq!(s.subjects, vec!["confab.v1.>".to_string()]);
+        assert!(s.allow_direct);
+        let d = dead_letter_stream_config(&c, &Subjects::new("confab"));
+        assert_eq!(d.subjects, vec!["confab.dlq.>".to_string()]);
+    }
+
+    #[test]
+    fn consumers_ack_explicitly_and_bound_deliveries() {
+        let c = CommonConfig::from_env(&Env::new(), 1).unwrap().stream;
+        let p = durable_consumer_config("p", "confab.v1.>".into(), &c, 1000);
+        assert_eq!(p.ack_policy, consumer::AckPolicy::Explicit);
+        assert_eq!(p.max_deliver, 10);
+    }
+}

@@ -1,0 +1,22 @@
+//! What every Confab service shares at run time.
+//!
+//! - [`config`]: typed configuration read once from an environment map, with documented defaults.
+//! - [`telemetry`]: structured logs (JSON or pretty) filtered by `RUST_LOG`.
+//! - [`db`], [`cache`], [`jetstream`]: connections to MySQL, Redis and NATS JetStream, and the
+//!   JetStream topology (streams, consumers) created idempotently at start-up.
+//! - [`admin`]: the admin server every service runs (`/healthz`, `/readyz`, `/metrics`).
+//! - [`metrics`]: every metric Confab exports, defined in one place.
+//! - [`shutdown`]: SIGTERM / ctrl-c as a future, so `run` functions take shutdown as an argument.
+
+pub mod admin;
+pub mod cache;
+pub mod config;
+pub mod db;
+pub mod jetstream;
+pub mod metrics;
+pub mod secret;
+pub mod shutdown;
+pub mod telemetry;
+
+pub use config::{CommonConfig, ConfigError, Env};
+pub use secret::Secret;

@@ -1,0 +1,149 @@
+//! Every metric Confab exports, in one place.
+//!
+//! All names start with `confab_`; labels are bounded (route templates, event types, outcomes,
+//! service names), never tokens, ids or numbers. Metrics live in the process-wide default
+//! registry (the one global Confab allows), which also carries the `process_*` metrics.
+
+use std::sync::LazyLock;
+
+use prometheus::{register_histogram_vec, register_int_counter_vec, HistogramVec, IntCounterVec};
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+const LAG_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
+];
+const BATCH_BUCKETS: &[f64] = &[1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0];
+
+pub static HTTP_REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "confab_http_requests_total",
+        "HTTP requests answered, by route template, method and status class.",
+        &["route", "method", "status_class"]
+    )
+    .expect("metric registers once")
+});
+
+pub static HTTP_DURATION: LazyLock<HistogramVec> = LazyLock::new(|| {
+    register_histogram_vec!(
+        "confab_http_request_duration_seconds",
+        "HTTP request latency, by route template and method.",
+        &["route", "method"],
+        LATENCY_BUCKETS.to_vec()
+    )
+    .expect("metric registers once")
+});
+
+pub static EVENTS_PUBLISHED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "confab_events_published_total",
+        "Events published to JetStream, by type and outcome (stored, retried, collision, error).",
+        &["type", "outcome"]
+    )
+    .expect("metric registers once")
+});
+
+pub static PUBLISH_DURATION: LazyLock<HistogramVec> = LazyLock::new(|| {
+    register_histogram_vec!(
+        "confab_publish_duration_seconds",
+        "Time from publish to JetStream acknowledgement, by event type.",
+        &["type"],
+        LATENCY_BUCKETS.to_vec()
+    )
+    .expect("metric registers once")
+});
+
+pub static SEQUENCE_RESEEDS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "confab_sequence_reseeds_total",
+        "Redis sequences re-seeded because their key was missing, by kind (chat, message).",
+        &["kind"]
+    )
+    .expect("metric registers once")
+});
+
+pub static EVENTS_CONSUMED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "confab_events_consumed_total",
+        "Events received from JetStream, by service and event type.",
+        &["service", "type"]
+    )
+    .expect("metric registers once")
+});
+
+pub static EVENTS_ACKED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "confab_events_acked_total",
+        "Events acknowledged after they were applied, by service.",
+        &["service"]
+    )
+    .expect("metric registers once")
+});
+
+pub static EVENTS_REDELIVERED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "confab_events_redelivered_total",
+        "Events received more than once, by service.",
+        &["service"]
+    )
+    .expect("metric registers once")
+});
+
+pub static EVENTS_DEAD_LETTERED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "confab_events_dead_lettered_total",
+        "Events sent to the dead-letter stream, by service and reason class.",
+        &["service", "reason"]
+    )
+    .expect("metric registers once")
+});
+
+pub static BATCH_SIZE: LazyLock<HistogramVec> = LazyLock::new(|| {
+    register_histogram_vec!(
+        "confab_batch_size",
+        "Events per applied batch, by service.",
+        &["service"],
+        BATCH_BUCKETS.to_vec()
+    )
+    .expect("metric registers once")
+});
+
+pub static BATCH_DURATION: LazyLock<HistogramVec> = LazyLock::new(|| {
+    register_histogram_vec!(
+        "confab_batch_duration_seconds",
+        "Time to apply one batch, by service and outcome (ok, error).",
+        &["service", "outcome"],
+        LATENCY_BUCKETS.to_vec()
+    )
+    .expect("metric registers once")
+});
+
+pub static PERSISTENCE_LAG: LazyLock<HistogramVec> = LazyLock::new(|| {
+    register_histogram_vec!(
+        "confab_persistence_lag_seconds",
+        "Time from an event's creation in the api to its commit in MySQL, by event type.",
+        &["type"],
+        LAG_BUCKETS.to_vec()
+    )
+    .expect("metric registers once")
+});
+
+/// The text exposition of every registered metric.
+pub fn render() -> String {
+    let families = prometheus::gather();
+    prometheus::TextEncoder::new()
+        .encode_to_string(&families)
+        .unwrap_or_else(|error| format!("# encoding failed: {error}\n"))
+}
+
+/// `2xx`, `4xx`, ... for a status code.
+pub fn status_class(status: u16) -> &'static str {
+    match status {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
+}
