@@ -1,1 +1,10 @@
+//! End-to-end tests: the api and the persister together against the real MariaDB, Redis and NATS.
 
+#![allow(clippy::unwrap_used)]
+
+mod bad_input;
+mod contract;
+mod durability;
+mod health;
+mod invariants;
+mod numbering;

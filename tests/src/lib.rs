@@ -1,1 +1,315 @@
-//! x
+//! The end-to-end harness: runs Confab's deployables in-process against the real MariaDB, Redis
+//! and NATS, each test isolated by its own database, JetStream streams, subject prefix and Redis
+//! key prefix, so tests run in parallel and clean up after themselves.
+//!
+//! Connection defaults match the local services; override with `CONFAB_TEST_MYSQL_URL` (server
+//! URL without a database), `CONFAB_TEST_REDIS_URL` and `CONFAB_TEST_NATS_URL`.
+
+#![allow(clippy::unwrap_used, clippy::missing_panics_doc)]
+
+pub mod client;
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use confab_api::ApiConfig;
+use confab_persister::PersisterConfig;
+use confab_runtime::Env;
+use sqlx::mysql::MySqlPoolOptions;
+use sqlx::MySqlPool;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+pub use client::Client;
+
+pub fn mysql_server_url() -> String {
+    std::env::var("CONFAB_TEST_MYSQL_URL").unwrap_or_else(|_| "mysql://root@127.0.0.1:3306".into())
+}
+
+pub fn redis_url() -> String {
+    std::env::var("CONFAB_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+pub fn nats_url() -> String {
+    std::env::var("CONFAB_TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
+}
+
+/// One test's isolated slice of the backing services.
+pub struct TestEnv {
+    pub id: String,
+    pub database: String,
+    /// A pool on the test's database with full rights, for assertions.
+    pub db: MySqlPool,
+    env: Env,
+}
+
+impl TestEnv {
+    pub async fn new() -> Self {
+        Self::with(|_| {}).await
+    }
+
+    /// A new environment; `customize` may change the environment every service gets.
+    pub async fn with(customize: impl FnOnce(&mut Env)) -> Self {
+        let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_owned();
+        let database = format!("confab_test_{id}");
+        let server = MySqlPoolOptions::new()
+            .max_connections(1)
+            .connect(&mysql_server_url())
+            .await
+            .expect("MariaDB must be reachable for the end-to-end tests");
+        sweep_stale_databases(&server).await;
+        sqlx::query(&format!("CREATE DATABASE `{database}`"))
+            .execute(&server)
+            .await
+            .unwrap();
+        server.close().await;
+        let database_url = format!("{}/{database}", mysql_server_url());
+        let db = MySqlPoolOptions::new()
+            .max_connections(4)
+            .connect(&database_url)
+            .await
+            .unwrap();
+        confab_runtime::db::migrate(&db).await.unwrap();
+        let mut env: Env = [
+            ("DATABASE_URL", database_url.as_str()),
+            ("REDIS_URL", redis_url().as_str()),
+            ("NATS_URL", nats_url().as_str()),
+            ("CONFAB_STREAM", &format!("T_{id}")),
+            ("CONFAB_DLQ_STREAM", &format!("T_{id}_DLQ")),
+            ("CONFAB_SUBJECT_PREFIX", &format!("t_{id}")),
+            ("CONFAB_REDIS_PREFIX", &format!("t:{id}:")),
+            ("CONFAB_STREAM_MAX_AGE_SECS", "3600"),
+            ("CONFAB_MIGRATE", "false"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        customize(&mut env);
+        Self {
+            id,
+            database,
+            db,
+            env,
+        }
+    }
+
+    pub fn env(&self) -> Env {
+        self.env.clone()
+    }
+
+    pub fn set(&mut self, key: &str, value: &str) {
+        self.env.insert(key.to_owned(), value.to_owned());
+    }
+
+    /// Starts an api instance with this environment (plus `overrides`).
+    pub async fn spawn_api(&self) -> Service {
+        self.spawn_api_with(&[]).await
+    }
+
+    pub async fn spawn_api_with(&self, overrides: &[(&str, &str)]) -> Service {
+        let mut env = self.env();
+        for (k, v) in overrides {
+            env.insert((*k).to_owned(), (*v).to_owned());
+        }
+        let config = ApiConfig::from_env(&env).unwrap();
+        let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", http.local_addr().unwrap());
+        let admin_base = format!("http://{}", admin.local_addr().unwrap());
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            confab_api::run(config, confab_api::Listeners { http, admin }, async move {
+                let _ = rx.await;
+            })
+            .await
+            .map_err(|e| e.to_string())
+        });
+        let service = Service {
+            base,
+            admin: admin_base,
+            stop: Some(tx),
+            task,
+        };
+        service.wait_ready().await;
+        service
+    }
+
+    /// Starts a persister with this environment (plus `overrides`).
+    pub async fn spawn_persister(&self) -> Service {
+        self.spawn_persister_with(&[]).await
+    }
+
+    pub async fn spawn_persister_with(&self, overrides: &[(&str, &str)]) -> Service {
+        let service = self.start_persister(overrides);
+        service.wait_ready().await;
+        service
+    }
+
+    /// Starts a persister without waiting for it to become ready.
+    pub fn start_persister(&self, overrides: &[(&str, &str)]) -> Service {
+        let mut env = self.env();
+        for (k, v) in overrides {
+            env.insert((*k).to_owned(), (*v).to_owned());
+        }
+        let config = PersisterConfig::from_env(&env).unwrap();
+        let admin = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        admin.set_nonblocking(true).unwrap();
+        let admin_base = format!("http://{}", admin.local_addr().unwrap());
+        let admin = TcpListener::from_std(admin).unwrap();
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            confab_persister::run(config, admin, async move {
+                let _ = rx.await;
+            })
+            .await
+            .map_err(|e| e.to_string())
+        });
+        Service {
+            base: String::new(),
+            admin: admin_base,
+            stop: Some(tx),
+            task,
+        }
+    }
+
+    /// Messages in this test's events stream.
+    pub async fn stream_messages(&self) -> u64 {
+        let js = async_nats::jetstream::new(async_nats::connect(nats_url()).await.unwrap());
+        let mut stream = js.get_stream(format!("T_{}", self.id)).await.unwrap();
+        stream.info().await.unwrap().state.messages
+    }
+
+    /// Messages in this test's dead-letter stream.
+    pub async fn dead_letters(&self) -> Vec<async_nats::jetstream::message::StreamMessage> {
+        let js = async_nats::jetstream::new(async_nats::connect(nats_url()).await.unwrap());
+        let stream = js.get_stream(format!("T_{}_DLQ", self.id)).await.unwrap();
+        let mut out = Vec::new();
+        let mut seq = 1;
+        while let Ok(m) = stream.get_raw_message(seq).await {
+            out.push(m);
+            seq += 1;
+        }
+        out
+    }
+
+    /// Whether a durable consumer of this test's events stream has nothing left to deliver or ack.
+    pub async fn consumer_drained(&self, name: &str) -> bool {
+        let js = async_nats::jetstream::new(async_nats::connect(nats_url()).await.unwrap());
+        let Ok(stream) = js.get_stream(format!("T_{}", self.id)).await else {
+            return false;
+        };
+        let Ok(mut consumer) = stream
+            .get_consumer::<async_nats::jetstream::consumer::pull::Config>(name)
+            .await
+        else {
+            return false;
+        };
+        consumer
+            .info()
+            .await
+            .is_ok_and(|i| i.num_pending == 0 && i.num_ack_pending == 0)
+    }
+
+    pub async fn count(&self, sql: &str) -> i64 {
+        sqlx::query_scalar(sql).fetch_one(&self.db).await.unwrap()
+    }
+
+    /// Drops the database, the streams and the Redis keys of this test.
+    pub async fn cleanup(self) {
+        let _ = sqlx::query(&format!("DROP DATABASE `{}`", self.database))
+            .execute(&self.db)
+            .await;
+        self.db.close().await;
+        if let Ok(client) = async_nats::connect(nats_url()).await {
+            let js = async_nats::jetstream::new(client);
+            let _ = js.delete_stream(format!("T_{}", self.id)).await;
+            let _ = js.delete_stream(format!("T_{}_DLQ", self.id)).await;
+        }
+        if let Ok(client) = redis::Client::open(self.env["REDIS_URL"].as_str()) {
+            if let Ok(mut conn) = client.get_multiplexed_async_connection().await {
+                let keys: Vec<String> = redis::cmd("KEYS")
+                    .arg(format!("t:{}:*", self.id))
+                    .query_async(&mut conn)
+                    .await
+                    .unwrap_or_default();
+                if !keys.is_empty() {
+                    let _: Result<(), _> = redis::cmd("DEL").arg(keys).query_async(&mut conn).await;
+                }
+            }
+        }
+    }
+}
+
+/// Drops test databases left behind by runs that crashed more than an hour ago.
+async fn sweep_stale_databases(server: &MySqlPool) {
+    let stale: Vec<String> = sqlx::query_scalar(
+        "SELECT s.SCHEMA_NAME FROM information_schema.SCHEMATA s \
+         WHERE s.SCHEMA_NAME LIKE 'confab\\_test\\_%' AND NOT EXISTS ( \
+           SELECT 1 FROM information_schema.TABLES t WHERE t.TABLE_SCHEMA = s.SCHEMA_NAME \
+           AND t.CREATE_TIME > NOW() - INTERVAL 1 HOUR)",
+    )
+    .fetch_all(server)
+    .await
+    .unwrap_or_default();
+    for name in stale {
+        let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS `{name}`"))
+            .execute(server)
+            .await;
+    }
+}
+
+/// A running service task.
+pub struct Service {
+    /// The tenant API's base URL (empty for services without one).
+    pub base: String,
+    /// The admin server's base URL.
+    pub admin: String,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<Result<(), String>>,
+}
+
+impl Service {
+    pub async fn wait_ready(&self) {
+        let url = format!("{}/readyz", self.admin);
+        eventually(Duration::from_secs(20), "service ready", || async {
+            reqwest::get(&url)
+                .await
+                .is_ok_and(|r| r.status().is_success())
+        })
+        .await;
+    }
+
+    /// Graceful shutdown (as on SIGTERM); returns how the service ended.
+    pub async fn stop(mut self) -> Result<(), String> {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        tokio::time::timeout(Duration::from_secs(30), &mut self.task)
+            .await
+            .map_err(|_| "service did not stop within 30s".to_owned())?
+            .map_err(|e| e.to_string())?
+    }
+
+    /// Kills the service abruptly, mid-whatever it was doing.
+    pub async fn kill(self) {
+        self.task.abort();
+        let _ = self.task.await;
+    }
+}
+
+/// Waits until `check` is true, polling; panics with `what` at the deadline.
+pub async fn eventually<F, Fut>(deadline: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let until = Instant::now() + deadline;
+    loop {
+        if check().await {
+            return;
+        }
+        assert!(Instant::now() < until, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}

@@ -2,7 +2,6 @@
 //! with the reason, then terminated on the events stream.
 
 use async_nats::jetstream::{self, AckKind};
-use async_nats::HeaderMap;
 use confab_core::event::headers;
 use confab_core::Subjects;
 use confab_runtime::metrics;
@@ -17,7 +16,7 @@ pub async fn send(
     reason_class: &'static str,
     reason: &str,
 ) {
-    let mut map = message.headers.clone().unwrap_or_else(HeaderMap::new);
+    let mut map = message.headers.clone().unwrap_or_default();
     map.insert(headers::DLQ_REASON, reason);
     map.insert(headers::DLQ_SERVICE, service);
     if let Ok(info) = message.info() {

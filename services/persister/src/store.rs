@@ -25,11 +25,11 @@ impl From<sqlx::Error> for StoreError {
     fn from(error: sqlx::Error) -> Self {
         // MySQL error numbers that no retry can fix: foreign key (the application is gone),
         // data too long, bad string value, out of range.
-        const PERMANENT: &[&str] = &["1452", "1406", "1366", "1264", "1048"];
+        const PERMANENT: &[u16] = &[1452, 1406, 1366, 1264, 1048];
         let permanent = error
             .as_database_error()
-            .and_then(|e| e.code())
-            .is_some_and(|code| PERMANENT.contains(&code.as_ref()));
+            .and_then(|e| e.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>())
+            .is_some_and(|e| PERMANENT.contains(&e.number()));
         if permanent {
             Self::Permanent(error)
         } else {
