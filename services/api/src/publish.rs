@@ -34,7 +34,7 @@ impl Publisher {
         &self.js
     }
 
-    #[tracing::instrument(skip_all, fields(event_type = envelope.event.kind().as_str()))]
+    #[tracing::instrument(level = "debug", skip_all, fields(event_type = envelope.event.kind().as_str()))]
     pub async fn publish(
         &self,
         envelope: &Envelope,

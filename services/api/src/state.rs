@@ -1,5 +1,6 @@
 //! The api's shared state, handed to axum as `State`.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use confab_core::keys::Keys;
@@ -16,8 +17,19 @@ use crate::publish::Publisher;
 const KNOWN_CHATS_CAPACITY: u64 = 1_000_000;
 const TOKEN_CACHE_CAPACITY: u64 = 100_000;
 
+/// Cheap to clone (one `Arc`), since axum clones the state for every request.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+pub struct Shared {
     pub db: MySqlPool,
     pub redis: ConnectionManager,
     pub keys: Keys,
@@ -45,7 +57,7 @@ pub struct StateParts {
 
 impl AppState {
     pub fn new(parts: StateParts) -> Self {
-        Self {
+        Self(Arc::new(Shared {
             numbering: Numbering::new(parts.redis.clone()),
             db: parts.db,
             redis: parts.redis,
@@ -59,6 +71,6 @@ impl AppState {
                 .time_to_live(parts.token_cache_ttl)
                 .build(),
             known_chats: Cache::builder().max_capacity(KNOWN_CHATS_CAPACITY).build(),
-        }
+        }))
     }
 }

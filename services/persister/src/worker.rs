@@ -31,7 +31,7 @@ pub struct Worker {
 
 impl Worker {
     /// Applies and acknowledges one delivered batch.
-    #[tracing::instrument(skip_all, fields(size = messages.len()))]
+    #[tracing::instrument(level = "debug", skip_all, fields(size = messages.len()))]
     pub async fn process(&self, messages: Vec<jetstream::Message>) {
         let mut events = Vec::with_capacity(messages.len());
         let mut delivered = Vec::with_capacity(messages.len());

@@ -16,7 +16,7 @@ use crate::views::{ApplicationInput, ApplicationView};
     responses(
         (status = 201, body = ApplicationView),
         (status = 400, body = ErrorBody), (status = 422, body = ErrorBody)))]
-#[tracing::instrument(skip_all)]
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn create(
     State(state): State<AppState>,
     body: JsonObject,
@@ -32,7 +32,7 @@ pub async fn create(
 #[utoipa::path(get, path = "/api/v1/applications", tag = "applications",
     params(PageQuery),
     responses((status = 200, body = [ApplicationView]), (status = 400, body = ErrorBody)))]
-#[tracing::instrument(skip_all)]
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn list(State(state): State<AppState>, page: Page) -> Result<Json<Vec<ApplicationView>>> {
     let rows = repo::list_applications(&state.db, page.limit, page.offset).await?;
     Ok(Json(rows.into_iter().map(Into::into).collect()))
@@ -41,7 +41,7 @@ pub async fn list(State(state): State<AppState>, page: Page) -> Result<Json<Vec<
 #[utoipa::path(get, path = "/api/v1/applications/{token}", tag = "applications",
     params(("token" = String, Path)),
     responses((status = 200, body = ApplicationView), (status = 404, body = ErrorBody)))]
-#[tracing::instrument(skip_all)]
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn show(
     State(state): State<AppState>,
     Path(token): Path<String>,
@@ -58,7 +58,7 @@ pub async fn show(
     responses(
         (status = 200, body = ApplicationView), (status = 404, body = ErrorBody),
         (status = 400, body = ErrorBody), (status = 422, body = ErrorBody)))]
-#[tracing::instrument(skip_all)]
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn update(
     State(state): State<AppState>,
     Path(token): Path<String>,

@@ -23,7 +23,7 @@ pub(crate) const MAX_NUMBER_ATTEMPTS: usize = 5;
     responses(
         (status = 201, body = ChatView), (status = 404, body = ErrorBody),
         (status = 400, body = ErrorBody), (status = 503, body = ErrorBody)))]
-#[tracing::instrument(skip_all)]
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn create(
     State(state): State<AppState>,
     Extension(trace): Extension<TraceParent>,
@@ -74,7 +74,7 @@ async fn chat_seed(state: &AppState, app: u64) -> Result<u64> {
 #[utoipa::path(get, path = "/api/v1/applications/{token}/chats", tag = "chats",
     params(("token" = String, Path), PageQuery),
     responses((status = 200, body = [ChatView]), (status = 404, body = ErrorBody)))]
-#[tracing::instrument(skip_all)]
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn list(
     State(state): State<AppState>,
     Path(token): Path<String>,
@@ -88,7 +88,7 @@ pub async fn list(
 #[utoipa::path(get, path = "/api/v1/applications/{token}/chats/{number}", tag = "chats",
     params(("token" = String, Path), ("number" = u64, Path)),
     responses((status = 200, body = ChatView), (status = 404, body = ErrorBody)))]
-#[tracing::instrument(skip_all)]
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn show(
     State(state): State<AppState>,
     Path((token, number)): Path<(String, String)>,

@@ -32,7 +32,7 @@ async fn chat_of(state: &AppState, token: &str, chat: &str) -> Result<(u64, u64)
         (status = 201, body = MessageView), (status = 404, body = ErrorBody),
         (status = 400, body = ErrorBody), (status = 413, body = ErrorBody),
         (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)))]
-#[tracing::instrument(skip_all)]
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn create(
     State(state): State<AppState>,
     Extension(trace): Extension<TraceParent>,
@@ -88,7 +88,7 @@ async fn message_seed(state: &AppState, app: u64, chat: u64) -> Result<u64> {
 #[utoipa::path(get, path = "/api/v1/applications/{token}/chats/{number}/messages", tag = "messages",
     params(("token" = String, Path), ("number" = u64, Path), PageQuery),
     responses((status = 200, body = [MessageView]), (status = 404, body = ErrorBody)))]
-#[tracing::instrument(skip_all)]
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn list(
     State(state): State<AppState>,
     Path((token, chat)): Path<(String, String)>,
@@ -103,7 +103,7 @@ pub async fn list(
     tag = "messages",
     params(("token" = String, Path), ("number" = u64, Path), ("message_number" = u64, Path)),
     responses((status = 200, body = MessageView), (status = 404, body = ErrorBody)))]
-#[tracing::instrument(skip_all)]
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn show(
     State(state): State<AppState>,
     Path((token, chat, number)): Path<(String, String, String)>,
@@ -123,7 +123,7 @@ pub async fn show(
     responses(
         (status = 200, body = MessageView), (status = 404, body = ErrorBody),
         (status = 413, body = ErrorBody), (status = 422, body = ErrorBody)))]
-#[tracing::instrument(skip_all)]
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn update(
     State(state): State<AppState>,
     Extension(trace): Extension<TraceParent>,
