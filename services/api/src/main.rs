@@ -5,11 +5,6 @@ use confab_api::{ApiConfig, Listeners};
 use confab_runtime::{config, db, shutdown, telemetry};
 use tokio::net::TcpListener;
 
-/// mimalloc: the request path allocates a lot of small, short-lived buffers; glibc malloc was
-/// about a fifth of the api's CPU under load.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let env = config::process_env();
