@@ -4,6 +4,7 @@
 
 mod bad_input;
 mod contract;
+mod counters;
 mod durability;
 mod health;
 mod invariants;

@@ -173,6 +173,56 @@ impl TestEnv {
         }
     }
 
+    /// Starts a counter reconciler with this environment (plus `overrides`).
+    pub async fn spawn_reconciler_with(&self, overrides: &[(&str, &str)]) -> Service {
+        let mut env = self.env();
+        for (k, v) in overrides {
+            env.insert((*k).to_owned(), (*v).to_owned());
+        }
+        let config = confab_counter_reconciler::ReconcilerConfig::from_env(&env).unwrap();
+        let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let admin_base = format!("http://{}", admin.local_addr().unwrap());
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            confab_counter_reconciler::run(config, admin, async move {
+                let _ = rx.await;
+            })
+            .await
+            .map_err(|e| e.to_string())
+        });
+        let service = Service {
+            base: String::new(),
+            admin: admin_base,
+            stop: Some(tx),
+            task,
+        };
+        service.wait_ready().await;
+        service
+    }
+
+    /// The reconciler's kind of pool (READ COMMITTED sessions) on this test's database.
+    pub fn reconciler_pool(&self) -> MySqlPool {
+        let config = confab_runtime::CommonConfig::from_env(&self.env, 0).unwrap();
+        confab_counter_reconciler::pool(&config).unwrap()
+    }
+
+    /// Whether every stored count equals the real number of rows.
+    pub async fn counts_are_exact(&self) -> bool {
+        self.count(
+            "SELECT COUNT(*) FROM chats c WHERE c.messages_count <> \
+             (SELECT COUNT(*) FROM messages m WHERE m.chat_id = c.id)",
+        )
+        .await
+            == 0
+            && self
+                .count(
+                    "SELECT COUNT(*) FROM applications a WHERE a.chats_count <> \
+                     (SELECT COUNT(*) FROM chats c WHERE c.application_id = a.id)",
+                )
+                .await
+                == 0
+    }
+
     /// Messages in this test's events stream.
     pub async fn stream_messages(&self) -> u64 {
         let js = async_nats::jetstream::new(async_nats::connect(nats_url()).await.unwrap());

@@ -37,6 +37,8 @@ pub struct MessageUpsert {
 pub struct Plan {
     /// Chats to ensure, with the earliest time the batch saw for each. Sorted (lock order).
     pub chats: BTreeMap<ChatKey, DateTime<Utc>>,
+    /// Chats that received message creations (their `messages_count` may change). Sorted.
+    pub counted_chats: Vec<ChatKey>,
     /// Message rows, at most one per (chat, number): the highest version in the batch wins here
     /// already, and the database keeps the highest version across batches. Sorted (lock order).
     pub messages: Vec<MessageUpsert>,
@@ -46,6 +48,7 @@ pub struct Plan {
 pub fn plan(events: &[Sequenced]) -> Plan {
     let mut chats: BTreeMap<ChatKey, DateTime<Utc>> = BTreeMap::new();
     let mut messages: BTreeMap<(ChatKey, u64), MessageUpsert> = BTreeMap::new();
+    let mut counted_chats = std::collections::BTreeSet::new();
     for e in events {
         let at = e.envelope.occurred_at;
         let mut need_chat = |key: ChatKey| {
@@ -65,6 +68,9 @@ pub fn plan(events: &[Sequenced]) -> Plan {
                     number: m.chat_number,
                 };
                 need_chat(chat.clone());
+                if matches!(e.envelope.event, Event::MessageCreated(_)) {
+                    counted_chats.insert(chat.clone());
+                }
                 let row = MessageUpsert {
                     chat: chat.clone(),
                     number: m.number,
@@ -85,6 +91,7 @@ pub fn plan(events: &[Sequenced]) -> Plan {
     }
     Plan {
         chats,
+        counted_chats: counted_chats.into_iter().collect(),
         messages: messages.into_values().collect(),
     }
 }
@@ -146,6 +153,7 @@ mod tests {
         ]);
         assert_eq!(p.chats.len(), 2);
         assert_eq!(p.messages.len(), 2);
+        assert_eq!(p.counted_chats.len(), 2);
     }
 
     #[test]
@@ -157,6 +165,9 @@ mod tests {
         assert_eq!(p.messages.len(), 1);
         assert_eq!(p.messages[0].body, "new");
         assert_eq!(p.messages[0].version, 9);
+        // Only creations can change a count.
+        let p = plan(&[ev(9, Event::MessageUpdated(msg(1, 1, "new")))]);
+        assert!(p.counted_chats.is_empty());
     }
 
     #[test]

@@ -61,7 +61,49 @@ pub async fn apply(db: &MySqlPool, plan: &Plan) -> Result<(), StoreError> {
     ) {
         upsert_messages(&mut tx, chunk, &ids).await?;
     }
+    // Counter marks, in the same transaction: new chats change their application's chats_count,
+    // new messages their chat's messages_count.
+    let dirty_chats: Vec<u64> = plan
+        .counted_chats
+        .iter()
+        .filter_map(|key| ids.get(key).copied())
+        .collect();
+    mark_dirty(&mut tx, "counter_dirty_chats", "chat_id", &dirty_chats).await?;
+    let mut dirty_apps: Vec<u64> = missing.iter().map(|(k, _)| k.application_id).collect();
+    dirty_apps.sort_unstable();
+    dirty_apps.dedup();
+    mark_dirty(
+        &mut tx,
+        "counter_dirty_applications",
+        "application_id",
+        &dirty_apps,
+    )
+    .await?;
     tx.commit().await?;
+    Ok(())
+}
+
+/// Marks parents whose counts changed. `INSERT IGNORE` keeps the earliest mark (the counter lag
+/// is measured from it); the table has no other constraint an `IGNORE` could hide.
+async fn mark_dirty(
+    tx: &mut Transaction<'_, MySql>,
+    table: &str,
+    column: &str,
+    ids: &[u64],
+) -> Result<(), StoreError> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let now = chrono::Utc::now();
+    for chunk in ids.chunks(MAX_ROWS_PER_STATEMENT) {
+        let mut q = QueryBuilder::<MySql>::new(format!(
+            "INSERT IGNORE INTO {table} ({column}, dirty_since) "
+        ));
+        q.push_values(chunk, |mut row, id| {
+            row.push_bind(*id).push_bind(now);
+        });
+        q.build().execute(&mut **tx).await?;
+    }
     Ok(())
 }
 

@@ -13,15 +13,23 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations"
 
 /// A lazily connecting pool: services start (and report not-ready) while MySQL is down.
 pub fn pool(config: &CommonConfig) -> Result<MySqlPool, sqlx::Error> {
+    pool_with(config, |options| options)
+}
+
+/// [`pool`], with the pool options adjusted by `customize` (e.g. session settings).
+pub fn pool_with(
+    config: &CommonConfig,
+    customize: impl FnOnce(MySqlPoolOptions) -> MySqlPoolOptions,
+) -> Result<MySqlPool, sqlx::Error> {
     let options = MySqlConnectOptions::from_str(config.database_url.expose())?
         .charset("utf8mb4")
         // Statements are logged at debug only, with placeholders, never bound values.
         .log_statements(log::LevelFilter::Debug)
         .log_slow_statements(log::LevelFilter::Warn, Duration::from_millis(500));
-    Ok(MySqlPoolOptions::new()
+    let pool_options = MySqlPoolOptions::new()
         .max_connections(config.db_max_connections)
-        .acquire_timeout(Duration::from_secs(5))
-        .connect_lazy_with(options))
+        .acquire_timeout(Duration::from_secs(5));
+    Ok(customize(pool_options).connect_lazy_with(options))
 }
 
 /// Applies pending migrations.

@@ -6,7 +6,10 @@
 
 use std::sync::LazyLock;
 
-use prometheus::{register_histogram_vec, register_int_counter_vec, HistogramVec, IntCounterVec};
+use prometheus::{
+    register_gauge_vec, register_histogram, register_histogram_vec, register_int_counter_vec,
+    GaugeVec, Histogram, HistogramVec, IntCounterVec,
+};
 
 const LATENCY_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -125,6 +128,43 @@ pub static PERSISTENCE_LAG: LazyLock<HistogramVec> = LazyLock::new(|| {
         "Time from an event's creation in the api to its commit in MySQL, by event type.",
         &["type"],
         LAG_BUCKETS.to_vec()
+    )
+    .expect("metric registers once")
+});
+
+pub static COUNTER_LAG: LazyLock<GaugeVec> = LazyLock::new(|| {
+    register_gauge_vec!(
+        "confab_counter_lag_seconds",
+        "Age of the oldest change not yet reflected in a count, by kind (chat, application).",
+        &["kind"]
+    )
+    .expect("metric registers once")
+});
+
+pub static COUNTER_RECONCILE_LAG: LazyLock<HistogramVec> = LazyLock::new(|| {
+    register_histogram_vec!(
+        "confab_counter_reconcile_lag_seconds",
+        "Time from a change being persisted to its count being reconciled, by kind.",
+        &["kind"],
+        LAG_BUCKETS.to_vec()
+    )
+    .expect("metric registers once")
+});
+
+pub static COUNTER_ROWS_RECOUNTED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "confab_counter_rows_recounted_total",
+        "Parents whose count was recomputed, by kind (chat, application).",
+        &["kind"]
+    )
+    .expect("metric registers once")
+});
+
+pub static COUNTER_RUN_DURATION: LazyLock<Histogram> = LazyLock::new(|| {
+    register_histogram!(
+        "confab_counter_run_duration_seconds",
+        "Duration of one reconcile run (every dirty mark present at its start).",
+        LATENCY_BUCKETS.to_vec()
     )
     .expect("metric registers once")
 });

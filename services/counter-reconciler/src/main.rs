@@ -1,0 +1,33 @@
+//! `confab-counter-reconciler`: keep counts fresh, or `confab-counter-reconciler repair` to
+//! recompute every count once and exit.
+
+use anyhow::Context;
+use confab_counter_reconciler::{pool, repair, ReconcilerConfig};
+use confab_runtime::{config, shutdown, telemetry};
+use tokio::net::TcpListener;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let env = config::process_env();
+    telemetry::init(&env);
+    let config = ReconcilerConfig::from_env(&env)?;
+    if std::env::args().nth(1).as_deref() == Some("repair") {
+        let stats = repair::repair(&pool(&config.common)?, config.repair_chunk)
+            .await
+            .context("repairing counts")?;
+        tracing::info!(
+            chats = stats.chats,
+            applications = stats.applications,
+            "repair done"
+        );
+        return Ok(());
+    }
+    let admin = TcpListener::bind(config.common.admin_addr)
+        .await
+        .with_context(|| format!("binding {}", config.common.admin_addr))?;
+    let result = confab_counter_reconciler::run(config, admin, shutdown::signal()).await;
+    if let Err(error) = &result {
+        tracing::error!(%error, "counter reconciler failed");
+    }
+    Ok(result?)
+}
