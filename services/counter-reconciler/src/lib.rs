@@ -45,6 +45,14 @@ pub fn pool(config: &CommonConfig) -> Result<MySqlPool, sqlx::Error> {
     })
 }
 
+/// MySQL's deadlock (1213) and lock wait timeout (1205).
+fn is_lock_conflict(error: &sqlx::Error) -> bool {
+    error
+        .as_database_error()
+        .and_then(|e| e.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>())
+        .is_some_and(|e| matches!(e.number(), 1213 | 1205))
+}
+
 /// Runs the reconcile loop until `shutdown` resolves; the run in progress is finished first.
 pub async fn run(
     config: ReconcilerConfig,
@@ -83,6 +91,12 @@ pub async fn run(
                     tracing::warn!(%error, "cannot read counter lag");
                 }
                 config.interval
+            }
+            // A deadlock or lock wait timeout is InnoDB resolving contention with the persister:
+            // the transaction was rolled back whole, so retry at once.
+            Err(error) if is_lock_conflict(&error) => {
+                tracing::debug!(%error, "reconcile run lost a lock conflict; retrying");
+                Duration::ZERO
             }
             Err(error) => {
                 failures += 1;

@@ -38,7 +38,12 @@ impl From<sqlx::Error> for StoreError {
     }
 }
 
-/// Writes the plan: ensure the chats, resolve their ids, upsert the messages; one transaction.
+/// Writes the plan in one transaction: ensure the chats, mark the changed parents for the counter
+/// reconciler, upsert the messages.
+///
+/// Lock order matters: the reconciler locks a parent's mark, then the parent row. Marks are
+/// therefore taken here *before* the foreign-key checks of the inserts lock parent rows, and in
+/// ascending id order, so the two never wait on each other in a cycle.
 pub async fn apply(db: &MySqlPool, plan: &Plan) -> Result<(), StoreError> {
     if plan.chats.is_empty() && plan.messages.is_empty() {
         return Ok(());
@@ -51,9 +56,28 @@ pub async fn apply(db: &MySqlPool, plan: &Plan) -> Result<(), StoreError> {
         .filter(|(key, _)| !ids.contains_key(key))
         .collect();
     if !missing.is_empty() {
+        // New chats change their application's chats_count.
+        let mut apps: Vec<u64> = missing.iter().map(|(k, _)| k.application_id).collect();
+        apps.sort_unstable();
+        apps.dedup();
+        mark_dirty(
+            &mut tx,
+            "counter_dirty_applications",
+            "application_id",
+            &apps,
+        )
+        .await?;
         insert_chats(&mut tx, &missing).await?;
         ids.extend(chat_ids(&mut tx, missing.iter().map(|(k, _)| *k)).await?);
     }
+    // New messages change their chat's messages_count.
+    let mut dirty_chats: Vec<u64> = plan
+        .counted_chats
+        .iter()
+        .filter_map(|key| ids.get(key).copied())
+        .collect();
+    dirty_chats.sort_unstable();
+    mark_dirty(&mut tx, "counter_dirty_chats", "chat_id", &dirty_chats).await?;
     for chunk in batch::chunks(
         &plan.messages,
         MAX_ROWS_PER_STATEMENT,
@@ -61,24 +85,6 @@ pub async fn apply(db: &MySqlPool, plan: &Plan) -> Result<(), StoreError> {
     ) {
         upsert_messages(&mut tx, chunk, &ids).await?;
     }
-    // Counter marks, in the same transaction: new chats change their application's chats_count,
-    // new messages their chat's messages_count.
-    let dirty_chats: Vec<u64> = plan
-        .counted_chats
-        .iter()
-        .filter_map(|key| ids.get(key).copied())
-        .collect();
-    mark_dirty(&mut tx, "counter_dirty_chats", "chat_id", &dirty_chats).await?;
-    let mut dirty_apps: Vec<u64> = missing.iter().map(|(k, _)| k.application_id).collect();
-    dirty_apps.sort_unstable();
-    dirty_apps.dedup();
-    mark_dirty(
-        &mut tx,
-        "counter_dirty_applications",
-        "application_id",
-        &dirty_apps,
-    )
-    .await?;
     tx.commit().await?;
     Ok(())
 }
