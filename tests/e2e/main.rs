@@ -9,3 +9,4 @@ mod durability;
 mod health;
 mod invariants;
 mod numbering;
+mod search;

@@ -173,6 +173,48 @@ impl TestEnv {
         }
     }
 
+    /// This test's embedded index directory.
+    pub fn index_dir(&self) -> std::path::PathBuf {
+        std::env::temp_dir().join(format!("confab-index-{}", self.id))
+    }
+
+    /// Starts an indexer (embedded backend in [`Self::index_dir`]); `base` is its search URL.
+    pub async fn spawn_indexer_with(&self, overrides: &[(&str, &str)]) -> Service {
+        let mut env = self.env();
+        env.insert(
+            "CONFAB_INDEX_DIR".into(),
+            self.index_dir().display().to_string(),
+        );
+        for (k, v) in overrides {
+            env.insert((*k).to_owned(), (*v).to_owned());
+        }
+        let config = confab_indexer::IndexerConfig::from_env(&env).unwrap();
+        let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let search = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let admin_base = format!("http://{}", admin.local_addr().unwrap());
+        let base = format!("http://{}", search.local_addr().unwrap());
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            confab_indexer::run(
+                config,
+                confab_indexer::Listeners { admin, search },
+                async move {
+                    let _ = rx.await;
+                },
+            )
+            .await
+            .map_err(|e| e.to_string())
+        });
+        let service = Service {
+            base,
+            admin: admin_base,
+            stop: Some(tx),
+            task,
+        };
+        service.wait_ready().await;
+        service
+    }
+
     /// Starts a counter reconciler with this environment (plus `overrides`).
     pub async fn spawn_reconciler_with(&self, overrides: &[(&str, &str)]) -> Service {
         let mut env = self.env();
@@ -265,8 +307,9 @@ impl TestEnv {
         sqlx::query_scalar(sql).fetch_one(&self.db).await.unwrap()
     }
 
-    /// Drops the database, the streams and the Redis keys of this test.
+    /// Drops the database, the streams, the index and the Redis keys of this test.
     pub async fn cleanup(self) {
+        let _ = std::fs::remove_dir_all(self.index_dir());
         let _ = sqlx::query(&format!("DROP DATABASE `{}`", self.database))
             .execute(&self.db)
             .await;

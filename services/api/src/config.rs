@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use confab_core::validation::Limits;
-use confab_runtime::config::{boolean, millis, parse};
+use confab_runtime::config::{boolean, millis, parse, string};
 use confab_runtime::{CommonConfig, ConfigError, Env};
 
 #[derive(Debug, Clone)]
@@ -24,6 +24,19 @@ pub struct ApiConfig {
     /// `CONFAB_IN_FLIGHT_TTL_SECS`, default 3600: how long Redis remembers a chat whose creation
     /// is acknowledged but maybe not yet persisted.
     pub in_flight_ttl: Duration,
+    pub search: SearchConfig,
+    /// `CONFAB_SEARCH_TIMEOUT_MS`, default 2000.
+    pub search_timeout: Duration,
+}
+
+/// Where search queries go.
+#[derive(Debug, Clone)]
+pub enum SearchConfig {
+    /// `ELASTICSEARCH_URL` and `CONFAB_ELASTICSEARCH_INDEX` (default `confab-messages`).
+    Elasticsearch { url: String, index: String },
+    /// Otherwise the indexer's internal endpoint, `CONFAB_SEARCH_URL` (default
+    /// `http://127.0.0.1:8081`), which serves the embedded index.
+    Indexer { url: String },
 }
 
 /// The admin port default of the api.
@@ -48,6 +61,16 @@ impl ApiConfig {
             request_timeout: millis(env, "CONFAB_REQUEST_TIMEOUT_MS", 10_000)?,
             token_cache_ttl: millis(env, "CONFAB_TOKEN_CACHE_TTL_MS", 30_000)?,
             in_flight_ttl: Duration::from_secs(parse(env, "CONFAB_IN_FLIGHT_TTL_SECS", 3600)?),
+            search: match env.get("ELASTICSEARCH_URL").filter(|u| !u.is_empty()) {
+                Some(url) => SearchConfig::Elasticsearch {
+                    url: url.clone(),
+                    index: string(env, "CONFAB_ELASTICSEARCH_INDEX", "confab-messages"),
+                },
+                None => SearchConfig::Indexer {
+                    url: string(env, "CONFAB_SEARCH_URL", "http://127.0.0.1:8081"),
+                },
+            },
+            search_timeout: millis(env, "CONFAB_SEARCH_TIMEOUT_MS", 2000)?,
         })
     }
 

@@ -18,6 +18,8 @@ pub enum ApiError {
     #[error("{0}")]
     InvalidParameter(String),
     #[error("{0}")]
+    InvalidQuery(String),
+    #[error("{0}")]
     Unprocessable(String),
     #[error(transparent)]
     Validation(#[from] ValidationError),
@@ -76,7 +78,8 @@ pub struct ErrorBody {
 
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct ErrorDetail {
-    /// Stable, machine-readable: `malformed_json`, `invalid_parameter`, `validation_failed`,
+    /// Stable, machine-readable: `malformed_json`, `invalid_parameter`, `invalid_query`,
+    /// `validation_failed`,
     /// `payload_too_large`, `not_found`, `method_not_allowed`, `timeout`, `unavailable`,
     /// `internal`.
     pub code: &'static str,
@@ -88,6 +91,7 @@ impl ApiError {
         match self {
             Self::MalformedJson(_) => (StatusCode::BAD_REQUEST, "malformed_json"),
             Self::InvalidParameter(_) => (StatusCode::BAD_REQUEST, "invalid_parameter"),
+            Self::InvalidQuery(_) => (StatusCode::BAD_REQUEST, "invalid_query"),
             Self::Validation(ValidationError::BodyTooLarge { .. }) | Self::PayloadTooLarge(_) => {
                 (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large")
             }

@@ -22,12 +22,16 @@ pub mod state;
 pub mod views;
 
 use std::future::Future;
+use std::sync::Arc;
 
 use axum::Router;
 use confab_core::keys::Keys;
 use confab_runtime::admin::{self, Readiness};
 use confab_runtime::shutdown::Shutdown;
 use confab_runtime::{cache, db, jetstream};
+use confab_search::elastic::Elastic;
+use confab_search::remote::Remote;
+use confab_search::SearchBackend;
 use tokio::net::TcpListener;
 
 pub use config::ApiConfig;
@@ -44,6 +48,8 @@ pub enum Error {
     Redis(#[from] redis::RedisError),
     #[error("jetstream: {0}")]
     JetStream(#[from] jetstream::Error),
+    #[error("search: {0}")]
+    Search(#[from] confab_search::Error),
     #[error("server: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -71,6 +77,7 @@ pub async fn connect(config: &ApiConfig) -> Result<AppState, Error> {
     let redis = cache::connect(&config.common).await?;
     let js =
         jetstream::connect(&config.common.nats_url, "confab-api", &config.common.stream).await?;
+    let (search, search_label) = search_backend(config)?;
     Ok(AppState::new(StateParts {
         db,
         redis,
@@ -80,7 +87,22 @@ pub async fn connect(config: &ApiConfig) -> Result<AppState, Error> {
         max_request_bytes: config.max_request_bytes(),
         in_flight_ttl: config.in_flight_ttl,
         token_cache_ttl: config.token_cache_ttl,
+        search,
+        search_label,
     }))
+}
+
+/// The search backend queries go to: Elasticsearch, or the indexer serving the embedded index.
+fn search_backend(config: &ApiConfig) -> Result<(Arc<dyn SearchBackend>, &'static str), Error> {
+    Ok(match &config.search {
+        config::SearchConfig::Elasticsearch { url, index } => {
+            (Arc::new(Elastic::new(url, index)?), "elasticsearch")
+        }
+        config::SearchConfig::Indexer { url } => (
+            Arc::new(Remote::new(url, config.search_timeout)?),
+            "embedded",
+        ),
+    })
 }
 
 /// Runs the api until `shutdown` resolves.

@@ -3,7 +3,7 @@
 use utoipa::OpenApi;
 
 use crate::error::{ErrorBody, ErrorDetail};
-use crate::routes::{applications, chats, messages};
+use crate::routes::{applications, chats, messages, search};
 use crate::views::{ApplicationInput, ApplicationView, ChatView, MessageInput, MessageView};
 
 #[derive(OpenApi)]
@@ -19,6 +19,7 @@ use crate::views::{ApplicationInput, ApplicationView, ChatView, MessageInput, Me
         applications::create, applications::list, applications::show, applications::update,
         chats::create, chats::list, chats::show,
         messages::create, messages::list, messages::show, messages::update,
+        search::search,
     ),
     components(schemas(
         ApplicationView, ChatView, MessageView, ApplicationInput, MessageInput, ErrorBody, ErrorDetail
@@ -27,6 +28,7 @@ use crate::views::{ApplicationInput, ApplicationView, ChatView, MessageInput, Me
         (name = "applications", description = "Tenants' applications, addressed by token"),
         (name = "chats", description = "Chats, numbered 1, 2, 3… per application"),
         (name = "messages", description = "Messages, numbered 1, 2, 3… per chat"),
+        (name = "search", description = "Partial-match search of message bodies within a chat"),
     )
 )]
 pub struct ApiDoc;

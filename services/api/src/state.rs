@@ -40,6 +40,9 @@ pub struct Shared {
     pub in_flight_ttl: Duration,
     /// Token → application id. Keyed by the token text, which never leaves this process.
     pub tokens: Cache<String, u64>,
+    pub search: std::sync::Arc<dyn confab_search::SearchBackend>,
+    /// `embedded` or `elasticsearch`, for metric labels.
+    pub search_label: &'static str,
     /// (application id, chat number) pairs known to exist.
     pub known_chats: Cache<(u64, u64), ()>,
 }
@@ -53,6 +56,8 @@ pub struct StateParts {
     pub max_request_bytes: usize,
     pub in_flight_ttl: Duration,
     pub token_cache_ttl: Duration,
+    pub search: std::sync::Arc<dyn confab_search::SearchBackend>,
+    pub search_label: &'static str,
 }
 
 impl AppState {
@@ -70,6 +75,8 @@ impl AppState {
                 .max_capacity(TOKEN_CACHE_CAPACITY)
                 .time_to_live(parts.token_cache_ttl)
                 .build(),
+            search: parts.search,
+            search_label: parts.search_label,
             known_chats: Cache::builder().max_capacity(KNOWN_CHATS_CAPACITY).build(),
         }))
     }

@@ -5,22 +5,20 @@
 //! commit. Every write is an idempotent upsert versioned by stream sequence, so redelivery,
 //! replays and several replicas sharing the consumer all converge to one row per message with the
 //! body of its latest event. Events that can never be applied go to the dead-letter stream
-//! ([`dead_letter`]).
+//! ([`confab_runtime::dead_letter`]).
 
 pub mod batch;
 pub mod config;
-pub mod dead_letter;
 pub mod store;
 pub mod worker;
 
 use std::future::Future;
 
 use confab_runtime::admin::{self, Readiness};
-use confab_runtime::db;
 use confab_runtime::jetstream::{self, durable_consumer_config};
 use confab_runtime::shutdown::Shutdown;
+use confab_runtime::{consume, db};
 use tokio::net::TcpListener;
-use tokio_stream::StreamExt;
 
 pub use config::PersisterConfig;
 use worker::Worker;
@@ -76,38 +74,16 @@ pub async fn run(
     let admin = tokio::spawn(admin::serve(admin_listener, readiness, shutdown.wait()));
     let worker = Worker { db, js: js.clone() };
 
-    let messages = consumer
-        .stream()
-        .max_messages_per_batch(config.batch_size)
-        .messages()
-        .await
-        .map_err(|e| Error::Consume(e.to_string()))?;
-    let batches = messages.chunks_timeout(config.batch_size, config.batch_wait);
-    tokio::pin!(batches);
-    let stop = shutdown.wait();
-    tokio::pin!(stop);
     tracing::info!(consumer = %config.consumer, "persister consuming");
-    let outcome = loop {
-        tokio::select! {
-            biased;
-            () = &mut stop => break Ok(()),
-            next = batches.next() => {
-                let Some(items) = next else {
-                    break Err(Error::Consume("message stream ended".into()));
-                };
-                let mut ok = Vec::with_capacity(items.len());
-                for item in items {
-                    match item {
-                        Ok(message) => ok.push(message),
-                        Err(error) => tracing::warn!(%error, "pull consumer error"),
-                    }
-                }
-                if !ok.is_empty() {
-                    worker.process(ok).await;
-                }
-            }
-        }
-    };
+    let outcome = consume::run_batches(
+        &consumer,
+        config.batch_size,
+        config.batch_wait,
+        shutdown.wait(),
+        |batch| worker.process(batch),
+    )
+    .await
+    .map_err(Error::Consume);
     if let Err(error) = js.client.flush().await {
         tracing::warn!(%error, "nats flush on shutdown failed");
     }

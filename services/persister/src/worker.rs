@@ -6,16 +6,14 @@
 
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream::{self, AckKind};
+use async_nats::jetstream;
 use chrono::Utc;
-use confab_core::event::headers;
 use confab_core::Envelope;
 use confab_runtime::jetstream::JetStream;
-use confab_runtime::metrics;
+use confab_runtime::{consume, dead_letter, metrics};
 use sqlx::MySqlPool;
 
 use crate::batch::{self, Sequenced};
-use crate::dead_letter;
 use crate::store::{self, StoreError};
 
 pub const SERVICE: &str = "persister";
@@ -36,23 +34,7 @@ impl Worker {
         let mut events = Vec::with_capacity(messages.len());
         let mut delivered = Vec::with_capacity(messages.len());
         for message in messages {
-            let (stream_sequence, deliveries) = message
-                .info()
-                .map(|i| (i.stream_sequence, i.delivered))
-                .unwrap_or_default();
-            let kind = message
-                .headers
-                .as_ref()
-                .and_then(|h| h.get(headers::EVENT_TYPE))
-                .map_or("unknown", |v| known_kind(v.as_str()));
-            metrics::EVENTS_CONSUMED
-                .with_label_values(&[SERVICE, kind])
-                .inc();
-            if deliveries > 1 {
-                metrics::EVENTS_REDELIVERED
-                    .with_label_values(&[SERVICE])
-                    .inc();
-            }
+            let (stream_sequence, _) = consume::observe_delivery(SERVICE, &message);
             match Envelope::decode(&message.payload) {
                 Ok(envelope) => {
                     events.push(Sequenced {
@@ -88,8 +70,16 @@ impl Worker {
                 metrics::BATCH_DURATION
                     .with_label_values(&[SERVICE, "error"])
                     .observe(started.elapsed().as_secs_f64());
+                let text = error.to_string();
                 for message in &delivered {
-                    self.failed(message, clone_kind(&error)).await;
+                    match &error {
+                        StoreError::Permanent(_) => {
+                            self.dead_letter(message, "rejected", &text).await;
+                        }
+                        StoreError::Transient(_) => {
+                            consume::hand_back(&self.js, SERVICE, message, &text).await;
+                        }
+                    }
                 }
             }
         }
@@ -134,38 +124,23 @@ impl Worker {
         }
         for m in messages {
             tracing::debug!(
-                trace_id = trace_id(m).unwrap_or_default(),
+                trace_id = consume::trace_id(m).unwrap_or_default(),
                 "event persisted"
             );
         }
-        let acks = futures::future::join_all(messages.iter().map(|m| m.ack())).await;
-        let failed = acks.iter().filter(|r| r.is_err()).count();
-        if failed > 0 {
-            // Redelivery of a committed event is harmless: the upserts are idempotent.
-            tracing::warn!(failed, "some acks failed; those events will be redelivered");
-        }
-        metrics::EVENTS_ACKED
-            .with_label_values(&[SERVICE])
-            .inc_by((acks.len() - failed) as u64);
+        consume::ack_all(SERVICE, messages).await;
     }
 
-    /// An event that could not be applied: dead-letter it if it never can be (or has used all
-    /// its deliveries), otherwise hand it back with a backoff.
+    /// An event that could not be applied: dead-letter it if it never can be, otherwise hand it
+    /// back with a backoff (dead-lettered once its deliveries are used up).
     async fn failed(&self, message: &jetstream::Message, error: StoreError) {
-        let deliveries = message.info().map(|i| i.delivered).unwrap_or_default();
         match error {
             StoreError::Permanent(error) => {
                 self.dead_letter(message, "rejected", &error.to_string())
                     .await;
             }
-            StoreError::Transient(error) if deliveries >= self.js.config.max_deliver => {
-                self.dead_letter(message, "exhausted", &error.to_string())
-                    .await;
-            }
             StoreError::Transient(error) => {
-                let backoff = Duration::from_millis(250 * 2u64.pow(deliveries.clamp(0, 6) as u32));
-                tracing::warn!(%error, deliveries, ?backoff, "event handed back for redelivery");
-                let _ = message.ack_with(AckKind::Nak(Some(backoff))).await;
+                consume::hand_back(&self.js, SERVICE, message, &error.to_string()).await;
             }
         }
     }
@@ -180,29 +155,5 @@ impl Worker {
             reason,
         )
         .await;
-    }
-}
-
-/// Event type label: only known values, so a hostile header cannot grow the label set.
-fn known_kind(value: &str) -> &'static str {
-    match value {
-        "chat.created" => "chat.created",
-        "message.created" => "message.created",
-        "message.updated" => "message.updated",
-        _ => "unknown",
-    }
-}
-
-fn trace_id(message: &jetstream::Message) -> Option<String> {
-    let value = message.headers.as_ref()?.get(headers::TRACEPARENT)?;
-    confab_core::trace::TraceParent::parse(value.as_str()).map(|t| t.trace_id)
-}
-
-fn clone_kind(error: &StoreError) -> StoreError {
-    // sqlx errors are not Clone; keep the class and the text.
-    let text = sqlx::Error::Protocol(error.to_string());
-    match error {
-        StoreError::Transient(_) => StoreError::Transient(text),
-        StoreError::Permanent(_) => StoreError::Permanent(text),
     }
 }

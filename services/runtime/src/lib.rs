@@ -6,12 +6,16 @@
 //!   JetStream topology (streams, consumers) created idempotently at start-up.
 //! - [`admin`]: the admin server every service runs (`/healthz`, `/readyz`, `/metrics`).
 //! - [`metrics`]: every metric Confab exports, defined in one place.
+//! - [`consume`], [`dead_letter`]: the batching loop, acks and failure handling every JetStream
+//!   consumer service shares.
 //! - [`shutdown`]: SIGTERM / ctrl-c as a future, so `run` functions take shutdown as an argument.
 
 pub mod admin;
 pub mod cache;
 pub mod config;
+pub mod consume;
 pub mod db;
+pub mod dead_letter;
 pub mod jetstream;
 pub mod metrics;
 pub mod secret;

@@ -170,6 +170,54 @@ pub static COUNTER_RUN_DURATION: LazyLock<Histogram> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 
+pub static SEARCH_DOCS_INDEXED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "confab_search_documents_indexed_total",
+        "Message documents sent to the search backend, by backend (embedded, elasticsearch).",
+        &["backend"]
+    )
+    .expect("metric registers once")
+});
+
+pub static SEARCH_BULK_DURATION: LazyLock<HistogramVec> = LazyLock::new(|| {
+    register_histogram_vec!(
+        "confab_search_bulk_duration_seconds",
+        "Time to apply one batch to the search backend, by backend and outcome (ok, error).",
+        &["backend", "outcome"],
+        LATENCY_BUCKETS.to_vec()
+    )
+    .expect("metric registers once")
+});
+
+pub static SEARCH_FAILURES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "confab_search_failures_total",
+        "Failed search backend calls, by operation (index, query) and reason (unavailable, rejected).",
+        &["operation", "reason"]
+    )
+    .expect("metric registers once")
+});
+
+pub static INDEX_LAG: LazyLock<HistogramVec> = LazyLock::new(|| {
+    register_histogram_vec!(
+        "confab_index_lag_seconds",
+        "Time from an event's creation in the api to its body being searchable, by event type.",
+        &["type"],
+        LAG_BUCKETS.to_vec()
+    )
+    .expect("metric registers once")
+});
+
+pub static SEARCH_QUERY_DURATION: LazyLock<HistogramVec> = LazyLock::new(|| {
+    register_histogram_vec!(
+        "confab_search_query_duration_seconds",
+        "Search query latency at the backend, by backend.",
+        &["backend"],
+        LATENCY_BUCKETS.to_vec()
+    )
+    .expect("metric registers once")
+});
+
 /// The text exposition of every registered metric.
 pub fn render() -> String {
     let families = prometheus::gather();

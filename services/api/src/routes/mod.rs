@@ -4,6 +4,7 @@
 pub mod applications;
 pub mod chats;
 pub mod messages;
+pub mod search;
 
 use axum::extract::DefaultBodyLimit;
 use axum::routing::get;
@@ -32,6 +33,10 @@ fn resources() -> Router<AppState> {
         .route(
             "/applications/{token}/chats/{number}/messages",
             get(messages::list).post(messages::create),
+        )
+        .route(
+            "/applications/{token}/chats/{number}/messages/search",
+            get(search::search),
         )
         .route(
             "/applications/{token}/chats/{number}/messages/{message_number}",

@@ -1,10 +1,10 @@
 //! The dead-letter path: events that can never be applied are copied to the dead-letter stream
 //! with the reason, then terminated on the events stream.
 
+use crate::metrics;
 use async_nats::jetstream::{self, AckKind};
 use confab_core::event::headers;
 use confab_core::Subjects;
-use confab_runtime::metrics;
 
 /// Copies `message` to the dead-letter subject with `reason`, then terminates it. When the copy
 /// cannot be stored the message is left to redelivery instead, so nothing is dropped.

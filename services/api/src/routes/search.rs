@@ -1,0 +1,74 @@
+//! `GET /applications/{token}/chats/{number}/messages/search?query=…` (also `q=`): partial,
+//! case-insensitive matches of every word, ranked by relevance, paginated, scoped to one chat.
+
+use std::time::Instant;
+
+use axum::extract::{Path, Query, State};
+use axum::Json;
+use confab_runtime::metrics;
+use confab_search::{SearchRequest, Terms};
+use serde::Deserialize;
+
+use crate::error::{ApiError, ErrorBody, Result};
+use crate::extract::{self, Page, PageQuery};
+use crate::state::AppState;
+use crate::views::MessageView;
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct SearchQuery {
+    /// The words to find (each as a substring, case-insensitive); at most 200 characters.
+    query: Option<String>,
+    /// Alias of `query`.
+    q: Option<String>,
+}
+
+#[utoipa::path(get, path = "/api/v1/applications/{token}/chats/{number}/messages/search",
+    tag = "search",
+    params(("token" = String, Path), ("number" = u64, Path), SearchQuery, PageQuery),
+    responses(
+        (status = 200, body = [MessageView]), (status = 400, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)))]
+#[tracing::instrument(level = "debug", skip_all)]
+pub async fn search(
+    State(state): State<AppState>,
+    Path((token, chat)): Path<(String, String)>,
+    Query(query): Query<SearchQuery>,
+    page: Page,
+) -> Result<Json<Vec<MessageView>>> {
+    let app = state.application_id(&extract::token(&token)?).await?;
+    let chat = extract::number(&chat, "chat")?;
+    if !state.chat_exists(app, chat).await? {
+        return Err(ApiError::NotFound("chat"));
+    }
+    let text = query.query.or(query.q).unwrap_or_default();
+    let terms = Terms::parse(&text).map_err(|e| ApiError::InvalidQuery(e.to_string()))?;
+    let request = SearchRequest {
+        application_id: app,
+        chat_number: chat,
+        terms,
+        limit: page.limit,
+        offset: page.offset,
+    };
+    let started = Instant::now();
+    let hits = state.search.search(&request).await;
+    metrics::SEARCH_QUERY_DURATION
+        .with_label_values(&[state.search_label])
+        .observe(started.elapsed().as_secs_f64());
+    let hits = hits.map_err(|e| {
+        metrics::SEARCH_FAILURES
+            .with_label_values(&["query", "unavailable"])
+            .inc();
+        ApiError::Unavailable(format!("search: {e}"))
+    })?;
+    Ok(Json(
+        hits.into_iter()
+            .map(|h| MessageView {
+                number: h.number,
+                body: h.body,
+                created_at: None,
+                updated_at: None,
+            })
+            .collect(),
+    ))
+}

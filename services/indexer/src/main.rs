@@ -1,0 +1,65 @@
+//! `confab-indexer`: index message events for search, or `confab-indexer reindex` to rebuild the
+//! index from MySQL (directly into Elasticsearch, or through the running indexer's internal
+//! endpoint for the embedded index, which has a single writer).
+
+use std::time::Duration;
+
+use anyhow::Context;
+use confab_indexer::{reindex, BackendConfig, IndexerConfig, Listeners};
+use confab_runtime::{config, db, shutdown, telemetry};
+use tokio::net::TcpListener;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let env = config::process_env();
+    telemetry::init(&env);
+    let config = IndexerConfig::from_env(&env)?;
+    if std::env::args().nth(1).as_deref() == Some("reindex") {
+        return reindex_command(&config, &env).await;
+    }
+    let listeners = Listeners {
+        admin: TcpListener::bind(config.common.admin_addr)
+            .await
+            .with_context(|| format!("binding {}", config.common.admin_addr))?,
+        search: TcpListener::bind(config.search_addr)
+            .await
+            .with_context(|| format!("binding {}", config.search_addr))?,
+    };
+    let result = confab_indexer::run(config, listeners, shutdown::signal()).await;
+    if let Err(error) = &result {
+        tracing::error!(%error, "indexer failed");
+    }
+    Ok(result?)
+}
+
+async fn reindex_command(config: &IndexerConfig, env: &config::Env) -> anyhow::Result<()> {
+    if let BackendConfig::Elasticsearch { .. } = config.backend {
+        let backend = confab_indexer::backend(&config.backend).await?;
+        let pool = db::pool(&config.common)?;
+        let n = reindex::reindex(&pool, backend.as_ref(), &reindex::Progress::default()).await?;
+        tracing::info!(indexed = n, "reindex finished");
+        return Ok(());
+    }
+    // The embedded index belongs to the running indexer: ask it, then follow its progress.
+    let base = config::string(env, "CONFAB_SEARCH_URL", "http://127.0.0.1:8081");
+    let url = format!("{}/internal/reindex", base.trim_end_matches('/'));
+    let http = reqwest::Client::new();
+    let started = http
+        .post(&url)
+        .send()
+        .await
+        .context("asking the indexer to reindex")?;
+    anyhow::ensure!(
+        started.status().is_success(),
+        "the indexer refused: {}",
+        started.text().await.unwrap_or_default()
+    );
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let status: serde_json::Value = http.get(&url).send().await?.json().await?;
+        tracing::info!(indexed = %status["indexed"], total = %status["total"], "reindex progress");
+        if status["running"] == false {
+            return Ok(());
+        }
+    }
+}

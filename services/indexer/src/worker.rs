@@ -1,0 +1,140 @@
+//! One step of the indexer: a delivered batch of message events in, documents in the search
+//! backend and events acked out. Versions are stream sequences, so redelivery and out-of-order
+//! updates never let an older body win.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use async_nats::jetstream;
+use chrono::Utc;
+use confab_core::{Envelope, Event};
+use confab_runtime::jetstream::JetStream;
+use confab_runtime::{consume, dead_letter, metrics};
+use confab_search::{Error, SearchBackend, SearchDoc};
+
+pub const SERVICE: &str = "indexer";
+
+#[derive(Clone)]
+pub struct Worker {
+    pub backend: Arc<dyn SearchBackend>,
+    pub backend_label: &'static str,
+    pub js: JetStream,
+}
+
+struct Item {
+    doc: SearchDoc,
+    envelope: Envelope,
+    message: jetstream::Message,
+}
+
+impl Worker {
+    #[tracing::instrument(level = "debug", skip_all, fields(size = messages.len()))]
+    pub async fn process(&self, messages: Vec<jetstream::Message>) {
+        let mut items = Vec::with_capacity(messages.len());
+        for message in messages {
+            let (version, _) = consume::observe_delivery(SERVICE, &message);
+            match Envelope::decode(&message.payload) {
+                Ok(envelope) => match &envelope.event {
+                    Event::MessageCreated(m) | Event::MessageUpdated(m) => items.push(Item {
+                        doc: SearchDoc {
+                            application_id: m.application_id,
+                            chat_number: m.chat_number,
+                            number: m.number,
+                            body: m.body.clone(),
+                            version,
+                        },
+                        envelope,
+                        message,
+                    }),
+                    // Not a message event: nothing to index (the consumer filter excludes these).
+                    Event::ChatCreated(_) => consume::ack_all(SERVICE, &[message]).await,
+                },
+                Err(error) => {
+                    self.dead_letter(&message, "undecodable", &error.to_string())
+                        .await
+                }
+            }
+        }
+        if items.is_empty() {
+            return;
+        }
+        match self.index(&items).await {
+            Ok(()) => self.indexed(&items).await,
+            Err(Error::Rejected(reason)) if items.len() > 1 => {
+                tracing::warn!(%reason, "batch rejected; indexing its documents one by one");
+                for item in items {
+                    let one = [item];
+                    match self.index(&one).await {
+                        Ok(()) => self.indexed(&one).await,
+                        Err(error) => self.failed(&one[0].message, &error).await,
+                    }
+                }
+            }
+            Err(error) => {
+                for item in &items {
+                    self.failed(&item.message, &error).await;
+                }
+            }
+        }
+    }
+
+    async fn index(&self, items: &[Item]) -> Result<(), Error> {
+        let docs: Vec<SearchDoc> = items.iter().map(|i| i.doc.clone()).collect();
+        let started = Instant::now();
+        let result = self.backend.index(&docs).await;
+        let outcome = if result.is_ok() { "ok" } else { "error" };
+        metrics::SEARCH_BULK_DURATION
+            .with_label_values(&[self.backend_label, outcome])
+            .observe(started.elapsed().as_secs_f64());
+        if let Err(error) = &result {
+            let reason = match error {
+                Error::Rejected(_) => "rejected",
+                _ => "unavailable",
+            };
+            metrics::SEARCH_FAILURES
+                .with_label_values(&["index", reason])
+                .inc();
+        }
+        result
+    }
+
+    async fn indexed(&self, items: &[Item]) {
+        metrics::SEARCH_DOCS_INDEXED
+            .with_label_values(&[self.backend_label])
+            .inc_by(items.len() as u64);
+        metrics::BATCH_SIZE
+            .with_label_values(&[SERVICE])
+            .observe(items.len() as f64);
+        let now = Utc::now();
+        for item in items {
+            let lag = (now - item.envelope.occurred_at)
+                .num_microseconds()
+                .unwrap_or(0) as f64
+                / 1e6;
+            metrics::INDEX_LAG
+                .with_label_values(&[item.envelope.event.kind().as_str()])
+                .observe(lag.max(0.0));
+        }
+        let messages: Vec<jetstream::Message> = items.iter().map(|i| i.message.clone()).collect();
+        consume::ack_all(SERVICE, &messages).await;
+    }
+
+    async fn failed(&self, message: &jetstream::Message, error: &Error) {
+        match error {
+            Error::Rejected(reason) => self.dead_letter(message, "rejected", reason).await,
+            other => consume::hand_back(&self.js, SERVICE, message, &other.to_string()).await,
+        }
+    }
+
+    async fn dead_letter(&self, message: &jetstream::Message, class: &'static str, reason: &str) {
+        dead_letter::send(
+            &self.js.context,
+            &self.js.subjects,
+            SERVICE,
+            message,
+            class,
+            reason,
+        )
+        .await;
+    }
+}

@@ -1,0 +1,312 @@
+//! The Elasticsearch backend.
+//!
+//! The index is created at start-up from the checked-in `elasticsearch/mapping.json`: `body` is
+//! analysed twice, as words (`standard`, for ranking) and as 2–3-grams of letters and digits
+//! (`body.ngram`, for partial matching). Documents are indexed with external versioning (the
+//! stream sequence), so Elasticsearch itself rejects an older version. Queries are built as JSON
+//! from [`Terms`](crate::Terms): n-grams as exact `term` queries, words in a `match` query (which
+//! does not parse syntax), chat scope as `filter` clauses — user text never becomes query syntax.
+
+use futures::future::BoxFuture;
+use serde_json::{json, Value};
+
+use elasticsearch::http::transport::Transport;
+use elasticsearch::indices::{IndicesCreateParts, IndicesExistsParts};
+use elasticsearch::{BulkParts, Elasticsearch, SearchParts};
+
+use crate::{newest_per_id, Error, Hit, Result, SearchBackend, SearchDoc, SearchRequest};
+
+/// The checked-in index settings and mapping.
+pub const MAPPING: &str = include_str!("../elasticsearch/mapping.json");
+
+pub struct Elastic {
+    client: Elasticsearch,
+    index: String,
+}
+
+fn unavailable(error: impl std::fmt::Display) -> Error {
+    Error::Unavailable(error.to_string())
+}
+
+impl Elastic {
+    pub fn new(url: &str, index: &str) -> Result<Self> {
+        let transport = Transport::single_node(url).map_err(unavailable)?;
+        Ok(Self {
+            client: Elasticsearch::new(transport),
+            index: index.to_owned(),
+        })
+    }
+
+    /// Creates the index with the checked-in mapping unless it exists.
+    pub async fn ensure_index(&self) -> Result<()> {
+        let exists = self
+            .client
+            .indices()
+            .exists(IndicesExistsParts::Index(&[&self.index]))
+            .send()
+            .await
+            .map_err(unavailable)?;
+        if exists.status_code().is_success() {
+            return Ok(());
+        }
+        let mapping: Value = serde_json::from_str(MAPPING).expect("the checked-in mapping is JSON");
+        let created = self
+            .client
+            .indices()
+            .create(IndicesCreateParts::Index(&self.index))
+            .body(mapping)
+            .send()
+            .await
+            .map_err(unavailable)?;
+        let status = created.status_code();
+        let body: Value = created.json().await.unwrap_or_default();
+        // Another indexer replica may have created it first.
+        if status.is_success() || body["error"]["type"] == "resource_already_exists_exception" {
+            Ok(())
+        } else {
+            Err(Error::Rejected(format!("index creation failed: {body}")))
+        }
+    }
+}
+
+/// The bulk request lines for a batch: newest version per message, external versioning.
+pub fn bulk_lines(index: &str, docs: &[SearchDoc]) -> Vec<Value> {
+    let mut lines = Vec::new();
+    for doc in newest_per_id(docs) {
+        lines.push(json!({"index": {
+            "_index": index,
+            "_id": doc.id(),
+            "version": doc.version,
+            "version_type": "external",
+        }}));
+        lines.push(json!({
+            "application_id": doc.application_id,
+            "chat_number": doc.chat_number,
+            "number": doc.number,
+            "body": doc.body,
+        }));
+    }
+    lines
+}
+
+/// The search request body for one query.
+pub fn search_body(request: &SearchRequest) -> Value {
+    let grams: Vec<Value> = request
+        .terms
+        .required_grams()
+        .into_iter()
+        .map(|g| json!({"term": {"body.ngram": g}}))
+        .collect();
+    json!({
+        "from": request.offset,
+        "size": request.limit,
+        "_source": ["number", "body"],
+        "query": {"bool": {
+            "filter": [
+                {"term": {"application_id": request.application_id}},
+                {"term": {"chat_number": request.chat_number}},
+            ],
+            "must": grams,
+            "should": [
+                {"match": {"body": {"query": request.terms.words.join(" "), "boost": 2.0}}}
+            ],
+        }},
+        "sort": ["_score", {"number": "asc"}],
+    })
+}
+
+/// Whether a bulk response failed for a reason other than a stale version (409, expected under
+/// redelivery).
+pub fn bulk_failures(response: &Value) -> Vec<String> {
+    response["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|item| {
+            let result = &item["index"];
+            let status = result["status"].as_u64().unwrap_or(0);
+            (status >= 300 && status != 409).then(|| result["error"].to_string())
+        })
+        .collect()
+}
+
+impl SearchBackend for Elastic {
+    fn index<'a>(&'a self, docs: &'a [SearchDoc]) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            let lines: Vec<elasticsearch::http::request::JsonBody<Value>> =
+                bulk_lines(&self.index, docs)
+                    .into_iter()
+                    .map(Into::into)
+                    .collect();
+            if lines.is_empty() {
+                return Ok(());
+            }
+            let response = self
+                .client
+                .bulk(BulkParts::Index(&self.index))
+                .body(lines)
+                .send()
+                .await
+                .map_err(unavailable)?;
+            if !response.status_code().is_success() {
+                return Err(Error::Unavailable(format!(
+                    "bulk answered {}",
+                    response.status_code()
+                )));
+            }
+            let body: Value = response.json().await.map_err(unavailable)?;
+            let failures = bulk_failures(&body);
+            if failures.is_empty() {
+                Ok(())
+            } else {
+                Err(Error::Rejected(failures.join("; ")))
+            }
+        })
+    }
+
+    fn search<'a>(&'a self, request: &'a SearchRequest) -> BoxFuture<'a, Result<Vec<Hit>>> {
+        Box::pin(async move {
+            let response = self
+                .client
+                .search(SearchParts::Index(&[&self.index]))
+                .body(search_body(request))
+                .send()
+                .await
+                .map_err(unavailable)?;
+            if !response.status_code().is_success() {
+                return Err(Error::Unavailable(format!(
+                    "search answered {}",
+                    response.status_code()
+                )));
+            }
+            let body: Value = response.json().await.map_err(unavailable)?;
+            Ok(body["hits"]["hits"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|h| Hit {
+                    number: h["_source"]["number"].as_u64().unwrap_or_default(),
+                    body: h["_source"]["body"].as_str().unwrap_or_default().to_owned(),
+                    score: h["_score"].as_f64().unwrap_or_default() as f32,
+                })
+                .collect())
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Terms;
+
+    #[test]
+    fn the_mapping_gives_partial_matching_on_a_subfield() {
+        let m: Value = serde_json::from_str(MAPPING).unwrap();
+        let tokenizer = &m["settings"]["analysis"]["tokenizer"]["confab_ngram"];
+        assert_eq!(tokenizer["type"], "ngram");
+        assert_eq!(tokenizer["min_gram"], 2);
+        assert_eq!(tokenizer["max_gram"], 3);
+        let body = &m["mappings"]["properties"]["body"];
+        assert_eq!(body["analyzer"], "standard");
+        assert_eq!(body["fields"]["ngram"]["analyzer"], "confab_ngram");
+        assert_eq!(m["mappings"]["dynamic"], "strict");
+    }
+
+    #[test]
+    fn the_query_is_exact_json_with_filters_and_no_syntax() {
+        let request = SearchRequest {
+            application_id: 7,
+            chat_number: 3,
+            terms: Terms::parse("Wor hel* OR").unwrap(),
+            limit: 10,
+            offset: 20,
+        };
+        assert_eq!(
+            search_body(&request),
+            json!({
+                "from": 20,
+                "size": 10,
+                "_source": ["number", "body"],
+                "query": {"bool": {
+                    "filter": [
+                        {"term": {"application_id": 7}},
+                        {"term": {"chat_number": 3}},
+                    ],
+                    "must": [
+                        {"term": {"body.ngram": "wor"}},
+                        {"term": {"body.ngram": "hel"}},
+                        {"term": {"body.ngram": "or"}},
+                    ],
+                    "should": [{"match": {"body": {"query": "wor hel or", "boost": 2.0}}}],
+                }},
+                "sort": ["_score", {"number": "asc"}],
+            })
+        );
+    }
+
+    #[test]
+    fn bulk_uses_external_versions_and_tolerates_stale_ones() {
+        let doc = |v: u64, body: &str| SearchDoc {
+            application_id: 1,
+            chat_number: 2,
+            number: 3,
+            body: body.into(),
+            version: v,
+        };
+        let lines = bulk_lines("idx", &[doc(4, "old"), doc(9, "new")]);
+        assert_eq!(
+            lines,
+            vec![
+                json!({"index": {"_index": "idx", "_id": "1:2:3", "version": 9, "version_type": "external"}}),
+                json!({"application_id": 1, "chat_number": 2, "number": 3, "body": "new"}),
+            ]
+        );
+        let response = json!({"items": [
+            {"index": {"status": 201}},
+            {"index": {"status": 409, "error": {"type": "version_conflict_engine_exception"}}},
+            {"index": {"status": 400, "error": {"type": "mapper_parsing_exception"}}},
+        ]});
+        let failures = bulk_failures(&response);
+        assert_eq!(failures.len(), 1);
+        assert!(failures[0].contains("mapper_parsing_exception"));
+    }
+
+    /// The behavioural suite against a real cluster, opt-in.
+    #[tokio::test]
+    async fn elasticsearch_backend_passes_the_behavioural_suite() {
+        let Ok(url) = std::env::var("CONFAB_TEST_ELASTICSEARCH_URL") else {
+            eprintln!(
+                "skipped: set CONFAB_TEST_ELASTICSEARCH_URL to run the suite against Elasticsearch"
+            );
+            return;
+        };
+        let index = format!("confab-test-{}", std::process::id());
+        let backend = Elastic::new(&url, &index).unwrap();
+        backend.ensure_index().await.unwrap();
+        crate::testing::suite(&ElasticRefreshing(&backend)).await;
+    }
+
+    /// Elasticsearch makes writes searchable after a refresh; the suite expects read-your-writes.
+    struct ElasticRefreshing<'a>(&'a Elastic);
+
+    impl SearchBackend for ElasticRefreshing<'_> {
+        fn index<'a>(&'a self, docs: &'a [SearchDoc]) -> BoxFuture<'a, Result<()>> {
+            Box::pin(async move {
+                self.0.index(docs).await?;
+                self.0
+                    .client
+                    .indices()
+                    .refresh(elasticsearch::indices::IndicesRefreshParts::Index(&[&self
+                        .0
+                        .index]))
+                    .send()
+                    .await
+                    .map_err(unavailable)?;
+                Ok(())
+            })
+        }
+        fn search<'a>(&'a self, request: &'a SearchRequest) -> BoxFuture<'a, Result<Vec<Hit>>> {
+            self.0.search(request)
+        }
+    }
+}

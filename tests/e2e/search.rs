@@ -1,0 +1,294 @@
+//! Search end to end: the api, the indexer (embedded backend) and the persister against the real
+//! MariaDB, Redis and NATS.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use confab_search::remote::Remote;
+use confab_search::{SearchBackend, SearchRequest, Terms};
+use confab_tests::{eventually, Client, TestEnv};
+use futures::StreamExt;
+use reqwest::{Method, StatusCode};
+use serde_json::json;
+
+async fn numbers(c: &Client, path: &str) -> (StatusCode, BTreeSet<u64>) {
+    let (status, body) = c.get(path).await;
+    let set = body
+        .as_array()
+        .map(|hits| hits.iter().filter_map(|h| h["number"].as_u64()).collect())
+        .unwrap_or_default();
+    (status, set)
+}
+
+fn set(items: &[u64]) -> BTreeSet<u64> {
+    items.iter().copied().collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn search_finds_partial_matches_within_one_chat_through_the_api() {
+    let env = TestEnv::new().await;
+    let indexer = env.spawn_indexer_with(&[]).await;
+    let api = env
+        .spawn_api_with(&[("CONFAB_SEARCH_URL", &indexer.base)])
+        .await;
+    let c = Client::new(&api.base);
+    let token = c.create_app("searchable").await;
+    let other = c.create_app("other").await;
+    for _ in 0..2 {
+        c.create_chat(&token).await;
+    }
+    c.create_chat(&other).await;
+    for body in ["Hello world", "The quick brown fox", "hello again"] {
+        c.create_message(&token, 1, body).await;
+    }
+    c.create_message(&token, 2, "hello from chat two").await;
+    c.create_message(&other, 1, "hello other app").await;
+
+    let s = |q: &str| format!("/api/v1/applications/{token}/chats/1/messages/search?query={q}");
+    eventually(Duration::from_secs(10), "messages searchable", || async {
+        numbers(&c, &s("ell")).await.1 == set(&[1, 3])
+    })
+    .await;
+    assert_eq!(numbers(&c, &s("wor%20hel")).await.1, set(&[1]));
+    assert_eq!(numbers(&c, &s("HELLO")).await.1, set(&[1, 3]));
+    let (_, hits) = c.get(&s("hello%20world")).await;
+    assert_eq!(hits[0]["number"], 1, "the best match first: {hits}");
+    assert_eq!(hits[0]["body"], "Hello world");
+    assert_eq!(
+        numbers(
+            &c,
+            &format!("/api/v1/applications/{token}/chats/2/messages/search?query=hello")
+        )
+        .await
+        .1,
+        set(&[1])
+    );
+    assert_eq!(
+        numbers(
+            &c,
+            &format!("/api/v1/applications/{other}/chats/1/messages/search?query=hello")
+        )
+        .await
+        .1,
+        set(&[1])
+    );
+    // `q`, the unprefixed route and pagination.
+    let (status, quick) = numbers(
+        &c,
+        &format!("/applications/{token}/chats/1/messages/search?q=QUICK"),
+    )
+    .await;
+    assert_eq!((status, quick), (StatusCode::OK, set(&[2])));
+    let (_, page2) = c.get(&format!("{}&per_page=1&page=2", s("hello"))).await;
+    assert_eq!(page2.as_array().unwrap().len(), 1);
+
+    // Bad requests.
+    for (path, status, code) in [
+        (s(""), 400, "invalid_query"),
+        (s("%20%21"), 400, "invalid_query"),
+        (s(&"a".repeat(201)), 400, "invalid_query"),
+        (
+            format!("/api/v1/applications/{token}/chats/1/messages/search"),
+            400,
+            "invalid_query",
+        ),
+        (
+            format!("/api/v1/applications/{token}/chats/9/messages/search?query=hello"),
+            404,
+            "not_found",
+        ),
+        (
+            format!(
+                "/api/v1/applications/{}/chats/1/messages/search?query=hello",
+                "0".repeat(48)
+            ),
+            404,
+            "not_found",
+        ),
+        (
+            format!("{}&per_page=0", s("hello")),
+            400,
+            "invalid_parameter",
+        ),
+    ] {
+        let (got, body) = c.get(&path).await;
+        assert_eq!(got.as_u16(), status, "{body}");
+        assert_eq!(body["error"]["code"], code, "{body}");
+    }
+
+    // An update replaces the old text.
+    let (status, _) = c
+        .send(
+            Method::PATCH,
+            &format!("/api/v1/applications/{token}/chats/1/messages/2"),
+            Some(json!({"body": "a lazy dog"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    eventually(Duration::from_secs(10), "update searchable", || async {
+        numbers(&c, &s("lazy")).await.1 == set(&[2]) && numbers(&c, &s("quick")).await.1.is_empty()
+    })
+    .await;
+
+    let metrics = reqwest::get(format!("{}/metrics", indexer.admin))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for series in [
+        r#"confab_search_documents_indexed_total{backend="embedded"}"#,
+        r#"confab_index_lag_seconds_bucket{type="message.created""#,
+        r#"confab_search_bulk_duration_seconds_bucket{backend="embedded",outcome="ok""#,
+        r#"confab_events_consumed_total{service="indexer",type="message.updated"}"#,
+    ] {
+        assert!(metrics.contains(series), "indexer metrics lack {series}");
+    }
+
+    api.stop().await.unwrap();
+    indexer.stop().await.unwrap();
+    env.cleanup().await;
+}
+
+async fn app_id(env: &TestEnv, token: &str) -> u64 {
+    sqlx::query_scalar("SELECT id FROM applications WHERE token = ?")
+        .bind(token)
+        .fetch_one(&env.db)
+        .await
+        .unwrap()
+}
+
+/// Every hit for `query` in a chat, paging through 500 at a time.
+async fn all_hits(search: &Remote, app: u64, chat: u64, query: &str) -> Vec<u64> {
+    let mut out = Vec::new();
+    for page in 0.. {
+        let request = SearchRequest {
+            application_id: app,
+            chat_number: chat,
+            terms: Terms::parse(query).unwrap(),
+            limit: 500,
+            offset: page * 500,
+        };
+        let hits = search.search(&request).await.unwrap_or_default();
+        if hits.is_empty() {
+            return out;
+        }
+        out.extend(hits.iter().map(|h| h.number));
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_indexer_mid_batch_leaves_every_message_searchable_exactly_once() {
+    let env = TestEnv::new().await;
+    let api = env.spawn_api().await;
+    let c = Client::new(&api.base);
+    let token = c.create_app("crashy search").await;
+    c.create_chat(&token).await;
+    let app = app_id(&env, &token).await;
+    futures::stream::iter(0..1500u64)
+        .map(|i| {
+            let (c, token) = (c.clone(), token.clone());
+            async move {
+                c.create_message(&token, 1, &format!("common uniq{i}x"))
+                    .await
+            }
+        })
+        .buffer_unordered(100)
+        .collect::<Vec<_>>()
+        .await;
+
+    let indexer = env
+        .spawn_indexer_with(&[
+            ("CONFAB_INDEX_BATCH_SIZE", "50"),
+            ("CONFAB_ACK_WAIT_SECS", "3"),
+        ])
+        .await;
+    let search = Remote::new(&indexer.base, Duration::from_secs(5)).unwrap();
+    eventually(
+        Duration::from_secs(30),
+        "first documents searchable",
+        || async { !all_hits(&search, app, 1, "common").await.is_empty() },
+    )
+    .await;
+    indexer.kill().await;
+    let at_kill = all_hits(&search, app, 1, "common").await.len();
+    assert!(
+        at_kill < 1500,
+        "the kill came after everything was indexed ({at_kill})"
+    );
+
+    let indexer = env.spawn_indexer_with(&[]).await;
+    let search = Remote::new(&indexer.base, Duration::from_secs(5)).unwrap();
+    eventually(Duration::from_secs(60), "all 1500 searchable", || async {
+        all_hits(&search, app, 1, "common").await.len() >= 1500
+    })
+    .await;
+    let hits = all_hits(&search, app, 1, "common").await;
+    assert_eq!(hits.len(), 1500, "no duplicate documents");
+    assert_eq!(hits.iter().copied().collect::<BTreeSet<_>>().len(), 1500);
+    for i in (0..1500).step_by(97) {
+        let found = all_hits(&search, app, 1, &format!("uniq{i}x")).await;
+        assert_eq!(found.len(), 1, "uniq{i}x found once");
+    }
+
+    indexer.stop().await.unwrap();
+    api.stop().await.unwrap();
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reindex_rebuilds_the_index_from_mysql() {
+    let env = TestEnv::new().await;
+    let api = env.spawn_api().await;
+    let persister = env.spawn_persister().await;
+    let c = Client::new(&api.base);
+    let token = c.create_app("rebuild").await;
+    c.create_chat(&token).await;
+    let app = app_id(&env, &token).await;
+    for i in 0..300 {
+        c.create_message(&token, 1, &format!("common number {i}"))
+            .await;
+    }
+    eventually(Duration::from_secs(20), "persisted", || async {
+        env.count("SELECT COUNT(*) FROM messages").await == 300
+    })
+    .await;
+    persister.stop().await.unwrap();
+    // The events are gone (expired, say): only MySQL has the messages.
+    let js =
+        async_nats::jetstream::new(async_nats::connect(confab_tests::nats_url()).await.unwrap());
+    js.get_stream(format!("T_{}", env.id))
+        .await
+        .unwrap()
+        .purge()
+        .await
+        .unwrap();
+
+    let indexer = env.spawn_indexer_with(&[]).await;
+    let search = Remote::new(&indexer.base, Duration::from_secs(5)).unwrap();
+    assert!(all_hits(&search, app, 1, "common").await.is_empty());
+    let http = reqwest::Client::new();
+    let url = format!("{}/internal/reindex", indexer.base);
+    assert_eq!(
+        http.post(&url).send().await.unwrap().status(),
+        StatusCode::ACCEPTED
+    );
+    eventually(Duration::from_secs(30), "rebuilt", || async {
+        let status: serde_json::Value = http.get(&url).send().await.unwrap().json().await.unwrap();
+        status["completed_runs"] == 1 && status["running"] == false
+    })
+    .await;
+    let status: serde_json::Value = http.get(&url).send().await.unwrap().json().await.unwrap();
+    assert_eq!(status["indexed"], 300);
+    assert_eq!(all_hits(&search, app, 1, "common").await.len(), 300);
+    // "42" is also inside 142 and 242; the whole-word match ("common number 42", message 43)
+    // ranks first.
+    let hits = all_hits(&search, app, 1, "number 42").await;
+    assert_eq!(hits.len(), 3);
+    assert_eq!(hits[0], 43);
+
+    indexer.stop().await.unwrap();
+    api.stop().await.unwrap();
+    env.cleanup().await;
+}
