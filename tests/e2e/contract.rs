@@ -73,7 +73,15 @@ async fn applications_are_created_read_renamed_and_listed() {
     assert_eq!(page1.as_array().unwrap().len(), 2);
     assert_eq!(page3.as_array().unwrap().len(), 1);
     assert_eq!(all.as_array().unwrap().len(), 5);
-    assert_eq!(page1[0]["token"], token.as_str());
+    // The list does not hand out tokens unless configured to.
+    assert_eq!(page1[0]["name"], "put");
+    assert!(page1[0].get("token").is_none(), "{page1}");
+    let listing = env.spawn_api_with(&[("CONFAB_LIST_TOKENS", "true")]).await;
+    let (_, with_tokens) = Client::new(&listing.base)
+        .get("/api/v1/applications?per_page=1")
+        .await;
+    assert_eq!(with_tokens[0]["token"], token.as_str());
+    listing.stop().await.unwrap();
 
     api.stop().await.unwrap();
     env.cleanup().await;

@@ -110,6 +110,11 @@ async fn search_finds_partial_matches_within_one_chat_through_the_api() {
             400,
             "invalid_parameter",
         ),
+        (
+            format!("{}&per_page=500&page=21", s("hello")),
+            400,
+            "invalid_parameter",
+        ),
     ] {
         let (got, body) = c.get(&path).await;
         assert_eq!(got.as_u16(), status, "{body}");

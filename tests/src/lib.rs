@@ -102,44 +102,44 @@ impl TestEnv {
         self.env.insert(key.to_owned(), value.to_owned());
     }
 
-    /// Starts an api instance with this environment (plus `overrides`).
-    pub async fn spawn_api(&self) -> Service {
-        self.spawn_api_with(&[]).await
-    }
-
-    pub async fn spawn_api_with(&self, overrides: &[(&str, &str)]) -> Service {
+    /// This environment plus `overrides`.
+    fn env_with(&self, overrides: &[(&str, &str)]) -> Env {
         let mut env = self.env();
         for (k, v) in overrides {
             env.insert((*k).to_owned(), (*v).to_owned());
         }
-        let config = ApiConfig::from_env(&env).unwrap();
-        let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base = format!("http://{}", http.local_addr().unwrap());
-        let admin_base = format!("http://{}", admin.local_addr().unwrap());
-        let (tx, rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            confab_api::run(config, confab_api::Listeners { http, admin }, async move {
-                let _ = rx.await;
-            })
-            .await
-            .map_err(|e| e.to_string())
+        env
+    }
+
+    /// Starts an api instance with this environment.
+    pub async fn spawn_api(&self) -> Service {
+        self.spawn_api_with(&[]).await
+    }
+
+    /// Starts an api instance with this environment plus `overrides`.
+    pub async fn spawn_api_with(&self, overrides: &[(&str, &str)]) -> Service {
+        let config = ApiConfig::from_env(&self.env_with(overrides)).unwrap();
+        let http = listener();
+        let base = url(&http);
+        let service = Service::start(base, |admin, stop| async move {
+            let listeners = confab_api::Listeners {
+                http: tokio_listener(http),
+                admin,
+            };
+            confab_api::run(config, listeners, stop)
+                .await
+                .map_err(|e| e.to_string())
         });
-        let service = Service {
-            base,
-            admin: admin_base,
-            stop: Some(tx),
-            task,
-        };
         service.wait_ready().await;
         service
     }
 
-    /// Starts a persister with this environment (plus `overrides`).
+    /// Starts a persister with this environment.
     pub async fn spawn_persister(&self) -> Service {
         self.spawn_persister_with(&[]).await
     }
 
+    /// Starts a persister with this environment plus `overrides`.
     pub async fn spawn_persister_with(&self, overrides: &[(&str, &str)]) -> Service {
         let service = self.start_persister(overrides);
         service.wait_ready().await;
@@ -148,29 +148,12 @@ impl TestEnv {
 
     /// Starts a persister without waiting for it to become ready.
     pub fn start_persister(&self, overrides: &[(&str, &str)]) -> Service {
-        let mut env = self.env();
-        for (k, v) in overrides {
-            env.insert((*k).to_owned(), (*v).to_owned());
-        }
-        let config = PersisterConfig::from_env(&env).unwrap();
-        let admin = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        admin.set_nonblocking(true).unwrap();
-        let admin_base = format!("http://{}", admin.local_addr().unwrap());
-        let admin = TcpListener::from_std(admin).unwrap();
-        let (tx, rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            confab_persister::run(config, admin, async move {
-                let _ = rx.await;
-            })
-            .await
-            .map_err(|e| e.to_string())
-        });
-        Service {
-            base: String::new(),
-            admin: admin_base,
-            stop: Some(tx),
-            task,
-        }
+        let config = PersisterConfig::from_env(&self.env_with(overrides)).unwrap();
+        Service::start(String::new(), |admin, stop| async move {
+            confab_persister::run(config, admin, stop)
+                .await
+                .map_err(|e| e.to_string())
+        })
     }
 
     /// This test's embedded index directory.
@@ -180,64 +163,34 @@ impl TestEnv {
 
     /// Starts an indexer (embedded backend in [`Self::index_dir`]); `base` is its search URL.
     pub async fn spawn_indexer_with(&self, overrides: &[(&str, &str)]) -> Service {
-        let mut env = self.env();
-        env.insert(
-            "CONFAB_INDEX_DIR".into(),
-            self.index_dir().display().to_string(),
-        );
-        for (k, v) in overrides {
-            env.insert((*k).to_owned(), (*v).to_owned());
-        }
+        let mut env = self.env_with(overrides);
+        env.entry("CONFAB_INDEX_DIR".into())
+            .or_insert_with(|| self.index_dir().display().to_string());
         let config = confab_indexer::IndexerConfig::from_env(&env).unwrap();
-        let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let search = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let admin_base = format!("http://{}", admin.local_addr().unwrap());
-        let base = format!("http://{}", search.local_addr().unwrap());
-        let (tx, rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            confab_indexer::run(
-                config,
-                confab_indexer::Listeners { admin, search },
-                async move {
-                    let _ = rx.await;
-                },
-            )
-            .await
-            .map_err(|e| e.to_string())
+        let search = listener();
+        let service = Service::start(url(&search), |admin, stop| async move {
+            let listeners = confab_indexer::Listeners {
+                admin,
+                search: tokio_listener(search),
+            };
+            confab_indexer::run(config, listeners, stop)
+                .await
+                .map_err(|e| e.to_string())
         });
-        let service = Service {
-            base,
-            admin: admin_base,
-            stop: Some(tx),
-            task,
-        };
         service.wait_ready().await;
         service
     }
 
-    /// Starts a counter reconciler with this environment (plus `overrides`).
+    /// Starts a counter reconciler with this environment plus `overrides`.
     pub async fn spawn_reconciler_with(&self, overrides: &[(&str, &str)]) -> Service {
-        let mut env = self.env();
-        for (k, v) in overrides {
-            env.insert((*k).to_owned(), (*v).to_owned());
-        }
-        let config = confab_counter_reconciler::ReconcilerConfig::from_env(&env).unwrap();
-        let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let admin_base = format!("http://{}", admin.local_addr().unwrap());
-        let (tx, rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            confab_counter_reconciler::run(config, admin, async move {
-                let _ = rx.await;
-            })
-            .await
-            .map_err(|e| e.to_string())
+        let config =
+            confab_counter_reconciler::ReconcilerConfig::from_env(&self.env_with(overrides))
+                .unwrap();
+        let service = Service::start(String::new(), |admin, stop| async move {
+            confab_counter_reconciler::run(config, admin, stop)
+                .await
+                .map_err(|e| e.to_string())
         });
-        let service = Service {
-            base: String::new(),
-            admin: admin_base,
-            stop: Some(tx),
-            task,
-        };
         service.wait_ready().await;
         service
     }
@@ -362,7 +315,43 @@ pub struct Service {
     task: JoinHandle<Result<(), String>>,
 }
 
+/// A loopback listener on a free port (std, so it can be bound outside the runtime).
+fn listener() -> std::net::TcpListener {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.set_nonblocking(true).unwrap();
+    l
+}
+
+fn url(listener: &std::net::TcpListener) -> String {
+    format!("http://{}", listener.local_addr().unwrap())
+}
+
+fn tokio_listener(listener: std::net::TcpListener) -> TcpListener {
+    TcpListener::from_std(listener).unwrap()
+}
+
 impl Service {
+    /// Spawns `run(admin listener, shutdown future)` as a task.
+    fn start<F, Fut>(base: String, run: F) -> Self
+    where
+        F: FnOnce(TcpListener, std::pin::Pin<Box<dyn Future<Output = ()> + Send>>) -> Fut,
+        Fut: Future<Output = Result<(), String>> + Send + 'static,
+    {
+        let admin = listener();
+        let admin_base = url(&admin);
+        let (tx, rx) = oneshot::channel::<()>();
+        let stop = Box::pin(async move {
+            let _ = rx.await;
+        });
+        let task = tokio::spawn(run(tokio_listener(admin), stop));
+        Self {
+            base,
+            admin: admin_base,
+            stop: Some(tx),
+            task,
+        }
+    }
+
     pub async fn wait_ready(&self) {
         let url = format!("{}/readyz", self.admin);
         eventually(Duration::from_secs(20), "service ready", || async {

@@ -25,6 +25,9 @@ pub struct ApiConfig {
     /// is acknowledged but maybe not yet persisted.
     pub in_flight_ttl: Duration,
     pub search: SearchConfig,
+    /// `CONFAB_LIST_TOKENS`, default false: whether `GET /applications` shows every token. The
+    /// list needs no credential, so by default it does not hand out every tenant's secret.
+    pub list_tokens: bool,
     /// `CONFAB_SEARCH_TIMEOUT_MS`, default 2000.
     pub search_timeout: Duration,
 }
@@ -71,6 +74,7 @@ impl ApiConfig {
                 },
             },
             search_timeout: millis(env, "CONFAB_SEARCH_TIMEOUT_MS", 2000)?,
+            list_tokens: boolean(env, "CONFAB_LIST_TOKENS", false)?,
         })
     }
 

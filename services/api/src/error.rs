@@ -131,6 +131,15 @@ impl IntoResponse for ApiError {
             }),
         )
             .into_response();
+        if status == StatusCode::PAYLOAD_TOO_LARGE {
+            // The rest of an oversized body is not read, so this connection cannot carry another
+            // request; say so, or a keep-alive client may send its next request into the closing
+            // connection.
+            response.headers_mut().insert(
+                axum::http::header::CONNECTION,
+                axum::http::HeaderValue::from_static("close"),
+            );
+        }
         if status == StatusCode::SERVICE_UNAVAILABLE {
             response
                 .headers_mut()

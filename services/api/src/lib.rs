@@ -89,6 +89,7 @@ pub async fn connect(config: &ApiConfig) -> Result<AppState, Error> {
         token_cache_ttl: config.token_cache_ttl,
         search,
         search_label,
+        list_tokens: config.list_tokens,
     }))
 }
 
@@ -131,20 +132,8 @@ pub async fn run(
 }
 
 fn readiness(state: &AppState) -> Readiness {
-    let db = state.db.clone();
-    let redis = state.redis.clone();
-    let nats = state.publisher.jetstream().client.clone();
     Readiness::default()
-        .with("mysql", move || {
-            let db = db.clone();
-            async move { db::ping(&db).await }
-        })
-        .with("redis", move || {
-            let redis = redis.clone();
-            async move { cache::ping(&redis).await }
-        })
-        .with("nats", move || {
-            let ok = jetstream::connected(&nats);
-            async move { ok }
-        })
+        .mysql(&state.db)
+        .redis(&state.redis)
+        .nats(&state.publisher.jetstream().client)
 }

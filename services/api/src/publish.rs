@@ -66,8 +66,8 @@ impl Publisher {
             match ack {
                 Ok(ack) => {
                     let outcome = if ack.duplicate {
-                        let stored = self.stored_event_id(ack.sequence).await;
-                        classify_publish(true, stored.as_deref(), &envelope.id.to_string())
+                        let stored = self.stored_event_id(ack.sequence).await?;
+                        classify_publish(true, &stored, &envelope.id.to_string())
                     } else {
                         PublishOutcome::Stored
                     };
@@ -98,17 +98,15 @@ impl Publisher {
         )))
     }
 
-    /// The envelope id of the event stored at `sequence`, if it can be read.
-    async fn stored_event_id(&self, sequence: u64) -> Option<String> {
-        match self.js.events.direct_get(sequence).await {
-            Ok(message) => Envelope::decode(&message.payload)
-                .ok()
-                .map(|e| e.id.to_string()),
-            Err(error) => {
-                tracing::warn!(sequence, %error, "cannot read stored duplicate");
-                None
-            }
-        }
+    /// The envelope id of the event stored at `sequence`. When it cannot be read the outcome of
+    /// the publish is unknown, so the request fails (503) rather than guess.
+    async fn stored_event_id(&self, sequence: u64) -> Result<String> {
+        let message = self.js.events.direct_get(sequence).await.map_err(|error| {
+            ApiError::Unavailable(format!("cannot read stored duplicate {sequence}: {error}"))
+        })?;
+        Envelope::decode(&message.payload)
+            .map(|e| e.id.to_string())
+            .map_err(|error| ApiError::Unavailable(format!("stored duplicate unreadable: {error}")))
     }
 
     /// The highest number in flight on a creation subject: the last event stored on it.

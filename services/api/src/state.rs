@@ -43,6 +43,7 @@ pub struct Shared {
     pub search: std::sync::Arc<dyn confab_search::SearchBackend>,
     /// `embedded` or `elasticsearch`, for metric labels.
     pub search_label: &'static str,
+    pub list_tokens: bool,
     /// (application id, chat number) pairs known to exist.
     pub known_chats: Cache<(u64, u64), ()>,
 }
@@ -58,6 +59,7 @@ pub struct StateParts {
     pub token_cache_ttl: Duration,
     pub search: std::sync::Arc<dyn confab_search::SearchBackend>,
     pub search_label: &'static str,
+    pub list_tokens: bool,
 }
 
 impl AppState {
@@ -77,6 +79,7 @@ impl AppState {
                 .build(),
             search: parts.search,
             search_label: parts.search_label,
+            list_tokens: parts.list_tokens,
             known_chats: Cache::builder().max_capacity(KNOWN_CHATS_CAPACITY).build(),
         }))
     }

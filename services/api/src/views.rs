@@ -9,8 +9,10 @@ use crate::repo::{ApplicationRow, ChatRow, MessageRow};
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ApplicationView {
-    /// The application's secret token; the only way to address it.
-    pub token: String,
+    /// The application's secret token; the only way to address it. Omitted from the list unless
+    /// `CONFAB_LIST_TOKENS=true`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
     pub name: String,
     /// Persisted chats; refreshed asynchronously, so it may lag creation.
     pub chats_count: u64,
@@ -21,7 +23,7 @@ pub struct ApplicationView {
 impl From<ApplicationRow> for ApplicationView {
     fn from(row: ApplicationRow) -> Self {
         Self {
-            token: row.token,
+            token: Some(row.token),
             name: row.name,
             chats_count: row.chats_count,
             created_at: row.created_at,

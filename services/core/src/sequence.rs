@@ -25,16 +25,18 @@ pub enum PublishOutcome {
     Collision,
 }
 
-/// Classifies a publish acknowledgement.
+/// Classifies a publish acknowledgement; for a duplicate, `stored_event_id` is the id of the event
+/// the stream already holds. The caller must have read it: guessing "collision" when it could not
+/// would store one message twice under two numbers.
 pub fn classify_publish(
     duplicate: bool,
-    stored_event_id: Option<&str>,
+    stored_event_id: &str,
     own_event_id: &str,
 ) -> PublishOutcome {
-    match (duplicate, stored_event_id) {
-        (false, _) => PublishOutcome::Stored,
-        (true, Some(stored)) if stored == own_event_id => PublishOutcome::RetriedOwn,
-        (true, _) => PublishOutcome::Collision,
+    match duplicate {
+        false => PublishOutcome::Stored,
+        true if stored_event_id == own_event_id => PublishOutcome::RetriedOwn,
+        true => PublishOutcome::Collision,
     }
 }
 
@@ -53,15 +55,8 @@ mod tests {
 
     #[test]
     fn duplicate_of_someone_elses_event_is_a_collision() {
-        assert_eq!(classify_publish(false, None, "a"), PublishOutcome::Stored);
-        assert_eq!(
-            classify_publish(true, Some("a"), "a"),
-            PublishOutcome::RetriedOwn
-        );
-        assert_eq!(
-            classify_publish(true, Some("b"), "a"),
-            PublishOutcome::Collision
-        );
-        assert_eq!(classify_publish(true, None, "a"), PublishOutcome::Collision);
+        assert_eq!(classify_publish(false, "", "a"), PublishOutcome::Stored);
+        assert_eq!(classify_publish(true, "a", "a"), PublishOutcome::RetriedOwn);
+        assert_eq!(classify_publish(true, "b", "a"), PublishOutcome::Collision);
     }
 }

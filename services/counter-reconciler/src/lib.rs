@@ -19,7 +19,6 @@ use confab_runtime::admin::{self, Readiness};
 use confab_runtime::shutdown::Shutdown;
 use confab_runtime::{db, CommonConfig};
 use sqlx::mysql::MySqlPool;
-use sqlx::Executor;
 use tokio::net::TcpListener;
 
 pub use config::ReconcilerConfig;
@@ -32,17 +31,10 @@ pub enum Error {
     Io(#[from] std::io::Error),
 }
 
-/// The reconciler's pool: every session runs its transactions at READ COMMITTED.
+/// The reconciler's pool; like every Confab pool its sessions run at READ COMMITTED, which the
+/// recount relies on.
 pub fn pool(config: &CommonConfig) -> Result<MySqlPool, sqlx::Error> {
-    db::pool_with(config, |options| {
-        options.after_connect(|conn, _meta| {
-            Box::pin(async move {
-                conn.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
-                    .await?;
-                Ok(())
-            })
-        })
-    })
+    db::pool(config)
 }
 
 /// MySQL's deadlock (1213) and lock wait timeout (1205).
@@ -61,13 +53,7 @@ pub async fn run(
 ) -> Result<(), Error> {
     let shutdown = Shutdown::new(shutdown);
     let pool = pool(&config.common)?;
-    let readiness = {
-        let pool = pool.clone();
-        Readiness::default().with("mysql", move || {
-            let pool = pool.clone();
-            async move { db::ping(&pool).await }
-        })
-    };
+    let readiness = Readiness::default().mysql(&pool);
     let admin = tokio::spawn(admin::serve(admin_listener, readiness, shutdown.wait()));
     tracing::info!(
         interval_ms = config.interval.as_millis() as u64,

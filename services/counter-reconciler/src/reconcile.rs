@@ -1,5 +1,5 @@
 //! One reconcile step: claim dirty marks, recount their parents, delete the marks — in one
-//! transaction, at READ COMMITTED (the pool sets it per session, see [`crate::pool`]) so each
+//! transaction, at READ COMMITTED (every Confab pool sets it per session) so each
 //! recount sees the latest committed rows and takes no gap locks that would stall the persister.
 //!
 //! `FOR UPDATE SKIP LOCKED` lets replicas run at once on disjoint marks (no leader needed, no
@@ -117,12 +117,8 @@ pub async fn reconcile_batch(db: &MySqlPool, kind: Kind, limit: u32) -> sqlx::Re
     recount(&mut tx, kind, &ids).await?;
     clear(&mut tx, kind, &ids).await?;
     tx.commit().await?;
-    let now = Utc::now();
     for (_, since) in &claimed {
-        let lag = (now - *since).num_milliseconds().max(0) as f64 / 1000.0;
-        metrics::COUNTER_RECONCILE_LAG
-            .with_label_values(&[kind.name])
-            .observe(lag);
+        metrics::observe_since(&metrics::COUNTER_RECONCILE_LAG, kind.name, *since);
     }
     metrics::COUNTER_ROWS_RECOUNTED
         .with_label_values(&[kind.name])

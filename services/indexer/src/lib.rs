@@ -15,8 +15,9 @@ pub mod worker;
 use std::future::Future;
 use std::sync::Arc;
 
+use confab_core::Subjects;
 use confab_runtime::admin::{self, Readiness};
-use confab_runtime::jetstream::{self, durable_consumer_config};
+use confab_runtime::jetstream;
 use confab_runtime::shutdown::Shutdown;
 use confab_runtime::{consume, db};
 use confab_search::elastic::Elastic;
@@ -84,30 +85,17 @@ pub async fn run(
     let shutdown = Shutdown::new(shutdown);
     let db = db::pool(&config.common)?;
     let backend = backend(&config.backend).await?;
-    let js = jetstream::connect(
+    let (js, consumer) = jetstream::connect_consumer(
         &config.common.nats_url,
         "confab-indexer",
         &config.common.stream,
-    )
-    .await?;
-    let consumer = jetstream::durable_consumer(
-        &js,
-        durable_consumer_config(
-            &config.consumer,
-            js.subjects.all_message_events(),
-            &config.common.stream,
-            config.max_ack_pending,
-        ),
+        &config.consumer,
+        Subjects::all_message_events,
+        config.max_ack_pending,
     )
     .await?;
     let label = config.backend.label();
-    let readiness = {
-        let nats = js.client.clone();
-        Readiness::default().with("nats", move || {
-            let ok = jetstream::connected(&nats);
-            async move { ok }
-        })
-    };
+    let readiness = Readiness::default().nats(&js.client);
     let admin = tokio::spawn(admin::serve(listeners.admin, readiness, shutdown.wait()));
     let search_state = http::SearchState {
         backend: backend.clone(),

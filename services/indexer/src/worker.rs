@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use async_nats::jetstream;
-use chrono::Utc;
 use confab_core::{Envelope, Event};
 use confab_runtime::jetstream::JetStream;
 use confab_runtime::{consume, dead_letter, metrics};
@@ -105,15 +104,9 @@ impl Worker {
         metrics::BATCH_SIZE
             .with_label_values(&[SERVICE])
             .observe(items.len() as f64);
-        let now = Utc::now();
         for item in items {
-            let lag = (now - item.envelope.occurred_at)
-                .num_microseconds()
-                .unwrap_or(0) as f64
-                / 1e6;
-            metrics::INDEX_LAG
-                .with_label_values(&[item.envelope.event.kind().as_str()])
-                .observe(lag.max(0.0));
+            let kind = item.envelope.event.kind().as_str();
+            metrics::observe_since(&metrics::INDEX_LAG, kind, item.envelope.occurred_at);
         }
         let messages: Vec<jetstream::Message> = items.iter().map(|i| i.message.clone()).collect();
         consume::ack_all(SERVICE, &messages).await;
@@ -127,14 +120,6 @@ impl Worker {
     }
 
     async fn dead_letter(&self, message: &jetstream::Message, class: &'static str, reason: &str) {
-        dead_letter::send(
-            &self.js.context,
-            &self.js.subjects,
-            SERVICE,
-            message,
-            class,
-            reason,
-        )
-        .await;
+        dead_letter::send(&self.js, SERVICE, message, class, reason).await;
     }
 }

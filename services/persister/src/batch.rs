@@ -37,7 +37,7 @@ pub struct MessageUpsert {
 pub struct Plan {
     /// Chats to ensure, with the earliest time the batch saw for each. Sorted (lock order).
     pub chats: BTreeMap<ChatKey, DateTime<Utc>>,
-    /// Chats that received message creations (their `messages_count` may change). Sorted.
+    /// Chats that received message writes (their `messages_count` may change). Sorted.
     pub counted_chats: Vec<ChatKey>,
     /// Message rows, at most one per (chat, number): the highest version in the batch wins here
     /// already, and the database keeps the highest version across batches. Sorted (lock order).
@@ -68,9 +68,9 @@ pub fn plan(events: &[Sequenced]) -> Plan {
                     number: m.chat_number,
                 };
                 need_chat(chat.clone());
-                if matches!(e.envelope.event, Event::MessageCreated(_)) {
-                    counted_chats.insert(chat.clone());
-                }
+                // An update can insert a row too (its create lost or not yet applied), so every
+                // message write marks its chat; a recount is idempotent.
+                counted_chats.insert(chat.clone());
                 let row = MessageUpsert {
                     chat: chat.clone(),
                     number: m.number,
@@ -165,9 +165,9 @@ mod tests {
         assert_eq!(p.messages.len(), 1);
         assert_eq!(p.messages[0].body, "new");
         assert_eq!(p.messages[0].version, 9);
-        // Only creations can change a count.
+        // An update may insert the row, so it marks its chat too.
         let p = plan(&[ev(9, Event::MessageUpdated(msg(1, 1, "new")))]);
-        assert!(p.counted_chats.is_empty());
+        assert_eq!(p.counted_chats.len(), 1);
     }
 
     #[test]

@@ -14,8 +14,9 @@ pub mod worker;
 
 use std::future::Future;
 
+use confab_core::Subjects;
 use confab_runtime::admin::{self, Readiness};
-use confab_runtime::jetstream::{self, durable_consumer_config};
+use confab_runtime::jetstream;
 use confab_runtime::shutdown::Shutdown;
 use confab_runtime::{consume, db};
 use tokio::net::TcpListener;
@@ -43,34 +44,16 @@ pub async fn run(
 ) -> Result<(), Error> {
     let shutdown = Shutdown::new(shutdown);
     let db = db::pool(&config.common)?;
-    let js = jetstream::connect(
+    let (js, consumer) = jetstream::connect_consumer(
         &config.common.nats_url,
         "confab-persister",
         &config.common.stream,
+        &config.consumer,
+        Subjects::all_events,
+        config.max_ack_pending,
     )
     .await?;
-    let consumer = jetstream::durable_consumer(
-        &js,
-        durable_consumer_config(
-            &config.consumer,
-            js.subjects.all_events(),
-            &config.common.stream,
-            config.max_ack_pending,
-        ),
-    )
-    .await?;
-    let readiness = {
-        let (db, nats) = (db.clone(), js.client.clone());
-        Readiness::default()
-            .with("mysql", move || {
-                let db = db.clone();
-                async move { db::ping(&db).await }
-            })
-            .with("nats", move || {
-                let ok = jetstream::connected(&nats);
-                async move { ok }
-            })
-    };
+    let readiness = Readiness::default().mysql(&db).nats(&js.client);
     let admin = tokio::spawn(admin::serve(admin_listener, readiness, shutdown.wait()));
     let worker = Worker { db, js: js.clone() };
 

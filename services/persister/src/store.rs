@@ -78,6 +78,13 @@ pub async fn apply(db: &MySqlPool, plan: &Plan) -> Result<(), StoreError> {
         .collect();
     dirty_chats.sort_unstable();
     mark_dirty(&mut tx, "counter_dirty_chats", "chat_id", &dirty_chats).await?;
+    if let Some(key) = plan.chats.keys().find(|k| !ids.contains_key(k)) {
+        // Not visible yet (e.g. a concurrent insert by another replica): retry, never reject.
+        return Err(StoreError::Transient(sqlx::Error::Protocol(format!(
+            "chat {}/{} not visible after insert",
+            key.application_id, key.number
+        ))));
+    }
     for chunk in batch::chunks(
         &plan.messages,
         MAX_ROWS_PER_STATEMENT,
@@ -177,6 +184,7 @@ async fn upsert_messages(
         "INSERT INTO messages (chat_id, number, body, version, created_at, updated_at) ",
     );
     q.push_values(rows, |mut row, m| {
+        // Every chat of the plan was resolved above (or the transaction failed).
         row.push_bind(ids.get(&m.chat).copied().unwrap_or_default())
             .push_bind(m.number)
             .push_bind(&m.body)

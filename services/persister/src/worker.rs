@@ -7,7 +7,6 @@
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
-use chrono::Utc;
 use confab_core::Envelope;
 use confab_runtime::jetstream::JetStream;
 use confab_runtime::{consume, dead_letter, metrics};
@@ -112,15 +111,9 @@ impl Worker {
         metrics::BATCH_SIZE
             .with_label_values(&[SERVICE])
             .observe(events.len() as f64);
-        let now = Utc::now();
         for e in events {
-            let lag = (now - e.envelope.occurred_at)
-                .num_microseconds()
-                .unwrap_or(0) as f64
-                / 1e6;
-            metrics::PERSISTENCE_LAG
-                .with_label_values(&[e.envelope.event.kind().as_str()])
-                .observe(lag.max(0.0));
+            let kind = e.envelope.event.kind().as_str();
+            metrics::observe_since(&metrics::PERSISTENCE_LAG, kind, e.envelope.occurred_at);
         }
         for m in messages {
             tracing::debug!(
@@ -146,14 +139,6 @@ impl Worker {
     }
 
     async fn dead_letter(&self, message: &jetstream::Message, class: &'static str, reason: &str) {
-        dead_letter::send(
-            &self.js.context,
-            &self.js.subjects,
-            SERVICE,
-            message,
-            class,
-            reason,
-        )
-        .await;
+        dead_letter::send(&self.js, SERVICE, message, class, reason).await;
     }
 }

@@ -36,6 +36,33 @@ impl Readiness {
         self
     }
 
+    /// Ready when MySQL answers a `SELECT 1`.
+    pub fn mysql(self, pool: &sqlx::MySqlPool) -> Self {
+        let pool = pool.clone();
+        self.with("mysql", move || {
+            let pool = pool.clone();
+            async move { crate::db::ping(&pool).await }
+        })
+    }
+
+    /// Ready when Redis answers a `PING`.
+    pub fn redis(self, conn: &redis::aio::ConnectionManager) -> Self {
+        let conn = conn.clone();
+        self.with("redis", move || {
+            let conn = conn.clone();
+            async move { crate::cache::ping(&conn).await }
+        })
+    }
+
+    /// Ready while the NATS connection is up.
+    pub fn nats(self, client: &async_nats::Client) -> Self {
+        let client = client.clone();
+        self.with("nats", move || {
+            let ok = crate::jetstream::connected(&client);
+            async move { ok }
+        })
+    }
+
     /// Runs every check concurrently and returns the names of those that failed.
     pub async fn failing(&self) -> Vec<&'static str> {
         let results = futures::future::join_all(

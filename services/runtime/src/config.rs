@@ -99,7 +99,8 @@ pub struct StreamConfig {
     pub max_age: Duration,
     /// `CONFAB_DUPLICATE_WINDOW_SECS`, default 120.
     pub duplicate_window: Duration,
-    /// `CONFAB_MAX_DELIVER`, default 10: deliveries before an event is dead-lettered.
+    /// `CONFAB_MAX_DELIVER`, default 1000: deliveries of an event that keeps failing for a
+    /// transient reason before it is dead-lettered (with the 30 s backoff cap, about 8 hours).
     pub max_deliver: i64,
     /// `CONFAB_ACK_WAIT_SECS`, default 30.
     pub ack_wait: Duration,
@@ -136,7 +137,7 @@ impl CommonConfig {
                     "CONFAB_DUPLICATE_WINDOW_SECS",
                     120,
                 )?),
-                max_deliver: parse(env, "CONFAB_MAX_DELIVER", 10)?,
+                max_deliver: parse(env, "CONFAB_MAX_DELIVER", 1000)?,
                 ack_wait: Duration::from_secs(parse(env, "CONFAB_ACK_WAIT_SECS", 30)?),
                 publish_timeout: millis(env, "CONFAB_PUBLISH_TIMEOUT_MS", 5000)?,
             },

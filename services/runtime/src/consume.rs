@@ -106,8 +106,13 @@ pub async fn ack_all(service: &'static str, messages: &[jetstream::Message]) {
         .inc_by((acks.len() - failed) as u64);
 }
 
-/// A delivery that failed for a reason that may pass: hand it back with exponential backoff, or
-/// dead-letter it once its deliveries are used up.
+/// Longest pause before a failed delivery comes back.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// A delivery that failed for a reason that may pass (the database or the search backend is
+/// down): hand it back with exponential backoff capped at 30 s. With the default
+/// `CONFAB_MAX_DELIVER` of 1000 that rides out about eight hours of outage; only then is the event
+/// dead-lettered as `exhausted` (still stored in the dead-letter stream, for replay).
 pub async fn hand_back(
     js: &JetStream,
     service: &'static str,
@@ -116,18 +121,11 @@ pub async fn hand_back(
 ) {
     let deliveries = message.info().map(|i| i.delivered).unwrap_or_default();
     if deliveries >= js.config.max_deliver {
-        dead_letter::send(
-            &js.context,
-            &js.subjects,
-            service,
-            message,
-            "exhausted",
-            error,
-        )
-        .await;
+        dead_letter::send(js, service, message, "exhausted", error).await;
         return;
     }
-    let backoff = Duration::from_millis(250 * 2u64.pow(deliveries.clamp(0, 6) as u32));
+    let backoff =
+        Duration::from_millis(250 * 2u64.pow(deliveries.clamp(0, 8) as u32)).min(MAX_BACKOFF);
     tracing::warn!(
         service,
         error,

@@ -12,8 +12,23 @@ use crate::CommonConfig;
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations");
 
 /// A lazily connecting pool: services start (and report not-ready) while MySQL is down.
+///
+/// Every session runs at READ COMMITTED: each statement sees what other transactions committed
+/// before it (a persister replica must see the chat another replica just inserted; a recount
+/// must see the latest rows), and reads take no gap locks.
 pub fn pool(config: &CommonConfig) -> Result<MySqlPool, sqlx::Error> {
-    pool_with(config, |options| options)
+    pool_with(config, |options| {
+        options.after_connect(|conn, _meta| {
+            Box::pin(async move {
+                sqlx::Executor::execute(
+                    conn,
+                    "SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED",
+                )
+                .await?;
+                Ok(())
+            })
+        })
+    })
 }
 
 /// [`pool`], with the pool options adjusted by `customize` (e.g. session settings).

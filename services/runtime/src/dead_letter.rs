@@ -1,16 +1,15 @@
 //! The dead-letter path: events that can never be applied are copied to the dead-letter stream
 //! with the reason, then terminated on the events stream.
 
+use crate::jetstream::JetStream;
 use crate::metrics;
 use async_nats::jetstream::{self, AckKind};
 use confab_core::event::headers;
-use confab_core::Subjects;
 
 /// Copies `message` to the dead-letter subject with `reason`, then terminates it. When the copy
 /// cannot be stored the message is left to redelivery instead, so nothing is dropped.
 pub async fn send(
-    context: &jetstream::Context,
-    subjects: &Subjects,
+    js: &JetStream,
     service: &'static str,
     message: &jetstream::Message,
     reason_class: &'static str,
@@ -37,8 +36,9 @@ pub async fn send(
         )
         .as_str(),
     );
-    let subject = subjects.dead_letter(&message.subject);
-    let stored = match context
+    let subject = js.subjects.dead_letter(&message.subject);
+    let stored = match js
+        .context
         .publish_with_headers(subject, map, message.payload.clone())
         .await
     {

@@ -137,16 +137,33 @@ pub fn durable_consumer_config(
     }
 }
 
-/// Creates the durable consumer if it does not exist yet, and returns it.
+/// Creates the durable consumer, or updates an existing one to `config` (so a changed
+/// `CONFAB_MAX_DELIVER` or ack wait takes effect), and returns it.
 pub async fn durable_consumer(
     js: &JetStream,
     config: consumer::pull::Config,
 ) -> Result<consumer::PullConsumer, Error> {
     let name = config.durable_name.clone().unwrap_or_default();
     js.events
-        .get_or_create_consumer(&name, config)
+        .create_consumer(config)
         .await
         .map_err(|source| Error::Consumer { name, source })
+}
+
+/// Connects as `service` and creates (if needed) its durable consumer `name` over `filter`.
+pub async fn connect_consumer(
+    url: &str,
+    service: &str,
+    config: &StreamConfig,
+    name: &str,
+    filter: impl FnOnce(&Subjects) -> String,
+    max_ack_pending: i64,
+) -> Result<(JetStream, consumer::PullConsumer), Error> {
+    let js = connect(url, service, config).await?;
+    let consumer_config =
+        durable_consumer_config(name, filter(&js.subjects), config, max_ack_pending);
+    let consumer = durable_consumer(&js, consumer_config).await?;
+    Ok((js, consumer))
 }
 
 /// Whether the NATS connection is up, for `/readyz`.
@@ -176,6 +193,6 @@ mod tests {
         let c = CommonConfig::from_env(&Env::new(), 1).unwrap().stream;
         let p = durable_consumer_config("p", "confab.v1.>".into(), &c, 1000);
         assert_eq!(p.ack_policy, consumer::AckPolicy::Explicit);
-        assert_eq!(p.max_deliver, 10);
+        assert_eq!(p.max_deliver, 1000);
     }
 }

@@ -218,6 +218,12 @@ pub static SEARCH_QUERY_DURATION: LazyLock<HistogramVec> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 
+/// Observes, in a lag histogram, the seconds from `since` to now.
+pub fn observe_since(histogram: &HistogramVec, label: &str, since: chrono::DateTime<chrono::Utc>) {
+    let lag = (chrono::Utc::now() - since).num_microseconds().unwrap_or(0) as f64 / 1e6;
+    histogram.with_label_values(&[label]).observe(lag.max(0.0));
+}
+
 /// The text exposition of every registered metric.
 pub fn render() -> String {
     let families = prometheus::gather();

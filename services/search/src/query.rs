@@ -2,6 +2,10 @@
 //! (lowercased, split on anything that is not a letter or digit), and each word must match as a
 //! substring of some word of the body. User text is never parsed as query syntax by any backend.
 
+/// Deepest result a search may page to (`offset + limit`), as in Elasticsearch's default
+/// `index.max_result_window`; deeper pages cost memory proportional to the depth.
+pub const MAX_RESULT_WINDOW: u64 = 10_000;
+
 /// Longest accepted query, in characters.
 pub const MAX_QUERY_CHARS: usize = 200;
 /// Shortest word that takes part in matching; shorter words are ignored.
@@ -16,6 +20,8 @@ pub enum QueryError {
     Empty,
     #[error("`query` is longer than {MAX_QUERY_CHARS} characters")]
     TooLong,
+    #[error("search results can be paged to the first {MAX_RESULT_WINDOW} only")]
+    TooDeep,
 }
 
 /// A validated search: the words to find, in order, deduplicated.

@@ -30,6 +30,9 @@ impl RemoteQuery {
     }
 
     pub fn into_request(self) -> std::result::Result<SearchRequest, crate::QueryError> {
+        if self.offset + u64::from(self.limit) > crate::query::MAX_RESULT_WINDOW {
+            return Err(crate::QueryError::TooDeep);
+        }
         Ok(SearchRequest {
             application_id: self.application_id,
             chat_number: self.chat_number,

@@ -35,7 +35,18 @@ pub async fn create(
 #[tracing::instrument(level = "debug", skip_all)]
 pub async fn list(State(state): State<AppState>, page: Page) -> Result<Json<Vec<ApplicationView>>> {
     let rows = repo::list_applications(&state.db, page.limit, page.offset).await?;
-    Ok(Json(rows.into_iter().map(Into::into).collect()))
+    let list_tokens = state.list_tokens;
+    Ok(Json(
+        rows.into_iter()
+            .map(|row| {
+                let mut view = ApplicationView::from(row);
+                if !list_tokens {
+                    view.token = None;
+                }
+                view
+            })
+            .collect(),
+    ))
 }
 
 #[utoipa::path(get, path = "/api/v1/applications/{token}", tag = "applications",

@@ -41,6 +41,11 @@ pub async fn search(
     if !state.chat_exists(app, chat).await? {
         return Err(ApiError::NotFound("chat"));
     }
+    if page.offset + u64::from(page.limit) > confab_search::query::MAX_RESULT_WINDOW {
+        return Err(ApiError::InvalidParameter(
+            confab_search::QueryError::TooDeep.to_string(),
+        ));
+    }
     let text = query.query.or(query.q).unwrap_or_default();
     let terms = Terms::parse(&text).map_err(|e| ApiError::InvalidQuery(e.to_string()))?;
     let request = SearchRequest {
