@@ -98,10 +98,6 @@ impl TestEnv {
         self.env.clone()
     }
 
-    pub fn set(&mut self, key: &str, value: &str) {
-        self.env.insert(key.to_owned(), value.to_owned());
-    }
-
     /// This environment plus `overrides`.
     fn env_with(&self, overrides: &[(&str, &str)]) -> Env {
         let mut env = self.env();

@@ -61,6 +61,15 @@ impl From<sqlx::Error> for ApiError {
     }
 }
 
+impl From<confab_search::QueryError> for ApiError {
+    fn from(error: confab_search::QueryError) -> Self {
+        match error {
+            confab_search::QueryError::TooDeep => Self::InvalidParameter(error.to_string()),
+            other => Self::InvalidQuery(other.to_string()),
+        }
+    }
+}
+
 impl From<redis::RedisError> for ApiError {
     fn from(error: redis::RedisError) -> Self {
         if error.is_io_error() || error.is_timeout() || error.is_connection_dropped() {

@@ -8,6 +8,7 @@
 //! [`run`] starts the tenant API and the admin server on listeners the caller bound, and returns
 //! after `shutdown` resolved and in-flight requests finished.
 
+pub mod allocate;
 pub mod config;
 pub mod error;
 pub mod extract;

@@ -16,10 +16,6 @@ impl Keys {
         }
     }
 
-    pub fn prefix(&self) -> &str {
-        &self.prefix
-    }
-
     /// The sequence that numbers an application's chats.
     pub fn chat_sequence(&self, application_id: u64) -> String {
         format!("{}seq:chats:{application_id}", self.prefix)

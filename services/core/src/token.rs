@@ -33,11 +33,6 @@ impl Token {
         ok.then(|| Self(raw.to_ascii_lowercase()))
     }
 
-    /// Wraps a token read from the database without validating it.
-    pub fn from_stored(raw: String) -> Self {
-        Self(raw)
-    }
-
     /// The raw token text. Call only to store it, compare it, or hand it to its owner.
     pub fn expose(&self) -> &str {
         &self.0

@@ -55,8 +55,4 @@ impl Shutdown {
             let _ = rx.wait_for(|requested| *requested).await;
         }
     }
-
-    pub fn is_requested(&self) -> bool {
-        *self.rx.borrow()
-    }
 }

@@ -55,6 +55,29 @@ pub struct SearchRequest {
     pub offset: u64,
 }
 
+impl SearchRequest {
+    /// Validates a search: the page must lie within [`query::MAX_RESULT_WINDOW`] and the text
+    /// must parse ([`Terms::parse`]).
+    pub fn new(
+        application_id: u64,
+        chat_number: u64,
+        text: &str,
+        limit: u32,
+        offset: u64,
+    ) -> Result<Self, QueryError> {
+        if offset + u64::from(limit) > query::MAX_RESULT_WINDOW {
+            return Err(QueryError::TooDeep);
+        }
+        Ok(Self {
+            application_id,
+            chat_number,
+            terms: Terms::parse(text)?,
+            limit,
+            offset,
+        })
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Hit {
     pub number: u64,

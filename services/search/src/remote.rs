@@ -6,7 +6,7 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 
-use crate::{Error, Hit, Result, SearchBackend, SearchDoc, SearchRequest, Terms};
+use crate::{Error, Hit, Result, SearchBackend, SearchDoc, SearchRequest};
 
 /// The internal endpoint's query string.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -30,16 +30,13 @@ impl RemoteQuery {
     }
 
     pub fn into_request(self) -> std::result::Result<SearchRequest, crate::QueryError> {
-        if self.offset + u64::from(self.limit) > crate::query::MAX_RESULT_WINDOW {
-            return Err(crate::QueryError::TooDeep);
-        }
-        Ok(SearchRequest {
-            application_id: self.application_id,
-            chat_number: self.chat_number,
-            terms: Terms::parse(&self.q)?,
-            limit: self.limit,
-            offset: self.offset,
-        })
+        SearchRequest::new(
+            self.application_id,
+            self.chat_number,
+            &self.q,
+            self.limit,
+            self.offset,
+        )
     }
 }
 

@@ -5,18 +5,14 @@ use axum::extract::{Extension, Path, State};
 use axum::http::StatusCode;
 use axum::Json;
 use confab_core::event::{ChatCreated, Event};
-use confab_core::sequence::PublishOutcome;
 use confab_core::trace::TraceParent;
-use confab_core::Envelope;
 
+use crate::allocate::Sequence;
 use crate::error::{ApiError, ErrorBody, Result};
 use crate::extract::{self, JsonObject, Page, PageQuery};
 use crate::repo;
 use crate::state::AppState;
 use crate::views::ChatView;
-
-/// Numbers taken before giving up when every one collides (only after Redis lost data).
-pub(crate) const MAX_NUMBER_ATTEMPTS: usize = 5;
 
 #[utoipa::path(post, path = "/api/v1/applications/{token}/chats", tag = "chats",
     params(("token" = String, Path)),
@@ -32,43 +28,29 @@ pub async fn create(
 ) -> Result<(StatusCode, Json<ChatView>)> {
     let token = extract::token(&token)?;
     let app = state.application_id(&token).await?;
-    let key = state.keys.chat_sequence(app);
-    for _ in 0..MAX_NUMBER_ATTEMPTS {
-        let number = state
-            .numbering
-            .next(&key, "chat", chat_seed(&state, app))
-            .await?;
-        let envelope = Envelope::new(Event::ChatCreated(ChatCreated {
-            application_id: app,
-            number,
-        }));
-        match state.publisher.publish(&envelope, &trace).await? {
-            PublishOutcome::Stored | PublishOutcome::RetriedOwn => {
-                state.mark_chat_in_flight(app, number).await?;
-                let view = ChatView {
-                    number,
-                    messages_count: 0,
-                    created_at: Some(envelope.occurred_at),
-                    updated_at: Some(envelope.occurred_at),
-                };
-                return Ok((StatusCode::CREATED, Json(view)));
-            }
-            PublishOutcome::Collision => {
-                tracing::warn!(number, "chat number already taken, taking another");
-            }
-        }
-    }
-    Err(ApiError::Unavailable(
-        "chat numbering keeps colliding".into(),
-    ))
-}
-
-/// The highest chat number known for an application: persisted or in flight.
-async fn chat_seed(state: &AppState, app: u64) -> Result<u64> {
-    let persisted = repo::max_chat_number(&state.db, app).await?;
-    let subject = state.publisher.jetstream().subjects.chat_created(app);
-    let in_flight = state.publisher.last_number_on(&subject).await?;
-    Ok(confab_core::sequence::reseed_value(persisted, in_flight))
+    let sequence = Sequence {
+        kind: "chat",
+        key: state.keys.chat_sequence(app),
+        subject: state.publisher.jetstream().subjects.chat_created(app),
+        persisted_max: || repo::max_chat_number(&state.db, app),
+        trace: &trace,
+    };
+    let (number, envelope) = state
+        .publish_numbered(sequence, |number| {
+            Event::ChatCreated(ChatCreated {
+                application_id: app,
+                number,
+            })
+        })
+        .await?;
+    state.mark_chat_in_flight(app, number).await?;
+    let view = ChatView {
+        number,
+        messages_count: 0,
+        created_at: Some(envelope.occurred_at),
+        updated_at: Some(envelope.occurred_at),
+    };
+    Ok((StatusCode::CREATED, Json(view)))
 }
 
 #[utoipa::path(get, path = "/api/v1/applications/{token}/chats", tag = "chats",

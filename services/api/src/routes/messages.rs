@@ -5,11 +5,10 @@ use axum::extract::{Extension, Path, State};
 use axum::http::StatusCode;
 use axum::Json;
 use confab_core::event::{Event, MessageWritten};
-use confab_core::sequence::PublishOutcome;
 use confab_core::trace::TraceParent;
 use confab_core::Envelope;
 
-use super::chats::MAX_NUMBER_ATTEMPTS;
+use crate::allocate::Sequence;
 use crate::error::{ApiError, ErrorBody, Result};
 use crate::extract::{self, JsonObject, Page, PageQuery};
 use crate::repo;
@@ -41,48 +40,34 @@ pub async fn create(
 ) -> Result<(StatusCode, Json<MessageView>)> {
     let (app, chat) = chat_of(&state, &token, &chat).await?;
     let body = state.limits.body(body.string("message", "body")?)?;
-    let key = state.keys.message_sequence(app, chat);
-    for _ in 0..MAX_NUMBER_ATTEMPTS {
-        let number = state
-            .numbering
-            .next(&key, "message", message_seed(&state, app, chat))
-            .await?;
-        let envelope = Envelope::new(Event::MessageCreated(MessageWritten {
-            application_id: app,
-            chat_number: chat,
-            number,
-            body: body.clone(),
-        }));
-        match state.publisher.publish(&envelope, &trace).await? {
-            PublishOutcome::Stored | PublishOutcome::RetriedOwn => {
-                let view = MessageView {
-                    number,
-                    body,
-                    created_at: Some(envelope.occurred_at),
-                    updated_at: Some(envelope.occurred_at),
-                };
-                return Ok((StatusCode::CREATED, Json(view)));
-            }
-            PublishOutcome::Collision => {
-                tracing::warn!(number, "message number already taken, taking another");
-            }
-        }
-    }
-    Err(ApiError::Unavailable(
-        "message numbering keeps colliding".into(),
-    ))
-}
-
-/// The highest message number known for a chat: persisted or in flight.
-async fn message_seed(state: &AppState, app: u64, chat: u64) -> Result<u64> {
-    let persisted = repo::max_message_number(&state.db, app, chat).await?;
-    let subject = state
-        .publisher
-        .jetstream()
-        .subjects
-        .message_created(app, chat);
-    let in_flight = state.publisher.last_number_on(&subject).await?;
-    Ok(confab_core::sequence::reseed_value(persisted, in_flight))
+    let sequence = Sequence {
+        kind: "message",
+        key: state.keys.message_sequence(app, chat),
+        subject: state
+            .publisher
+            .jetstream()
+            .subjects
+            .message_created(app, chat),
+        persisted_max: || repo::max_message_number(&state.db, app, chat),
+        trace: &trace,
+    };
+    let (number, envelope) = state
+        .publish_numbered(sequence, |number| {
+            Event::MessageCreated(MessageWritten {
+                application_id: app,
+                chat_number: chat,
+                number,
+                body: body.clone(),
+            })
+        })
+        .await?;
+    let view = MessageView {
+        number,
+        body,
+        created_at: Some(envelope.occurred_at),
+        updated_at: Some(envelope.occurred_at),
+    };
+    Ok((StatusCode::CREATED, Json(view)))
 }
 
 #[utoipa::path(get, path = "/api/v1/applications/{token}/chats/{number}/messages", tag = "messages",

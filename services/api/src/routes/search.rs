@@ -6,7 +6,7 @@ use std::time::Instant;
 use axum::extract::{Path, Query, State};
 use axum::Json;
 use confab_runtime::metrics;
-use confab_search::{SearchRequest, Terms};
+use confab_search::SearchRequest;
 use serde::Deserialize;
 
 use crate::error::{ApiError, ErrorBody, Result};
@@ -41,20 +41,8 @@ pub async fn search(
     if !state.chat_exists(app, chat).await? {
         return Err(ApiError::NotFound("chat"));
     }
-    if page.offset + u64::from(page.limit) > confab_search::query::MAX_RESULT_WINDOW {
-        return Err(ApiError::InvalidParameter(
-            confab_search::QueryError::TooDeep.to_string(),
-        ));
-    }
     let text = query.query.or(query.q).unwrap_or_default();
-    let terms = Terms::parse(&text).map_err(|e| ApiError::InvalidQuery(e.to_string()))?;
-    let request = SearchRequest {
-        application_id: app,
-        chat_number: chat,
-        terms,
-        limit: page.limit,
-        offset: page.offset,
-    };
+    let request = SearchRequest::new(app, chat, &text, page.limit, page.offset)?;
     let started = Instant::now();
     let hits = state.search.search(&request).await;
     metrics::SEARCH_QUERY_DURATION
