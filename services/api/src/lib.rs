@@ -28,7 +28,7 @@ use std::sync::Arc;
 use axum::Router;
 use confab_core::keys::Keys;
 use confab_runtime::admin::{self, Readiness};
-use confab_runtime::shutdown::Shutdown;
+use confab_runtime::shutdown::{self, Shutdown};
 use confab_runtime::{cache, db, jetstream};
 use confab_search::elastic::Elastic;
 use confab_search::remote::Remote;
@@ -121,13 +121,7 @@ pub async fn run(
     axum::serve(listeners.http, app(state.clone(), config.request_timeout))
         .with_graceful_shutdown(shutdown.wait())
         .await?;
-    if let Err(error) = state.publisher.jetstream().client.flush().await {
-        tracing::warn!(%error, "nats flush on shutdown failed");
-    }
-    match admin.await {
-        Ok(result) => result?,
-        Err(error) => tracing::error!(%error, "admin server task failed"),
-    }
+    shutdown::drain(Some(&state.publisher.jetstream().client), vec![admin]).await?;
     tracing::info!("api stopped");
     Ok(())
 }

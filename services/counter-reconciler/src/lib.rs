@@ -16,7 +16,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use confab_runtime::admin::{self, Readiness};
-use confab_runtime::shutdown::Shutdown;
+use confab_runtime::shutdown::{self, Shutdown};
 use confab_runtime::{db, CommonConfig};
 use sqlx::mysql::MySqlPool;
 use tokio::net::TcpListener;
@@ -95,10 +95,7 @@ pub async fn run(
             () = tokio::time::sleep(pause) => {}
         }
     }
-    match admin.await {
-        Ok(result) => result?,
-        Err(error) => tracing::error!(%error, "admin server task failed"),
-    }
+    shutdown::drain(None, vec![admin]).await?;
     tracing::info!("counter reconciler stopped");
     Ok(())
 }

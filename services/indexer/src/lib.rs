@@ -18,7 +18,7 @@ use std::sync::Arc;
 use confab_core::Subjects;
 use confab_runtime::admin::{self, Readiness};
 use confab_runtime::jetstream;
-use confab_runtime::shutdown::Shutdown;
+use confab_runtime::shutdown::{self, Shutdown};
 use confab_runtime::{consume, db};
 use confab_search::elastic::Elastic;
 use confab_search::embedded::{Embedded, Shared};
@@ -126,15 +126,7 @@ pub async fn run(
     )
     .await
     .map_err(Error::Consume);
-    if let Err(error) = js.client.flush().await {
-        tracing::warn!(%error, "nats flush on shutdown failed");
-    }
-    for task in [admin, search] {
-        match task.await {
-            Ok(result) => result?,
-            Err(error) => tracing::error!(%error, "server task failed"),
-        }
-    }
+    shutdown::drain(Some(&js.client), vec![admin, search]).await?;
     tracing::info!("indexer stopped");
     outcome
 }

@@ -17,7 +17,7 @@ use std::future::Future;
 use confab_core::Subjects;
 use confab_runtime::admin::{self, Readiness};
 use confab_runtime::jetstream;
-use confab_runtime::shutdown::Shutdown;
+use confab_runtime::shutdown::{self, Shutdown};
 use confab_runtime::{consume, db};
 use tokio::net::TcpListener;
 
@@ -67,13 +67,7 @@ pub async fn run(
     )
     .await
     .map_err(Error::Consume);
-    if let Err(error) = js.client.flush().await {
-        tracing::warn!(%error, "nats flush on shutdown failed");
-    }
-    match admin.await {
-        Ok(result) => result?,
-        Err(error) => tracing::error!(%error, "admin server task failed"),
-    }
+    shutdown::drain(Some(&js.client), vec![admin]).await?;
     tracing::info!("persister stopped");
     outcome
 }

@@ -28,6 +28,26 @@ pub async fn signal() {
     }
 }
 
+/// The last step of a graceful stop: flush what NATS still buffers (acks, publishes), then wait
+/// for the service's servers, which stop on the same shutdown signal.
+pub async fn drain(
+    nats: Option<&async_nats::Client>,
+    servers: Vec<tokio::task::JoinHandle<std::io::Result<()>>>,
+) -> std::io::Result<()> {
+    if let Some(client) = nats {
+        if let Err(error) = client.flush().await {
+            tracing::warn!(%error, "nats flush on shutdown failed");
+        }
+    }
+    for server in servers {
+        match server.await {
+            Ok(result) => result?,
+            Err(error) => tracing::error!(%error, "server task failed"),
+        }
+    }
+    Ok(())
+}
+
 /// Fans one shutdown future out to every task that needs it.
 #[derive(Clone)]
 pub struct Shutdown {
