@@ -2,6 +2,7 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod admin;
 mod bad_input;
 mod contract;
 mod counters;
@@ -9,4 +10,6 @@ mod durability;
 mod health;
 mod invariants;
 mod numbering;
+mod operator;
+mod quotas;
 mod search;

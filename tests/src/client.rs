@@ -7,6 +7,8 @@ use serde_json::Value;
 pub struct Client {
     pub base: String,
     http: reqwest::Client,
+    /// Sent as `Authorization: Bearer …` (the admin API's credential).
+    bearer: Option<String>,
 }
 
 impl Client {
@@ -17,13 +19,29 @@ impl Client {
                 .pool_max_idle_per_host(1024)
                 .build()
                 .expect("client builds"),
+            bearer: None,
         }
     }
 
-    /// Sends a request with an optional raw body; returns the status and the parsed JSON
-    /// (`Value::Null` when the body is not JSON).
-    pub async fn raw(&self, method: Method, path: &str, body: Option<&str>) -> (StatusCode, Value) {
+    /// A client that authenticates every request with `Authorization: Bearer <token>`.
+    pub fn with_bearer(base: &str, token: &str) -> Self {
+        Self {
+            bearer: Some(token.to_owned()),
+            ..Self::new(base)
+        }
+    }
+
+    /// Like [`Client::raw`], with the response headers.
+    pub async fn full(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&str>,
+    ) -> (StatusCode, reqwest::header::HeaderMap, Value) {
         let mut req = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(token) = &self.bearer {
+            req = req.bearer_auth(token);
+        }
         if let Some(body) = body {
             req = req
                 .header("content-type", "application/json")
@@ -31,11 +49,20 @@ impl Client {
         }
         let resp = req.send().await.expect("request sent");
         let status = resp.status();
+        let headers = resp.headers().clone();
         let bytes = resp.bytes().await.expect("body read");
         (
             status,
+            headers,
             serde_json::from_slice(&bytes).unwrap_or(Value::Null),
         )
+    }
+
+    /// Sends a request with an optional raw body; returns the status and the parsed JSON
+    /// (`Value::Null` when the body is not JSON).
+    pub async fn raw(&self, method: Method, path: &str, body: Option<&str>) -> (StatusCode, Value) {
+        let (status, _, body) = self.full(method, path, body).await;
+        (status, body)
     }
 
     pub async fn send(
@@ -70,6 +97,17 @@ impl Client {
             .await;
         assert_eq!(status, StatusCode::CREATED, "{body}");
         body["number"].as_u64().expect("number")
+    }
+
+    /// The status of a chat creation (for tests that expect it to fail).
+    pub async fn create_chat_status(&self, token: &str) -> StatusCode {
+        self.send(
+            Method::POST,
+            &format!("/api/v1/applications/{token}/chats"),
+            None,
+        )
+        .await
+        .0
     }
 
     pub async fn create_message(&self, token: &str, chat: u64, text: &str) -> u64 {

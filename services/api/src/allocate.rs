@@ -9,6 +9,7 @@ use confab_core::trace::TraceParent;
 use confab_core::{Envelope, Event};
 
 use crate::error::{ApiError, Result};
+use crate::numbering::Admission;
 use crate::state::AppState;
 
 /// Numbers taken before giving up when every one collides.
@@ -24,6 +25,8 @@ pub struct Sequence<'a, P> {
     pub subject: String,
     /// The highest number persisted in MySQL (for re-seeding).
     pub persisted_max: P,
+    /// The quotas checked atomically with taking the number.
+    pub admission: Admission,
     pub trace: &'a TraceParent,
 }
 
@@ -46,7 +49,7 @@ impl AppState {
             };
             let number = self
                 .numbering
-                .next(&sequence.key, sequence.kind, seed)
+                .next(&sequence.key, sequence.kind, &sequence.admission, seed)
                 .await?;
             let envelope = Envelope::new(event(number));
             match self.publisher.publish(&envelope, sequence.trace).await? {

@@ -27,6 +27,12 @@ pub enum ApiError {
     PayloadTooLarge(usize),
     #[error("{0} not found")]
     NotFound(&'static str),
+    #[error("the application reached its limit of {0} chats")]
+    ChatLimit(u64),
+    #[error("the application's message rate is exceeded; retry in {retry_after_secs} s")]
+    RateLimited { retry_after_secs: u64 },
+    #[error("a valid admin bearer token is required")]
+    Unauthorized,
     #[error("no route for this path")]
     NoRoute,
     #[error("method not allowed for this path")]
@@ -89,8 +95,8 @@ pub struct ErrorBody {
 pub struct ErrorDetail {
     /// Stable, machine-readable: `malformed_json`, `invalid_parameter`, `invalid_query`,
     /// `validation_failed`,
-    /// `payload_too_large`, `not_found`, `method_not_allowed`, `timeout`, `unavailable`,
-    /// `internal`.
+    /// `payload_too_large`, `not_found`, `chat_limit_reached`, `rate_limited`, `unauthorized`,
+    /// `method_not_allowed`, `timeout`, `unavailable`, `internal`.
     pub code: &'static str,
     pub message: String,
 }
@@ -111,6 +117,9 @@ impl ApiError {
                 (StatusCode::UNPROCESSABLE_ENTITY, "validation_failed")
             }
             Self::NotFound(_) | Self::NoRoute => (StatusCode::NOT_FOUND, "not_found"),
+            Self::ChatLimit(_) => (StatusCode::CONFLICT, "chat_limit_reached"),
+            Self::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
+            Self::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
             Self::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             Self::Timeout => (StatusCode::SERVICE_UNAVAILABLE, "timeout"),
             Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
@@ -122,6 +131,11 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code) = self.status_and_code();
+        let retry_after = match &self {
+            Self::RateLimited { retry_after_secs } => Some(*retry_after_secs),
+            _ if status == StatusCode::SERVICE_UNAVAILABLE => Some(1),
+            _ => None,
+        };
         let message = match &self {
             Self::Internal(cause) => {
                 tracing::error!(error = %cause, source = ?std::error::Error::source(cause), "internal error");
@@ -149,10 +163,16 @@ impl IntoResponse for ApiError {
                 axum::http::HeaderValue::from_static("close"),
             );
         }
-        if status == StatusCode::SERVICE_UNAVAILABLE {
+        if let Some(secs) = retry_after {
             response
                 .headers_mut()
-                .insert(axum::http::header::RETRY_AFTER, 1.into());
+                .insert(axum::http::header::RETRY_AFTER, secs.into());
+        }
+        if status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(
+                axum::http::header::WWW_AUTHENTICATE,
+                axum::http::HeaderValue::from_static("Bearer"),
+            );
         }
         response
     }
@@ -171,5 +191,13 @@ mod tests {
         assert_eq!(s(ApiError::NotFound("chat")), 404);
         assert_eq!(s(ApiError::MethodNotAllowed), 405);
         assert_eq!(s(sqlx::Error::PoolTimedOut.into()), 503);
+        assert_eq!(s(ApiError::ChatLimit(3)), 409);
+        assert_eq!(
+            s(ApiError::RateLimited {
+                retry_after_secs: 2
+            }),
+            429
+        );
+        assert_eq!(s(ApiError::Unauthorized), 401);
     }
 }

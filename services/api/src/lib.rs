@@ -8,6 +8,7 @@
 //! [`run`] starts the tenant API and the admin server on listeners the caller bound, and returns
 //! after `shutdown` resolved and in-flight requests finished.
 
+pub mod admin;
 pub mod allocate;
 pub mod config;
 pub mod error;
@@ -27,7 +28,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use confab_core::keys::Keys;
-use confab_runtime::admin::{self, Readiness};
+use confab_runtime::admin::{self as admin_server, Readiness};
 use confab_runtime::shutdown::{self, Shutdown};
 use confab_runtime::{cache, db, jetstream};
 use confab_search::elastic::Elastic;
@@ -91,6 +92,9 @@ pub async fn connect(config: &ApiConfig) -> Result<AppState, Error> {
         search,
         search_label,
         list_tokens: config.list_tokens,
+        admin_token: config.admin_token.clone(),
+        quota_defaults: config.quota_defaults,
+        hard_max_body_bytes: config.hard_max_body_bytes(),
     }))
 }
 
@@ -116,7 +120,11 @@ pub async fn run(
     let shutdown = Shutdown::new(shutdown);
     let state = connect(&config).await?;
     let readiness = readiness(&state);
-    let admin = tokio::spawn(admin::serve(listeners.admin, readiness, shutdown.wait()));
+    let admin = tokio::spawn(admin_server::serve(
+        listeners.admin,
+        readiness,
+        shutdown.wait(),
+    ));
     tracing::info!(addr = %listeners.http.local_addr()?, "api listening");
     axum::serve(listeners.http, app(state.clone(), config.request_timeout))
         .with_graceful_shutdown(shutdown.wait())

@@ -2,6 +2,7 @@
 //! writes. Chat and message creation never come here to write.
 
 use chrono::{DateTime, Utc};
+use confab_core::quota::QuotaRequest;
 use sqlx::MySqlPool;
 
 #[derive(Debug, sqlx::FromRow)]
@@ -12,6 +13,22 @@ pub struct ApplicationRow {
     pub chats_count: u64,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    pub max_chats: Option<u64>,
+    pub messages_per_second: Option<u32>,
+    pub message_burst: Option<u32>,
+    pub max_body_bytes: Option<u32>,
+}
+
+impl ApplicationRow {
+    /// The quotas this application asked for (NULL columns follow the defaults).
+    pub fn requested_quotas(&self) -> QuotaRequest {
+        QuotaRequest {
+            max_chats: self.max_chats,
+            messages_per_second: self.messages_per_second,
+            message_burst: self.message_burst,
+            max_body_bytes: self.max_body_bytes,
+        }
+    }
 }
 
 #[derive(Debug, sqlx::FromRow)]
@@ -30,7 +47,8 @@ pub struct MessageRow {
     pub updated_at: DateTime<Utc>,
 }
 
-const APPLICATION_COLUMNS: &str = "id, name, token, chats_count, created_at, updated_at";
+pub const APPLICATION_COLUMNS: &str = "id, name, token, chats_count, created_at, updated_at, \
+     max_chats, messages_per_second, message_burst, max_body_bytes";
 
 pub async fn insert_application(
     db: &MySqlPool,
@@ -63,7 +81,8 @@ pub async fn list_applications(
     offset: u64,
 ) -> sqlx::Result<Vec<ApplicationRow>> {
     sqlx::query_as(&format!(
-        "SELECT {APPLICATION_COLUMNS} FROM applications ORDER BY id LIMIT ? OFFSET ?"
+        "SELECT {APPLICATION_COLUMNS} FROM applications WHERE deleted_at IS NULL \
+         ORDER BY id LIMIT ? OFFSET ?"
     ))
     .bind(limit)
     .bind(offset)
@@ -71,14 +90,20 @@ pub async fn list_applications(
     .await
 }
 
+/// The live application a token names: its current token, or the one it replaced while that is
+/// in its grace period.
 pub async fn application_by_token(
     db: &MySqlPool,
     token: &str,
 ) -> sqlx::Result<Option<ApplicationRow>> {
     sqlx::query_as(&format!(
-        "SELECT {APPLICATION_COLUMNS} FROM applications WHERE token = ?"
+        "SELECT {APPLICATION_COLUMNS} FROM applications \
+         WHERE (token = ? OR (previous_token = ? AND previous_token_expires_at > ?)) \
+         AND deleted_at IS NULL"
     ))
     .bind(token)
+    .bind(token)
+    .bind(Utc::now())
     .fetch_optional(db)
     .await
 }

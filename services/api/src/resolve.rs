@@ -8,19 +8,36 @@ use redis::AsyncCommands;
 
 use crate::error::{ApiError, Result};
 use crate::repo;
-use crate::state::AppState;
+use crate::state::{AppState, Tenant};
+use confab_runtime::metrics;
 
 impl AppState {
+    /// The application a token belongs to, with the quotas in force.
+    pub async fn tenant(&self, token: &Token) -> Result<Tenant> {
+        if let Some(tenant) = self.tokens.get(token.expose()) {
+            return Ok(tenant);
+        }
+        let started = std::time::Instant::now();
+        let row = repo::application_by_token(&self.db, token.expose()).await?;
+        metrics::observe_mysql("application_by_token", started);
+        let row = row.ok_or(ApiError::NotFound("application"))?;
+        let tenant = self.tenant_of(&row);
+        self.tokens.insert(token.expose().to_owned(), tenant);
+        Ok(tenant)
+    }
+
     /// The internal id of the application a token belongs to.
     pub async fn application_id(&self, token: &Token) -> Result<u64> {
-        if let Some(id) = self.tokens.get(token.expose()) {
-            return Ok(id);
+        Ok(self.tenant(token).await?.id)
+    }
+
+    pub fn tenant_of(&self, row: &repo::ApplicationRow) -> Tenant {
+        Tenant {
+            id: row.id,
+            quotas: row
+                .requested_quotas()
+                .resolve(&self.quota_defaults, self.hard_max_body_bytes),
         }
-        let row = repo::application_by_token(&self.db, token.expose())
-            .await?
-            .ok_or(ApiError::NotFound("application"))?;
-        self.tokens.insert(token.expose().to_owned(), row.id);
-        Ok(row.id)
     }
 
     /// Whether a chat exists: persisted, or created and still in flight.

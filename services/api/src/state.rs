@@ -4,7 +4,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use confab_core::keys::Keys;
+use confab_core::quota::Quotas;
 use confab_core::validation::Limits;
+use confab_runtime::Secret;
 use moka::sync::Cache;
 use redis::aio::ConnectionManager;
 use sqlx::MySqlPool;
@@ -38,14 +40,27 @@ pub struct Shared {
     pub limits: Limits,
     pub max_request_bytes: usize,
     pub in_flight_ttl: Duration,
-    /// Token → application id. Keyed by the token text, which never leaves this process.
-    pub tokens: Cache<String, u64>,
+    /// Token → application and its quotas. Keyed by the token text, which never leaves this
+    /// process.
+    pub tokens: Cache<String, Tenant>,
     pub search: std::sync::Arc<dyn confab_search::SearchBackend>,
     /// `embedded` or `elasticsearch`, for metric labels.
     pub search_label: &'static str,
     pub list_tokens: bool,
     /// (application id, chat number) pairs known to exist.
     pub known_chats: Cache<(u64, u64), ()>,
+    /// The admin API's bearer credential; `None` locks the admin API.
+    pub admin_token: Option<Secret<String>>,
+    pub quota_defaults: Quotas,
+    /// `CONFAB_MAX_BODY_BYTES` as a quota bound.
+    pub hard_max_body_bytes: u32,
+}
+
+/// An application as a tenant request sees it: its id and the quotas in force.
+#[derive(Debug, Clone, Copy)]
+pub struct Tenant {
+    pub id: u64,
+    pub quotas: Quotas,
 }
 
 pub struct StateParts {
@@ -60,6 +75,9 @@ pub struct StateParts {
     pub search: std::sync::Arc<dyn confab_search::SearchBackend>,
     pub search_label: &'static str,
     pub list_tokens: bool,
+    pub admin_token: Option<Secret<String>>,
+    pub quota_defaults: Quotas,
+    pub hard_max_body_bytes: u32,
 }
 
 impl AppState {
@@ -81,6 +99,9 @@ impl AppState {
             search_label: parts.search_label,
             list_tokens: parts.list_tokens,
             known_chats: Cache::builder().max_capacity(KNOWN_CHATS_CAPACITY).build(),
+            admin_token: parts.admin_token,
+            quota_defaults: parts.quota_defaults,
+            hard_max_body_bytes: parts.hard_max_body_bytes,
         }))
     }
 }

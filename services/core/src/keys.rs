@@ -26,6 +26,11 @@ impl Keys {
         format!("{}seq:messages:{application_id}:{chat_number}", self.prefix)
     }
 
+    /// The message-rate limiter's state of an application (a GCRA "theoretical arrival time").
+    pub fn message_rate(&self, application_id: u64) -> String {
+        format!("{}rate:messages:{application_id}", self.prefix)
+    }
+
     /// Marks a chat whose creation event is acknowledged by JetStream but maybe not persisted yet,
     /// so messages can be posted to it immediately.
     pub fn chat_in_flight(&self, application_id: u64, chat_number: u64) -> String {

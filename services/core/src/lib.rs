@@ -7,6 +7,8 @@
 //! - [`event`]: the versioned event contract on JetStream: types, subjects, headers, dedup ids.
 //! - [`keys`]: the Redis key layout.
 //! - [`sequence`]: how a lost Redis sequence is re-seeded.
+//! - [`quota`]: per-application quotas and their defaults.
+//! - [`admin`]: the admin API's wire format (api and operator).
 //!
 //! ```text
 //!  client ──HTTP──▶ api ──INCR──▶ Redis            (numbers)
@@ -14,8 +16,10 @@
 //!                    └──reads──────────────────────────────────▲
 //! ```
 
+pub mod admin;
 pub mod event;
 pub mod keys;
+pub mod quota;
 pub mod sequence;
 pub mod token;
 pub mod trace;

@@ -33,7 +33,7 @@ pub struct MessageUpsert {
     pub at: DateTime<Utc>,
 }
 
-#[derive(Debug, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Plan {
     /// Chats to ensure, with the earliest time the batch saw for each. Sorted (lock order).
     pub chats: BTreeMap<ChatKey, DateTime<Utc>>,
@@ -96,6 +96,24 @@ pub fn plan(events: &[Sequenced]) -> Plan {
     }
 }
 
+impl Plan {
+    /// The applications this plan writes to, ascending.
+    pub fn applications(&self) -> Vec<u64> {
+        let mut apps: Vec<u64> = self.chats.keys().map(|k| k.application_id).collect();
+        apps.dedup();
+        apps
+    }
+
+    /// Drops every row of the given (deleted) applications: events still in flight when an
+    /// application was deleted must not bring its chats back.
+    pub fn retain_applications(&mut self, deleted: &[u64]) {
+        let keep = |key: &ChatKey| !deleted.contains(&key.application_id);
+        self.chats.retain(|key, _| keep(key));
+        self.counted_chats.retain(keep);
+        self.messages.retain(|m| keep(&m.chat));
+    }
+}
+
 /// Splits rows into chunks that keep one statement under `max_rows` rows and `max_bytes` of
 /// body text (MySQL's `max_allowed_packet` bounds a statement).
 pub fn chunks(rows: &[MessageUpsert], max_rows: usize, max_bytes: usize) -> Vec<&[MessageUpsert]> {
@@ -126,6 +144,23 @@ mod tests {
             stream_sequence: seq,
             envelope: Envelope::new(event),
         }
+    }
+
+    #[test]
+    fn rows_of_deleted_applications_are_dropped() {
+        let other = MessageWritten {
+            application_id: 2,
+            ..msg(1, 1, "b")
+        };
+        let mut p = plan(&[
+            ev(1, Event::MessageCreated(msg(1, 1, "a"))),
+            ev(2, Event::MessageCreated(other)),
+        ]);
+        assert_eq!(p.applications(), vec![1, 2]);
+        p.retain_applications(&[1]);
+        assert_eq!(p.applications(), vec![2]);
+        assert_eq!(p.messages.len(), 1);
+        assert_eq!(p.counted_chats.len(), 1);
     }
 
     fn msg(chat: u64, number: u64, body: &str) -> MessageWritten {

@@ -88,7 +88,10 @@ impl Worker {
         let plan = batch::plan(events);
         let mut attempt = 1;
         loop {
-            match store::apply(&self.db, &plan).await {
+            let started = std::time::Instant::now();
+            let result = store::apply(&self.db, &plan).await;
+            confab_runtime::metrics::observe_mysql("persist_batch", started);
+            match result {
                 Err(StoreError::Transient(error)) if attempt < TX_ATTEMPTS => {
                     tracing::warn!(%error, attempt, "transaction failed, retrying");
                     tokio::time::sleep(Duration::from_millis(50 * u64::from(attempt))).await;

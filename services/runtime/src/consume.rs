@@ -11,6 +11,41 @@ use tokio_stream::StreamExt;
 use crate::jetstream::JetStream;
 use crate::{dead_letter, metrics};
 
+/// How often [`export_pending`] asks the server for the consumer's backlog.
+pub const PENDING_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Exports the consumer's backlog (not yet delivered, and delivered but unacknowledged) as
+/// gauges, every `interval` until `shutdown` resolves. A failed query keeps the last values.
+/// Never fails; the `Result` lets it join the other tasks in [`crate::shutdown::drain`].
+pub async fn export_pending(
+    mut consumer: PullConsumer,
+    service: &'static str,
+    interval: Duration,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    tokio::pin!(shutdown);
+    let mut ticks = tokio::time::interval(interval);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => return Ok(()),
+            _ = ticks.tick() => {}
+        }
+        match tokio::time::timeout(interval, consumer.info()).await {
+            Ok(Ok(info)) => {
+                let labels = [service, info.name.as_str()];
+                metrics::CONSUMER_PENDING
+                    .with_label_values(&labels)
+                    .set(i64::try_from(info.num_pending).unwrap_or(i64::MAX));
+                metrics::CONSUMER_ACK_PENDING
+                    .with_label_values(&labels)
+                    .set(i64::try_from(info.num_ack_pending).unwrap_or(i64::MAX));
+            }
+            Ok(Err(error)) => tracing::debug!(%error, "consumer info failed"),
+            Err(_) => tracing::debug!("consumer info timed out"),
+        }
+    }
+}
+
 /// Pulls messages in batches of up to `batch_size`, waiting at most `batch_wait` for a batch to
 /// fill, and hands each batch to `handle` — one at a time, so a batch is finished before
 /// shutdown is honoured. Returns when `shutdown` resolves, or with an error if the subscription

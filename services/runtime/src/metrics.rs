@@ -7,8 +7,9 @@
 use std::sync::LazyLock;
 
 use prometheus::{
-    register_gauge_vec, register_histogram, register_histogram_vec, register_int_counter_vec,
-    GaugeVec, Histogram, HistogramVec, IntCounterVec,
+    register_gauge_vec, register_histogram, register_histogram_vec, register_int_counter,
+    register_int_counter_vec, register_int_gauge_vec, GaugeVec, Histogram, HistogramVec,
+    IntCounter, IntCounterVec, IntGaugeVec,
 };
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -217,6 +218,102 @@ pub static SEARCH_QUERY_DURATION: LazyLock<HistogramVec> = LazyLock::new(|| {
     )
     .expect("metric registers once")
 });
+
+pub static QUOTA_REJECTIONS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "confab_quota_rejections_total",
+        "Requests refused by an application quota, by quota (chats, message_rate, body_size).",
+        &["quota"]
+    )
+    .expect("metric registers once")
+});
+
+pub static CONSUMER_PENDING: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    register_int_gauge_vec!(
+        "confab_jetstream_consumer_pending_messages",
+        "Messages in the stream not yet delivered to the consumer, by service and consumer.",
+        &["service", "consumer"]
+    )
+    .expect("metric registers once")
+});
+
+pub static CONSUMER_ACK_PENDING: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    register_int_gauge_vec!(
+        "confab_jetstream_consumer_ack_pending_messages",
+        "Messages delivered to the consumer and not yet acknowledged, by service and consumer.",
+        &["service", "consumer"]
+    )
+    .expect("metric registers once")
+});
+
+pub static REDIS_DURATION: LazyLock<HistogramVec> = LazyLock::new(|| {
+    register_histogram_vec!(
+        "confab_redis_command_duration_seconds",
+        "Redis call latency, by operation.",
+        &["operation"],
+        LATENCY_BUCKETS.to_vec()
+    )
+    .expect("metric registers once")
+});
+
+pub static MYSQL_DURATION: LazyLock<HistogramVec> = LazyLock::new(|| {
+    register_histogram_vec!(
+        "confab_mysql_query_duration_seconds",
+        "MySQL call latency (a query or a whole transaction), by operation.",
+        &["operation"],
+        LATENCY_BUCKETS.to_vec()
+    )
+    .expect("metric registers once")
+});
+
+pub static OPERATOR_RECONCILIATIONS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "confab_operator_reconciliations_total",
+        "Reconciliations of Application resources, by outcome (ok, error).",
+        &["outcome"]
+    )
+    .expect("metric registers once")
+});
+
+pub static OPERATOR_RECONCILE_DURATION: LazyLock<Histogram> = LazyLock::new(|| {
+    register_histogram!(
+        "confab_operator_reconcile_duration_seconds",
+        "Time to reconcile one Application resource.",
+        LATENCY_BUCKETS.to_vec()
+    )
+    .expect("metric registers once")
+});
+
+pub static OPERATOR_TOKEN_ROTATIONS: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "confab_operator_token_rotations_total",
+        "Token rotations the operator applied."
+    )
+    .expect("metric registers once")
+});
+
+pub static OPERATOR_APPLICATIONS: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    register_int_gauge_vec!(
+        "confab_operator_applications",
+        "Application resources known to the operator, by readiness (true, false).",
+        &["ready"]
+    )
+    .expect("metric registers once")
+});
+
+/// Observes a Redis call that started at `started`.
+pub fn observe_redis(operation: &str, started: std::time::Instant) {
+    REDIS_DURATION
+        .with_label_values(&[operation])
+        .observe(started.elapsed().as_secs_f64());
+}
+
+/// Observes a MySQL call that started at `started`.
+pub fn observe_mysql(operation: &str, started: std::time::Instant) {
+    MYSQL_DURATION
+        .with_label_values(&[operation])
+        .observe(started.elapsed().as_secs_f64());
+}
 
 /// Observes, in a lag histogram, the seconds from `since` to now.
 pub fn observe_since(histogram: &HistogramVec, label: &str, since: chrono::DateTime<chrono::Utc>) {

@@ -24,7 +24,9 @@ pub async fn create(
     let name = state.limits.name(body.string("application", "name")?)?;
     let token = Token::generate();
     let row = repo::insert_application(&state.db, &name, token.expose()).await?;
-    state.tokens.insert(row.token.clone(), row.id);
+    state
+        .tokens
+        .insert(row.token.clone(), state.tenant_of(&row));
     tracing::info!("application created");
     Ok((StatusCode::CREATED, Json(row.into())))
 }

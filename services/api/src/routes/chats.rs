@@ -10,6 +10,7 @@ use confab_core::trace::TraceParent;
 use crate::allocate::Sequence;
 use crate::error::{ApiError, ErrorBody, Result};
 use crate::extract::{self, JsonObject, Page, PageQuery};
+use crate::numbering::Admission;
 use crate::repo;
 use crate::state::AppState;
 use crate::views::ChatView;
@@ -18,7 +19,9 @@ use crate::views::ChatView;
     params(("token" = String, Path)),
     responses(
         (status = 201, body = ChatView), (status = 404, body = ErrorBody),
-        (status = 400, body = ErrorBody), (status = 503, body = ErrorBody)))]
+        (status = 400, body = ErrorBody),
+        (status = 409, description = "the application's chat limit is reached", body = ErrorBody),
+        (status = 503, body = ErrorBody)))]
 #[tracing::instrument(level = "debug", skip_all)]
 pub async fn create(
     State(state): State<AppState>,
@@ -27,12 +30,17 @@ pub async fn create(
     _body: JsonObject,
 ) -> Result<(StatusCode, Json<ChatView>)> {
     let token = extract::token(&token)?;
-    let app = state.application_id(&token).await?;
+    let tenant = state.tenant(&token).await?;
+    let app = tenant.id;
     let sequence = Sequence {
         kind: "chat",
         key: state.keys.chat_sequence(app),
         subject: state.publisher.jetstream().subjects.chat_created(app),
         persisted_max: || repo::max_chat_number(&state.db, app),
+        admission: Admission {
+            cap: tenant.quotas.chat_cap(),
+            rate: None,
+        },
         trace: &trace,
     };
     let (number, envelope) = state

@@ -11,18 +11,33 @@ use confab_core::Envelope;
 use crate::allocate::Sequence;
 use crate::error::{ApiError, ErrorBody, Result};
 use crate::extract::{self, JsonObject, Page, PageQuery};
+use crate::numbering::Admission;
 use crate::repo;
-use crate::state::AppState;
+use crate::state::{AppState, Tenant};
 use crate::views::{MessageInput, MessageView};
+use confab_runtime::metrics;
 
 /// The application and chat a message path names, both checked to exist.
-async fn chat_of(state: &AppState, token: &str, chat: &str) -> Result<(u64, u64)> {
-    let app = state.application_id(&extract::token(token)?).await?;
+async fn chat_of(state: &AppState, token: &str, chat: &str) -> Result<(Tenant, u64)> {
+    let tenant = state.tenant(&extract::token(token)?).await?;
     let chat = extract::number(chat, "chat")?;
-    if !state.chat_exists(app, chat).await? {
+    if !state.chat_exists(tenant.id, chat).await? {
         return Err(ApiError::NotFound("chat"));
     }
-    Ok((app, chat))
+    Ok((tenant, chat))
+}
+
+/// A valid body within the server's limits and the application's body-size quota.
+fn checked_body(state: &AppState, tenant: &Tenant, body: &JsonObject) -> Result<String> {
+    let body = state.limits.body(body.string("message", "body")?)?;
+    let max = tenant.quotas.max_body_bytes as usize;
+    if body.len() > max {
+        metrics::QUOTA_REJECTIONS
+            .with_label_values(&["body_size"])
+            .inc();
+        return Err(ApiError::PayloadTooLarge(max));
+    }
+    Ok(body)
 }
 
 #[utoipa::path(post, path = "/api/v1/applications/{token}/chats/{number}/messages", tag = "messages",
@@ -30,7 +45,10 @@ async fn chat_of(state: &AppState, token: &str, chat: &str) -> Result<(u64, u64)
     responses(
         (status = 201, body = MessageView), (status = 404, body = ErrorBody),
         (status = 400, body = ErrorBody), (status = 413, body = ErrorBody),
-        (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)))]
+        (status = 422, body = ErrorBody),
+        (status = 429, description = "the application's message rate is exceeded; see `Retry-After`",
+            body = ErrorBody),
+        (status = 503, body = ErrorBody)))]
 #[tracing::instrument(level = "debug", skip_all)]
 pub async fn create(
     State(state): State<AppState>,
@@ -38,8 +56,9 @@ pub async fn create(
     Path((token, chat)): Path<(String, String)>,
     body: JsonObject,
 ) -> Result<(StatusCode, Json<MessageView>)> {
-    let (app, chat) = chat_of(&state, &token, &chat).await?;
-    let body = state.limits.body(body.string("message", "body")?)?;
+    let (tenant, chat) = chat_of(&state, &token, &chat).await?;
+    let app = tenant.id;
+    let body = checked_body(&state, &tenant, &body)?;
     let sequence = Sequence {
         kind: "message",
         key: state.keys.message_sequence(app, chat),
@@ -49,6 +68,13 @@ pub async fn create(
             .subjects
             .message_created(app, chat),
         persisted_max: || repo::max_message_number(&state.db, app, chat),
+        admission: Admission {
+            cap: 0,
+            rate: tenant
+                .quotas
+                .rate()
+                .map(|params| (state.keys.message_rate(app), params)),
+        },
         trace: &trace,
     };
     let (number, envelope) = state
@@ -79,7 +105,8 @@ pub async fn list(
     Path((token, chat)): Path<(String, String)>,
     page: Page,
 ) -> Result<Json<Vec<MessageView>>> {
-    let (app, chat) = chat_of(&state, &token, &chat).await?;
+    let (tenant, chat) = chat_of(&state, &token, &chat).await?;
+    let app = tenant.id;
     let rows = repo::list_messages(&state.db, app, chat, page.limit, page.offset).await?;
     Ok(Json(rows.into_iter().map(Into::into).collect()))
 }
@@ -93,7 +120,8 @@ pub async fn show(
     State(state): State<AppState>,
     Path((token, chat, number)): Path<(String, String, String)>,
 ) -> Result<Json<MessageView>> {
-    let (app, chat) = chat_of(&state, &token, &chat).await?;
+    let (tenant, chat) = chat_of(&state, &token, &chat).await?;
+    let app = tenant.id;
     let number = extract::number(&number, "message")?;
     let row = repo::message(&state.db, app, chat, number)
         .await?
@@ -115,12 +143,13 @@ pub async fn update(
     Path((token, chat, number)): Path<(String, String, String)>,
     body: JsonObject,
 ) -> Result<Json<MessageView>> {
-    let (app, chat) = chat_of(&state, &token, &chat).await?;
+    let (tenant, chat) = chat_of(&state, &token, &chat).await?;
+    let app = tenant.id;
     let number = extract::number(&number, "message")?;
     if !state.message_exists(app, chat, number).await? {
         return Err(ApiError::NotFound("message"));
     }
-    let body = state.limits.body(body.string("message", "body")?)?;
+    let body = checked_body(&state, &tenant, &body)?;
     let envelope = Envelope::new(Event::MessageUpdated(MessageWritten {
         application_id: app,
         chat_number: chat,

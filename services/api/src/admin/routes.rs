@@ -1,0 +1,164 @@
+//! Handlers of the admin API.
+
+use axum::extract::{FromRequest, Path, Request, State};
+use axum::http::StatusCode;
+use axum::Json;
+use confab_core::admin::{valid_key, AdminApplication, ApplicationSpec, RotateRequest};
+use serde::de::DeserializeOwned;
+
+use super::store::{self, AdminRow};
+use crate::error::{ApiError, ErrorBody, Result};
+use crate::state::AppState;
+
+/// Default grace period of a rotated token.
+pub const DEFAULT_GRACE_SECS: u64 = 3600;
+/// Longest grace period accepted (30 days).
+const MAX_GRACE_SECS: u64 = 30 * 24 * 3600;
+
+/// A typed JSON body with Confab's error shape: malformed JSON is a 400, a body of the wrong
+/// shape (missing or unknown fields, wrong types) a 422.
+pub struct AdminJson<T>(pub T);
+
+impl<T: DeserializeOwned> FromRequest<AppState> for AdminJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
+        let bytes = axum::body::Bytes::from_request(req, state)
+            .await
+            .map_err(|_| ApiError::PayloadTooLarge(state.max_request_bytes))?;
+        let bytes: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
+            b"{}"
+        } else {
+            &bytes
+        };
+        serde_json::from_slice(bytes).map(Self).map_err(|error| {
+            if error.is_data() {
+                ApiError::Unprocessable(error.to_string())
+            } else {
+                ApiError::MalformedJson(error.to_string())
+            }
+        })
+    }
+}
+
+fn key(raw: &str) -> Result<&str> {
+    if valid_key(raw) {
+        Ok(raw)
+    } else {
+        Err(ApiError::InvalidParameter(
+            "application key must be 1-128 characters of A-Z a-z 0-9 . _ : -".into(),
+        ))
+    }
+}
+
+impl AppState {
+    fn admin_view(&self, row: AdminRow) -> AdminApplication {
+        let requested = row.app.requested_quotas();
+        AdminApplication {
+            key: row.external_key.unwrap_or_default(),
+            quotas: requested.resolve(&self.quota_defaults, self.hard_max_body_bytes),
+            requested_quotas: requested,
+            name: row.app.name,
+            token: row.app.token,
+            chats_count: row.app.chats_count,
+            rotation_id: row.rotation_id,
+            previous_token_expires_at: row.previous_token_expires_at,
+            created_at: row.app.created_at,
+            updated_at: row.app.updated_at,
+        }
+    }
+}
+
+#[utoipa::path(get, path = "/admin/v1/applications/{key}", tag = "admin",
+    params(("key" = String, Path)), security(("admin_token" = [])),
+    responses(
+        (status = 200, body = AdminApplication), (status = 401, body = ErrorBody),
+        (status = 404, body = ErrorBody)))]
+#[tracing::instrument(level = "debug", skip_all)]
+pub async fn show(
+    State(state): State<AppState>,
+    Path(raw): Path<String>,
+) -> Result<Json<AdminApplication>> {
+    let row = store::by_key(&state.db, key(&raw)?)
+        .await?
+        .ok_or(ApiError::NotFound("application"))?;
+    Ok(Json(state.admin_view(row)))
+}
+
+#[utoipa::path(put, path = "/admin/v1/applications/{key}", tag = "admin",
+    params(("key" = String, Path)), request_body = ApplicationSpec, security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "updated", body = AdminApplication),
+        (status = 201, description = "created", body = AdminApplication),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 422, body = ErrorBody)))]
+#[tracing::instrument(level = "debug", skip_all)]
+pub async fn put(
+    State(state): State<AppState>,
+    Path(raw): Path<String>,
+    AdminJson(mut spec): AdminJson<ApplicationSpec>,
+) -> Result<(StatusCode, Json<AdminApplication>)> {
+    let key = key(&raw)?;
+    spec.name = state.limits.name(Some(&spec.name))?;
+    spec.quotas
+        .validate(state.hard_max_body_bytes)
+        .map_err(|error| ApiError::Unprocessable(error.to_string()))?;
+    let (row, created) = store::upsert(&state.db, key, &spec).await?;
+    state.tokens.invalidate(&row.app.token);
+    tracing::info!(created, "application registered");
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(state.admin_view(row))))
+}
+
+#[utoipa::path(post, path = "/admin/v1/applications/{key}/rotate", tag = "admin",
+    params(("key" = String, Path)), request_body = RotateRequest, security(("admin_token" = [])),
+    responses(
+        (status = 200, body = AdminApplication), (status = 401, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
+#[tracing::instrument(level = "debug", skip_all)]
+pub async fn rotate(
+    State(state): State<AppState>,
+    Path(raw): Path<String>,
+    AdminJson(request): AdminJson<RotateRequest>,
+) -> Result<Json<AdminApplication>> {
+    let key = key(&raw)?;
+    let grace = request.grace_seconds.unwrap_or(DEFAULT_GRACE_SECS);
+    if grace > MAX_GRACE_SECS {
+        return Err(ApiError::Unprocessable(format!(
+            "`grace_seconds` must be at most {MAX_GRACE_SECS}"
+        )));
+    }
+    if request
+        .request_id
+        .as_deref()
+        .is_some_and(|id| !valid_key(id))
+    {
+        return Err(ApiError::Unprocessable(
+            "`request_id` must be 1-128 characters of A-Z a-z 0-9 . _ : -".into(),
+        ));
+    }
+    let grace = chrono::Duration::seconds(i64::try_from(grace).unwrap_or(i64::MAX));
+    let row = store::rotate(&state.db, key, request.request_id.as_deref(), grace)
+        .await?
+        .ok_or(ApiError::NotFound("application"))?;
+    tracing::info!("token rotated");
+    Ok(Json(state.admin_view(row)))
+}
+
+#[utoipa::path(delete, path = "/admin/v1/applications/{key}", tag = "admin",
+    params(("key" = String, Path)), security(("admin_token" = [])),
+    responses(
+        (status = 204, description = "deleted with its chats and messages"),
+        (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+#[tracing::instrument(level = "debug", skip_all)]
+pub async fn delete(State(state): State<AppState>, Path(raw): Path<String>) -> Result<StatusCode> {
+    store::delete(&state.db, key(&raw)?)
+        .await?
+        .ok_or(ApiError::NotFound("application"))?;
+    tracing::info!("application deleted");
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,186 @@
+//! Per-application quotas: what a tenant may do, and the pure decisions about them.
+//!
+//! An application stores the quotas it *asked for* (each optional); the api fills the gaps from
+//! its configured defaults when it reads them, so changing a default reaches every application
+//! that did not set its own. Enforcement lives in the api: the chat limit and the message rate in
+//! one Redis script each (atomic across replicas), the body size before anything is published.
+
+use serde::{Deserialize, Serialize};
+
+/// The quotas in force for an application.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Quotas {
+    /// Most chats the application may create; 0 means no limit.
+    pub max_chats: u64,
+    /// Sustained message creations per second; 0 means no limit.
+    pub messages_per_second: u32,
+    /// Message creations allowed at once on top of an idle application (the bucket size); at
+    /// least 1.
+    pub message_burst: u32,
+    /// Largest message body, in bytes of UTF-8.
+    pub max_body_bytes: u32,
+}
+
+impl Default for Quotas {
+    /// The documented defaults for applications that set nothing (README, "Quotas").
+    fn default() -> Self {
+        Self {
+            max_chats: 100_000,
+            messages_per_second: 1_000,
+            message_burst: 2_000,
+            max_body_bytes: 64 * 1024,
+        }
+    }
+}
+
+/// Quotas as requested: every field optional, a missing one takes the api's default.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct QuotaRequest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_chats: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub messages_per_second: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message_burst: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_body_bytes: Option<u32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum QuotaError {
+    #[error("`message_burst` must be at least 1")]
+    BurstBelowOne,
+    #[error("`max_body_bytes` must be between 1 and {max}")]
+    BodyOutOfRange { max: u32 },
+}
+
+impl QuotaRequest {
+    /// Checks what was asked for against the server's hard limit on bodies.
+    pub fn validate(&self, hard_max_body_bytes: u32) -> Result<(), QuotaError> {
+        if self.message_burst == Some(0) {
+            return Err(QuotaError::BurstBelowOne);
+        }
+        if let Some(bytes) = self.max_body_bytes {
+            if bytes == 0 || bytes > hard_max_body_bytes {
+                return Err(QuotaError::BodyOutOfRange {
+                    max: hard_max_body_bytes,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The quotas in force: what was asked for, the defaults elsewhere. The body size never
+    /// exceeds the server's hard limit, whatever a default says.
+    pub fn resolve(&self, defaults: &Quotas, hard_max_body_bytes: u32) -> Quotas {
+        Quotas {
+            max_chats: self.max_chats.unwrap_or(defaults.max_chats),
+            messages_per_second: self
+                .messages_per_second
+                .unwrap_or(defaults.messages_per_second),
+            message_burst: self.message_burst.unwrap_or(defaults.message_burst).max(1),
+            max_body_bytes: self
+                .max_body_bytes
+                .unwrap_or(defaults.max_body_bytes)
+                .min(hard_max_body_bytes),
+        }
+    }
+}
+
+/// The rate limiter's parameters in microseconds, for the GCRA script in the api: one message
+/// "costs" `emission_us`, and an application may run up to `tolerance_us` ahead of the clock.
+/// `None` when the rate is unlimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateParams {
+    pub emission_us: u64,
+    pub tolerance_us: u64,
+}
+
+impl Quotas {
+    pub fn rate(&self) -> Option<RateParams> {
+        if self.messages_per_second == 0 {
+            return None;
+        }
+        let emission_us = (1_000_000 / u64::from(self.messages_per_second)).max(1);
+        Some(RateParams {
+            emission_us,
+            tolerance_us: emission_us * u64::from(self.message_burst.max(1) - 1),
+        })
+    }
+
+    /// The chat-limit argument of the numbering script: 0 means none.
+    pub fn chat_cap(&self) -> u64 {
+        self.max_chats
+    }
+}
+
+/// The `Retry-After` value, in whole seconds (rounded up, at least 1), for a wait in µs.
+pub fn retry_after_secs(wait_us: u64) -> u64 {
+    wait_us.div_ceil(1_000_000).max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_fields_take_defaults_and_body_is_capped() {
+        let defaults = Quotas::default();
+        let asked = QuotaRequest {
+            max_chats: Some(3),
+            ..QuotaRequest::default()
+        };
+        let q = asked.resolve(&defaults, 1000);
+        assert_eq!(q.max_chats, 3);
+        assert_eq!(q.messages_per_second, defaults.messages_per_second);
+        assert_eq!(q.max_body_bytes, 1000, "the hard limit wins over a default");
+    }
+
+    #[test]
+    fn bad_requests_are_named() {
+        let zero_burst = QuotaRequest {
+            message_burst: Some(0),
+            ..QuotaRequest::default()
+        };
+        assert_eq!(zero_burst.validate(10), Err(QuotaError::BurstBelowOne));
+        let huge = QuotaRequest {
+            max_body_bytes: Some(11),
+            ..QuotaRequest::default()
+        };
+        assert_eq!(
+            huge.validate(10),
+            Err(QuotaError::BodyOutOfRange { max: 10 })
+        );
+        assert_eq!(QuotaRequest::default().validate(10), Ok(()));
+    }
+
+    #[test]
+    fn rate_parameters_follow_rate_and_burst() {
+        let q = Quotas {
+            messages_per_second: 10,
+            message_burst: 5,
+            ..Quotas::default()
+        };
+        let p = q.rate().unwrap();
+        assert_eq!(p.emission_us, 100_000);
+        assert_eq!(
+            p.tolerance_us, 400_000,
+            "five at once: the first plus four ahead"
+        );
+        let unlimited = Quotas {
+            messages_per_second: 0,
+            ..q
+        };
+        assert_eq!(unlimited.rate(), None);
+    }
+
+    #[test]
+    fn retry_after_rounds_up_to_whole_seconds() {
+        assert_eq!(retry_after_secs(1), 1);
+        assert_eq!(retry_after_secs(1_000_000), 1);
+        assert_eq!(retry_after_secs(1_000_001), 2);
+    }
+}

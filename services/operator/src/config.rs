@@ -1,0 +1,79 @@
+//! The operator's configuration. Every variable is listed in the README with its default.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use confab_runtime::config::{parse, string};
+use confab_runtime::{ConfigError, Env, Secret};
+
+#[derive(Debug, Clone)]
+pub struct OperatorConfig {
+    /// `CONFAB_OPERATOR_API_URL`, default `http://127.0.0.1:8080`: where the api's admin API is.
+    pub api_url: String,
+    /// `CONFAB_PUBLIC_API_URL`, default the api URL: the base URL written into each tenant's
+    /// Secret (what clients should call).
+    pub public_api_url: String,
+    /// `CONFAB_ADMIN_TOKEN` (required): the admin API's bearer credential.
+    pub admin_token: Secret<String>,
+    /// `CONFAB_OPERATOR_WATCH_NAMESPACE`, default empty: watch one namespace, or all.
+    pub watch_namespace: Option<String>,
+    /// `CONFAB_TOKEN_GRACE_SECS`, default 3600: how long a rotated token keeps working unless the
+    /// resource says otherwise.
+    pub token_grace_secs: u64,
+    /// `CONFAB_OPERATOR_RESYNC_SECS`, default 300: how often a Ready resource is reconciled
+    /// anyway (refreshes `status.chatsCount`, repairs drift the watches missed).
+    pub resync: Duration,
+    /// `CONFAB_OPERATOR_HTTP_TIMEOUT_MS`, default 10000: timeout of each admin API call.
+    pub http_timeout: Duration,
+    /// `CONFAB_ADMIN_ADDR`, default `0.0.0.0:9094`: health and metrics.
+    pub admin_addr: SocketAddr,
+}
+
+impl OperatorConfig {
+    pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        let api_url = string(env, "CONFAB_OPERATOR_API_URL", "http://127.0.0.1:8080");
+        let admin_token = string(env, "CONFAB_ADMIN_TOKEN", "");
+        if admin_token.is_empty() {
+            return Err(ConfigError::Invalid {
+                name: "CONFAB_ADMIN_TOKEN",
+                reason: "is required (the api's admin credential)".into(),
+            });
+        }
+        Ok(Self {
+            public_api_url: string(env, "CONFAB_PUBLIC_API_URL", &api_url),
+            api_url,
+            admin_token: Secret::new(admin_token),
+            watch_namespace: Some(string(env, "CONFAB_OPERATOR_WATCH_NAMESPACE", ""))
+                .filter(|ns| !ns.is_empty()),
+            token_grace_secs: parse(env, "CONFAB_TOKEN_GRACE_SECS", 3600)?,
+            resync: Duration::from_secs(parse(env, "CONFAB_OPERATOR_RESYNC_SECS", 300)?),
+            http_timeout: Duration::from_millis(parse(
+                env,
+                "CONFAB_OPERATOR_HTTP_TIMEOUT_MS",
+                10_000,
+            )?),
+            admin_addr: parse(
+                env,
+                "CONFAB_ADMIN_ADDR",
+                SocketAddr::from(([0, 0, 0, 0], 9094)),
+            )?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_admin_token_is_required_and_defaults_apply() {
+        let mut env = Env::new();
+        assert!(OperatorConfig::from_env(&env).is_err());
+        env.insert("CONFAB_ADMIN_TOKEN".into(), "t".into());
+        let c = OperatorConfig::from_env(&env).unwrap();
+        assert_eq!(c.public_api_url, c.api_url);
+        assert_eq!(c.watch_namespace, None);
+        assert_eq!(c.token_grace_secs, 3600);
+        assert_eq!(c.admin_addr.port(), 9094);
+    }
+}

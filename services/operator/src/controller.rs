@@ -1,0 +1,284 @@
+//! The controller: watches `Application` resources (and the Secrets it owns) and reconciles each
+//! into a registered application, its token Secret and a status.
+//!
+//! One reconcile: finalizer first (kube's `finalizer` helper); then `PUT` the application to the
+//! admin API (idempotent by the resource's UID), rotate the token if a new rotation is
+//! requested (idempotent by its request id), server-side apply the Secret, server-side apply the
+//! status. An api failure is reported as `Ready=False` and retried with exponential backoff.
+//! Deletion applies the policy: `Delete` deletes the application; `Retain` keeps it and orphans
+//! the Secret so tenants keep their token.
+//!
+//! Run one replica (the Deployment uses the `Recreate` strategy): every step is idempotent, so a
+//! brief overlap during a rollout is harmless, but there is no leader election.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use confab_core::admin::AdminApplication;
+use confab_runtime::metrics;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::finalizer::{finalizer, Event as FinalizerEvent};
+use kube::{Api, Client, ResourceExt};
+use serde_json::json;
+
+use crate::admin_client::{AdminClient, ClientError};
+use crate::config::OperatorConfig;
+use crate::crd::{Application, ApplicationStatus, DeletionPolicy};
+use crate::desired::{self, Readiness};
+
+/// The finalizer that lets the operator apply the deletion policy.
+pub const FINALIZER: &str = "confab.dev/application";
+/// The field manager of every server-side apply.
+pub const FIELD_MANAGER: &str = "confab-operator";
+/// Backoff after failures: 1 s, 2 s, 4 s, … up to this.
+const MAX_BACKOFF: Duration = Duration::from_secs(300);
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("kubernetes: {0}")]
+    Kube(#[from] kube::Error),
+    #[error(transparent)]
+    Admin(#[from] ClientError),
+    #[error("finalizer: {0}")]
+    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
+    #[error("the resource has no {0}")]
+    Missing(&'static str),
+}
+
+/// What every reconcile shares.
+pub struct Context {
+    pub client: Client,
+    pub admin: AdminClient,
+    pub config: OperatorConfig,
+    /// Consecutive failures per resource (`namespace/name`), for the backoff.
+    failures: Mutex<HashMap<String, u32>>,
+    /// Readiness per resource, for the `confab_operator_applications` gauge.
+    ready: Mutex<HashMap<String, bool>>,
+}
+
+impl Context {
+    pub fn new(client: Client, config: OperatorConfig) -> Result<Self, ClientError> {
+        Ok(Self {
+            admin: AdminClient::new(
+                &config.api_url,
+                config.admin_token.clone(),
+                config.http_timeout,
+            )?,
+            client,
+            config,
+            failures: Mutex::default(),
+            ready: Mutex::default(),
+        })
+    }
+
+    fn record(&self, app: &Application, ready: Option<bool>) {
+        let name = object_name(app);
+        let mut map = self
+            .ready
+            .lock()
+            .expect("readiness map lock is never poisoned");
+        match ready {
+            Some(ready) => map.insert(name, ready),
+            None => map.remove(&name),
+        };
+        let ready = map.values().filter(|r| **r).count();
+        let gauge = &metrics::OPERATOR_APPLICATIONS;
+        gauge.with_label_values(&["true"]).set(ready as i64);
+        gauge
+            .with_label_values(&["false"])
+            .set((map.len() - ready) as i64);
+    }
+
+    fn failed(&self, app: &Application) -> u32 {
+        let mut map = self
+            .failures
+            .lock()
+            .expect("failure map lock is never poisoned");
+        let count = map.entry(object_name(app)).or_insert(0);
+        *count += 1;
+        *count
+    }
+
+    fn succeeded(&self, app: &Application) {
+        self.failures
+            .lock()
+            .expect("failure map lock is never poisoned")
+            .remove(&object_name(app));
+    }
+}
+
+fn object_name(app: &Application) -> String {
+    format!("{}/{}", app.namespace().unwrap_or_default(), app.name_any())
+}
+
+/// The delay before retrying after `failures` consecutive failures.
+pub fn backoff(failures: u32) -> Duration {
+    let exp = failures.saturating_sub(1).min(16);
+    Duration::from_secs(1u64 << exp).min(MAX_BACKOFF)
+}
+
+/// Reconciles one resource.
+#[tracing::instrument(skip_all, fields(namespace = app.namespace(), name = %app.name_any()))]
+pub async fn reconcile(app: Arc<Application>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = Instant::now();
+    let ns = app.namespace().ok_or(Error::Missing("namespace"))?;
+    let api: Api<Application> = Api::namespaced(ctx.client.clone(), &ns);
+    let result = finalizer(&api, FINALIZER, app.clone(), |event| {
+        let ctx = ctx.clone();
+        async move {
+            match event {
+                FinalizerEvent::Apply(app) => apply(&app, &ctx).await,
+                FinalizerEvent::Cleanup(app) => cleanup(&app, &ctx).await,
+            }
+        }
+    })
+    .await
+    .map_err(|error| Error::Finalizer(Box::new(error)));
+    metrics::OPERATOR_RECONCILE_DURATION.observe(started.elapsed().as_secs_f64());
+    let outcome = if result.is_ok() { "ok" } else { "error" };
+    metrics::OPERATOR_RECONCILIATIONS
+        .with_label_values(&[outcome])
+        .inc();
+    if result.is_ok() {
+        ctx.succeeded(&app);
+    }
+    result
+}
+
+/// Retries a failed reconcile with exponential backoff; never gives up, never crashes.
+pub fn error_policy(app: Arc<Application>, error: &Error, ctx: Arc<Context>) -> Action {
+    let delay = backoff(ctx.failed(&app));
+    tracing::warn!(%error, retry_in_secs = delay.as_secs(), "reconcile failed");
+    Action::requeue(delay)
+}
+
+async fn apply(app: &Application, ctx: &Context) -> Result<Action, Error> {
+    let key = app.uid().ok_or(Error::Missing("uid"))?;
+    let registered = match register(app, &key, ctx).await {
+        Ok(registered) => registered,
+        Err(error) => {
+            let readiness = Readiness {
+                ready: false,
+                reason: match error {
+                    ClientError::Unavailable(_) => "ApiUnavailable",
+                    ClientError::Rejected { .. } => "Rejected",
+                },
+                message: error.to_string(),
+            };
+            patch_status(app, ctx, desired::status(app, None, &readiness, Utc::now())).await?;
+            ctx.record(app, Some(false));
+            return Err(error.into());
+        }
+    };
+    let secret = desired::secret(app, &registered, &ctx.config.public_api_url);
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace(app)?);
+    secrets
+        .patch(
+            &desired::secret_name(app),
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&secret),
+        )
+        .await?;
+    let readiness = Readiness {
+        ready: true,
+        reason: "Registered",
+        message: format!(
+            "registered with the api; token in Secret {}",
+            desired::secret_name(app)
+        ),
+    };
+    let status = desired::status(app, Some(&registered), &readiness, Utc::now());
+    patch_status(app, ctx, status).await?;
+    ctx.record(app, Some(true));
+    Ok(Action::requeue(ctx.config.resync))
+}
+
+/// Registers (creates or updates) the application, then rotates its token if that is due.
+async fn register(
+    app: &Application,
+    key: &str,
+    ctx: &Context,
+) -> Result<AdminApplication, ClientError> {
+    let registered = ctx.admin.put(key, &app.spec.admin_spec()).await?;
+    match desired::rotation(app, &registered, ctx.config.token_grace_secs) {
+        Some(request) => {
+            let rotated = ctx.admin.rotate(key, &request).await?;
+            metrics::OPERATOR_TOKEN_ROTATIONS.inc();
+            tracing::info!("token rotated");
+            Ok(rotated)
+        }
+        None => Ok(registered),
+    }
+}
+
+async fn cleanup(app: &Application, ctx: &Context) -> Result<Action, Error> {
+    match app.spec.deletion_policy {
+        DeletionPolicy::Delete => {
+            ctx.admin
+                .delete(&app.uid().ok_or(Error::Missing("uid"))?)
+                .await?;
+            tracing::info!("application deleted");
+        }
+        DeletionPolicy::Retain => {
+            // Orphan the Secret, so deleting the resource does not take the token with it.
+            let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace(app)?);
+            let orphan = json!({ "metadata": { "ownerReferences": null } });
+            match secrets
+                .patch(
+                    &desired::secret_name(app),
+                    &PatchParams::default(),
+                    &Patch::Merge(&orphan),
+                )
+                .await
+            {
+                Ok(_) => {}
+                Err(kube::Error::Api(status)) if status.code == 404 => {}
+                Err(other) => return Err(other.into()),
+            }
+            tracing::info!("application retained");
+        }
+    }
+    ctx.record(app, None);
+    Ok(Action::await_change())
+}
+
+async fn patch_status(
+    app: &Application,
+    ctx: &Context,
+    status: ApplicationStatus,
+) -> Result<(), Error> {
+    let api: Api<Application> = Api::namespaced(ctx.client.clone(), &namespace(app)?);
+    let patch = json!({
+        "apiVersion": "confab.dev/v1alpha1",
+        "kind": "Application",
+        "status": status,
+    });
+    api.patch_status(
+        &app.name_any(),
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await?;
+    Ok(())
+}
+
+fn namespace(app: &Application) -> Result<String, Error> {
+    app.namespace().ok_or(Error::Missing("namespace"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_five_minutes() {
+        assert_eq!(backoff(1), Duration::from_secs(1));
+        assert_eq!(backoff(2), Duration::from_secs(2));
+        assert_eq!(backoff(5), Duration::from_secs(16));
+        assert_eq!(backoff(40), MAX_BACKOFF);
+    }
+}

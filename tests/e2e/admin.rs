@@ -1,0 +1,135 @@
+//! The admin API for real: credentials, idempotent registration, rotation with a grace period,
+//! deletion, and its place in the OpenAPI document.
+
+use std::time::Duration;
+
+use confab_tests::{eventually, Client};
+use reqwest::{Method, StatusCode};
+use serde_json::json;
+
+use crate::quotas::{admin_env, register, ADMIN_TOKEN};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_api_rejects_missing_or_wrong_credentials() {
+    let env = admin_env().await;
+    let api = env.spawn_api().await;
+    let path = "/admin/v1/applications/x";
+    let body = Some(r#"{"name":"x"}"#);
+    for client in [
+        Client::new(&api.base),
+        Client::with_bearer(&api.base, "wrong"),
+        Client::with_bearer(&api.base, &format!("{ADMIN_TOKEN}x")),
+    ] {
+        let (status, headers, json) = client.full(Method::PUT, path, body).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{json}");
+        assert_eq!(json["error"]["code"], "unauthorized");
+        assert_eq!(headers["www-authenticate"], "Bearer");
+    }
+    assert_eq!(env.count("SELECT COUNT(*) FROM applications").await, 0);
+
+    // Without a configured credential the admin API is locked, whatever is presented.
+    let locked = env.spawn_api_with(&[("CONFAB_ADMIN_TOKEN", "")]).await;
+    let (status, _) = Client::with_bearer(&locked.base, "")
+        .raw(Method::PUT, path, body)
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+
+    let admin = Client::with_bearer(&api.base, ADMIN_TOKEN);
+    let (status, json) = admin
+        .raw(Method::PUT, "/admin/v1/applications/bad%2Fkey", body)
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{json}");
+    let (status, json) = admin
+        .send(
+            Method::PUT,
+            path,
+            Some(json!({"name": "x", "quotas": {"message_burst": 0}})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{json}");
+    let (status, json) = admin
+        .send(Method::PUT, path, Some(json!({"name": "x", "typo": 1})))
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{json}");
+
+    let (_, doc) = Client::new(&api.base).get("/api/v1/openapi.json").await;
+    assert!(
+        doc["paths"]["/admin/v1/applications/{key}/rotate"]["post"]["tags"]
+            .to_string()
+            .contains("admin")
+    );
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registration_is_idempotent_rotation_keeps_the_old_token_for_its_grace_and_delete_revokes()
+{
+    let env = admin_env().await;
+    let api = env.spawn_api().await;
+    let admin = Client::with_bearer(&api.base, ADMIN_TOKEN);
+    let c = Client::new(&api.base);
+    let first = register(&admin, "team.shop", json!({})).await;
+    assert_eq!(
+        register(&admin, "team.shop", json!({"max_chats": 9})).await,
+        first
+    );
+    let (_, shown) = admin.get("/admin/v1/applications/team.shop").await;
+    assert_eq!(shown["quotas"]["max_chats"], 9);
+    assert_eq!(shown["requested_quotas"], json!({"max_chats": 9}));
+
+    // Rotation with a grace period: both tokens work; the same request id again changes nothing.
+    let rotate = |id: &'static str, grace: u64| {
+        let admin = admin.clone();
+        async move {
+            let (status, body) = admin
+                .send(
+                    Method::POST,
+                    "/admin/v1/applications/team.shop/rotate",
+                    Some(json!({"request_id": id, "grace_seconds": grace})),
+                )
+                .await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+            body["token"].as_str().unwrap().to_owned()
+        }
+    };
+    let second = rotate("r1", 60).await;
+    assert_ne!(second, first);
+    assert_eq!(
+        rotate("r1", 60).await,
+        second,
+        "a repeated rotation is a no-op"
+    );
+    for token in [&first, &second] {
+        let (status, _) = c.get(&format!("/api/v1/applications/{token}")).await;
+        assert_eq!(
+            status,
+            StatusCode::OK,
+            "both tokens work during the grace period"
+        );
+    }
+    // Without grace, the replaced token stops working (within the cache TTL).
+    let third = rotate("r2", 0).await;
+    eventually(Duration::from_secs(5), "old token revoked", || async {
+        c.create_chat_status(&second).await == StatusCode::NOT_FOUND
+    })
+    .await;
+    assert_eq!(c.create_chat_status(&third).await, StatusCode::CREATED);
+
+    // Deletion revokes the token and removes the data; the key can be registered afresh.
+    let (status, _) = admin
+        .raw(Method::DELETE, "/admin/v1/applications/team.shop", None)
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    eventually(Duration::from_secs(5), "deleted token revoked", || async {
+        c.create_chat_status(&third).await == StatusCode::NOT_FOUND
+    })
+    .await;
+    let (status, _) = admin.get("/admin/v1/applications/team.shop").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _) = admin
+        .raw(Method::DELETE, "/admin/v1/applications/team.shop", None)
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_ne!(register(&admin, "team.shop", json!({})).await, third);
+    env.cleanup().await;
+}
