@@ -10,6 +10,7 @@ mod durability;
 mod health;
 mod invariants;
 mod numbering;
+mod observability;
 mod operator;
 mod quotas;
 mod search;

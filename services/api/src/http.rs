@@ -28,13 +28,20 @@ pub async fn observe(
         .map_or("unmatched", MatchedPath::as_str)
         .to_owned();
     let method = req.method().as_str().to_owned();
-    let trace = req
+    let parent = req
         .headers()
         .get(headers::TRACEPARENT)
         .and_then(|v| v.to_str().ok())
-        .and_then(TraceParent::parse)
-        .map_or_else(TraceParent::generate, |parent| parent.child());
-    let span = tracing::info_span!("http_request", %route, %method, trace_id = %trace.trace_id);
+        .and_then(TraceParent::parse);
+    let span = tracing::info_span!(
+        "http_request",
+        %route,
+        %method,
+        trace_id = tracing::field::Empty
+    );
+    // The request span continues the caller's trace; events carry this span as their parent.
+    let trace = confab_runtime::trace::continue_trace(&span, parent.as_ref());
+    span.record("trace_id", trace.trace_id.as_str());
     req.extensions_mut().insert(trace);
     let response = match tokio::time::timeout(timeout, next.run(req).instrument(span.clone())).await
     {

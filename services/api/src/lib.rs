@@ -118,6 +118,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
     let shutdown = Shutdown::new(shutdown);
+    confab_runtime::metrics::initialize("confab-api");
     let state = connect(&config).await?;
     let readiness = readiness(&state);
     let admin = tokio::spawn(admin_server::serve(

@@ -8,7 +8,7 @@ use tokio::net::TcpListener;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let env = config::process_env();
-    telemetry::init(&env);
+    let telemetry = telemetry::init(&env, "confab-api");
     let config = ApiConfig::from_env(&env)?;
     if std::env::args().nth(1).as_deref() == Some("migrate") {
         let pool = db::pool(&config.common)?;
@@ -28,5 +28,6 @@ async fn main() -> anyhow::Result<()> {
     if let Err(error) = &result {
         tracing::error!(%error, "api failed");
     }
+    telemetry.shutdown();
     Ok(result?)
 }

@@ -46,9 +46,11 @@ impl AppState {
             return Ok(true);
         }
         let mut redis = self.redis.clone();
+        let started = std::time::Instant::now();
         let in_flight: bool = redis
             .exists(self.keys.chat_in_flight(application_id, number))
             .await?;
+        metrics::observe_redis("chat_in_flight", started);
         let exists = in_flight
             || repo::chat(&self.db, application_id, number)
                 .await?
@@ -63,9 +65,11 @@ impl AppState {
     pub async fn mark_chat_in_flight(&self, application_id: u64, number: u64) -> Result<()> {
         let mut redis = self.redis.clone();
         let ttl = self.in_flight_ttl.as_secs().max(1);
+        let started = std::time::Instant::now();
         let () = redis
             .set_ex(self.keys.chat_in_flight(application_id, number), 1u8, ttl)
             .await?;
+        metrics::observe_redis("mark_chat_in_flight", started);
         self.known_chats.insert((application_id, number), ());
         Ok(())
     }

@@ -52,6 +52,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
     let shutdown = Shutdown::new(shutdown);
+    confab_runtime::metrics::initialize("confab-counter-reconciler");
     let pool = pool(&config.common)?;
     let readiness = Readiness::default().mysql(&pool);
     let admin = tokio::spawn(admin::serve(admin_listener, readiness, shutdown.wait()));

@@ -9,7 +9,7 @@ use tokio::net::TcpListener;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let env = config::process_env();
-    telemetry::init(&env);
+    let telemetry = telemetry::init(&env, "confab-counter-reconciler");
     let config = ReconcilerConfig::from_env(&env)?;
     if std::env::args().nth(1).as_deref() == Some("repair") {
         let stats = repair::repair(&pool(&config.common)?, config.repair_chunk)
@@ -29,5 +29,6 @@ async fn main() -> anyhow::Result<()> {
     if let Err(error) = &result {
         tracing::error!(%error, "counter reconciler failed");
     }
+    telemetry.shutdown();
     Ok(result?)
 }

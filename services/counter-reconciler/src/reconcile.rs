@@ -107,6 +107,7 @@ fn push_ids(q: &mut QueryBuilder<'_, MySql>, ids: &[u64]) {
 
 /// Claims, recounts and clears one batch; returns how many parents it recounted.
 pub async fn reconcile_batch(db: &MySqlPool, kind: Kind, limit: u32) -> sqlx::Result<u64> {
+    let started = std::time::Instant::now();
     let mut tx = db.begin().await?;
     let claimed = claim(&mut tx, kind, limit).await?;
     if claimed.is_empty() {
@@ -117,6 +118,7 @@ pub async fn reconcile_batch(db: &MySqlPool, kind: Kind, limit: u32) -> sqlx::Re
     recount(&mut tx, kind, &ids).await?;
     clear(&mut tx, kind, &ids).await?;
     tx.commit().await?;
+    metrics::observe_mysql("reconcile_batch", started);
     for (_, since) in &claimed {
         metrics::observe_since(&metrics::COUNTER_RECONCILE_LAG, kind.name, *since);
     }

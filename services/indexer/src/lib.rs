@@ -83,6 +83,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
     let shutdown = Shutdown::new(shutdown);
+    confab_runtime::metrics::initialize("confab-indexer");
     let db = db::pool(&config.common)?;
     let backend = backend(&config.backend).await?;
     let (js, consumer) = jetstream::connect_consumer(
@@ -125,6 +126,7 @@ pub async fn run(
     tracing::info!(consumer = %config.consumer, backend = label, "indexer consuming");
     let outcome = consume::run_batches(
         &consumer,
+        "indexer",
         config.batch_size,
         config.batch_wait,
         shutdown.wait(),

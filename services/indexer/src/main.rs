@@ -12,7 +12,7 @@ use tokio::net::TcpListener;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let env = config::process_env();
-    telemetry::init(&env);
+    let telemetry = telemetry::init(&env, "confab-indexer");
     let config = IndexerConfig::from_env(&env)?;
     if std::env::args().nth(1).as_deref() == Some("reindex") {
         return reindex_command(&config, &env).await;
@@ -29,6 +29,7 @@ async fn main() -> anyhow::Result<()> {
     if let Err(error) = &result {
         tracing::error!(%error, "indexer failed");
     }
+    telemetry.shutdown();
     Ok(result?)
 }
 

@@ -59,6 +59,7 @@ pub async fn run_with_client(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
     let shutdown = Shutdown::new(shutdown);
+    confab_runtime::metrics::initialize("confab-operator");
     let (apps, secrets): (Api<crd::Application>, Api<Secret>) = match &config.watch_namespace {
         Some(ns) => (
             Api::namespaced(client.clone(), ns),

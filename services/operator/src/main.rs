@@ -12,7 +12,7 @@ async fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     let env = config::process_env();
-    telemetry::init(&env);
+    let telemetry = telemetry::init(&env, "confab-operator");
     let config = OperatorConfig::from_env(&env)?;
     let admin = TcpListener::bind(config.admin_addr)
         .await
@@ -21,5 +21,6 @@ async fn main() -> anyhow::Result<()> {
     if let Err(error) = &result {
         tracing::error!(%error, "operator failed");
     }
+    telemetry.shutdown();
     Ok(result?)
 }

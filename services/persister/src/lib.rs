@@ -43,6 +43,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
     let shutdown = Shutdown::new(shutdown);
+    confab_runtime::metrics::initialize("confab-persister");
     let db = db::pool(&config.common)?;
     let (js, consumer) = jetstream::connect_consumer(
         &config.common.nats_url,
@@ -66,6 +67,7 @@ pub async fn run(
     tracing::info!(consumer = %config.consumer, "persister consuming");
     let outcome = consume::run_batches(
         &consumer,
+        "persister",
         config.batch_size,
         config.batch_wait,
         shutdown.wait(),

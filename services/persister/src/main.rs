@@ -8,7 +8,7 @@ use tokio::net::TcpListener;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let env = config::process_env();
-    telemetry::init(&env);
+    let telemetry = telemetry::init(&env, "confab-persister");
     let config = PersisterConfig::from_env(&env)?;
     let admin = TcpListener::bind(config.common.admin_addr)
         .await
@@ -17,5 +17,6 @@ async fn main() -> anyhow::Result<()> {
     if let Err(error) = &result {
         tracing::error!(%error, "persister failed");
     }
+    telemetry.shutdown();
     Ok(result?)
 }

@@ -7,6 +7,7 @@ use std::time::Duration;
 use async_nats::jetstream::{self, consumer::PullConsumer, AckKind};
 use confab_core::event::headers;
 use tokio_stream::StreamExt;
+use tracing::Instrument;
 
 use crate::jetstream::JetStream;
 use crate::{dead_letter, metrics};
@@ -52,6 +53,7 @@ pub async fn export_pending(
 /// ends by itself.
 pub async fn run_batches<F, Fut>(
     consumer: &PullConsumer,
+    service: &'static str,
     batch_size: usize,
     batch_wait: Duration,
     shutdown: impl Future<Output = ()>,
@@ -86,7 +88,8 @@ where
                     }
                 }
                 if !ok.is_empty() {
-                    handle(ok).await;
+                    let span = crate::trace::batch_span(service, &ok);
+                    handle(ok).instrument(span).await;
                 }
             }
         }
@@ -173,6 +176,5 @@ pub async fn hand_back(
 
 /// The trace id of an event's `traceparent` header, for logs.
 pub fn trace_id(message: &jetstream::Message) -> Option<String> {
-    let value = message.headers.as_ref()?.get(headers::TRACEPARENT)?;
-    confab_core::trace::TraceParent::parse(value.as_str()).map(|t| t.trace_id)
+    crate::trace::event_parent(message).map(|t| t.trace_id)
 }

@@ -21,6 +21,7 @@ pub mod metrics;
 pub mod secret;
 pub mod shutdown;
 pub mod telemetry;
+pub mod trace;
 
 pub use config::{CommonConfig, ConfigError, Env};
 pub use secret::Secret;

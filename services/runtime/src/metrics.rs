@@ -301,6 +301,64 @@ pub static OPERATOR_APPLICATIONS: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 
+/// Creates, at zero, every series of `service` whose labels are known in advance, so counters
+/// that only move during incidents (dead letters, failures, quota rejections) exist from the
+/// start: `rate()` and `increase()` then see their first increment, and dashboards show 0
+/// instead of "no data". Call once at start-up with the binary's name.
+pub fn initialize(service: &str) {
+    match service {
+        "confab-api" => {
+            for quota in ["chats", "message_rate", "body_size"] {
+                QUOTA_REJECTIONS.with_label_values(&[quota]);
+            }
+            for kind in ["chat", "message"] {
+                SEQUENCE_RESEEDS.with_label_values(&[kind]);
+            }
+            for kind in ["chat.created", "message.created", "message.updated"] {
+                for outcome in ["stored", "retried", "collision", "error"] {
+                    EVENTS_PUBLISHED.with_label_values(&[kind, outcome]);
+                }
+            }
+        }
+        "confab-persister" | "confab-indexer" => {
+            let short = service.trim_start_matches("confab-");
+            EVENTS_ACKED.with_label_values(&[short]);
+            EVENTS_REDELIVERED.with_label_values(&[short]);
+            for reason in ["undecodable", "rejected"] {
+                EVENTS_DEAD_LETTERED.with_label_values(&[short, reason]);
+            }
+            for outcome in ["ok", "error"] {
+                BATCH_DURATION.with_label_values(&[short, outcome]);
+            }
+            if short == "indexer" {
+                for operation in ["index", "query"] {
+                    for reason in ["unavailable", "rejected"] {
+                        SEARCH_FAILURES.with_label_values(&[operation, reason]);
+                    }
+                }
+            }
+        }
+        "confab-counter-reconciler" => {
+            for kind in ["chat", "application"] {
+                COUNTER_LAG.with_label_values(&[kind]);
+                COUNTER_ROWS_RECOUNTED.with_label_values(&[kind]);
+            }
+            LazyLock::force(&COUNTER_RUN_DURATION);
+        }
+        "confab-operator" => {
+            for outcome in ["ok", "error"] {
+                OPERATOR_RECONCILIATIONS.with_label_values(&[outcome]);
+            }
+            for ready in ["true", "false"] {
+                OPERATOR_APPLICATIONS.with_label_values(&[ready]);
+            }
+            LazyLock::force(&OPERATOR_RECONCILE_DURATION);
+            LazyLock::force(&OPERATOR_TOKEN_ROTATIONS);
+        }
+        _ => {}
+    }
+}
+
 /// Observes a Redis call that started at `started`.
 pub fn observe_redis(operation: &str, started: std::time::Instant) {
     REDIS_DURATION
