@@ -133,3 +133,18 @@ async fn registration_is_idempotent_rotation_keeps_the_old_token_for_its_grace_a
     assert_ne!(register(&admin, "team.shop", json!({})).await, third);
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_first_registrations_of_one_key_make_one_application() {
+    let env = admin_env().await;
+    let api = env.spawn_api().await;
+    let admin = Client::with_bearer(&api.base, ADMIN_TOKEN);
+    let tokens =
+        futures::future::join_all((0..8).map(|_| register(&admin, "race", json!({})))).await;
+    assert!(
+        tokens.iter().all(|t| t == &tokens[0]),
+        "one token for one key"
+    );
+    assert_eq!(env.count("SELECT COUNT(*) FROM applications").await, 1);
+    env.cleanup().await;
+}

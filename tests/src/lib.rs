@@ -81,6 +81,9 @@ impl TestEnv {
             ("CONFAB_REDIS_PREFIX", &format!("t:{id}:")),
             ("CONFAB_STREAM_MAX_AGE_SECS", "3600"),
             ("CONFAB_MIGRATE", "false"),
+            // Tests that write thousands of messages to one application as fast as they can
+            // must not meet the default rate limit; the quota tests set their own quotas.
+            ("CONFAB_DEFAULT_MESSAGES_PER_SECOND", "0"),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v.to_owned()))

@@ -44,7 +44,22 @@ async fn lock(tx: &mut Transaction<'_, MySql>, key: &str) -> sqlx::Result<Option
 }
 
 /// Creates the application named by `key`, or updates its name and quotas. `true` if created.
+/// Two concurrent first calls for one key both find no row; the loser's insert hits the unique
+/// key and is retried once, as the update it now is.
 pub async fn upsert(
+    db: &MySqlPool,
+    key: &str,
+    spec: &ApplicationSpec,
+) -> sqlx::Result<(AdminRow, bool)> {
+    match upsert_once(db, key, spec).await {
+        Err(sqlx::Error::Database(error)) if error.is_unique_violation() => {
+            upsert_once(db, key, spec).await
+        }
+        other => other,
+    }
+}
+
+async fn upsert_once(
     db: &MySqlPool,
     key: &str,
     spec: &ApplicationSpec,
@@ -70,8 +85,6 @@ pub async fn upsert(
             false
         }
         None => {
-            // A concurrent create of the same key fails on the unique key and is retried by the
-            // caller (the operator) as a transient error; the second attempt updates.
             sqlx::query(
                 "INSERT INTO applications (name, token, chats_count, external_key, max_chats, \
                  messages_per_second, message_burst, max_body_bytes, created_at, updated_at) \

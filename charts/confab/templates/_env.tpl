@@ -1,0 +1,87 @@
+{{/*
+The environment of each component. Only variables the services read are set; a tunable left
+null in the values is not set at all, so the service's documented default applies.
+*/}}
+
+{{- define "confab.env.api" -}}
+{{- $v := .Values.api }}
+{{- include "confab.env.common" (dict "root" . "component" "api" "values" $v) }}
+- name: CONFAB_HTTP_ADDR
+  value: {{ printf "0.0.0.0:%d" (int $v.httpPort) | quote }}
+- name: CONFAB_MIGRATE
+  value: {{ ternary "false" "true" .Values.migration.enabled | quote }}
+{{- include "confab.env.database" . }}
+{{- include "confab.secretEnv" (dict "root" . "name" "REDIS_URL" "setting" .Values.redis "value" .Values.redis.url "key" "redis-url") }}
+{{- include "confab.optionalEnv" (list (list "CONFAB_REDIS_PREFIX" .Values.redis.keyPrefix)) }}
+{{- include "confab.env.nats" . }}
+{{- include "confab.env.apiSearch" . }}
+{{- if .Values.adminToken.enabled }}
+- name: CONFAB_ADMIN_TOKEN
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "confab.adminTokenSecretName" . | quote }}
+      key: {{ include "confab.adminTokenSecretKey" . | quote }}
+{{- end }}
+{{- $cfg := $v.config }}
+{{- $q := $v.quotaDefaults }}
+{{- include "confab.optionalEnv" (list
+  (list "CONFAB_MAX_BODY_BYTES" $cfg.maxBodyBytes)
+  (list "CONFAB_MAX_PER_PAGE" $cfg.maxPerPage)
+  (list "CONFAB_REQUEST_TIMEOUT_MS" $cfg.requestTimeoutMs)
+  (list "CONFAB_TOKEN_CACHE_TTL_MS" $cfg.tokenCacheTtlMs)
+  (list "CONFAB_IN_FLIGHT_TTL_SECS" $cfg.inFlightTtlSecs)
+  (list "CONFAB_PUBLISH_TIMEOUT_MS" $cfg.publishTimeoutMs)
+  (list "CONFAB_SEARCH_TIMEOUT_MS" $cfg.searchTimeoutMs)
+  (list "CONFAB_LIST_TOKENS" $cfg.listTokens)
+  (list "CONFAB_DEFAULT_MAX_CHATS" $q.maxChats)
+  (list "CONFAB_DEFAULT_MESSAGES_PER_SECOND" $q.messagesPerSecond)
+  (list "CONFAB_DEFAULT_MESSAGE_BURST" $q.messageBurst)
+  (list "CONFAB_DEFAULT_MAX_BODY_BYTES" $q.maxBodyBytes)
+) }}
+{{- end }}
+
+{{- define "confab.env.persister" -}}
+{{- $v := .Values.persister }}
+{{- include "confab.env.common" (dict "root" . "component" "persister" "values" $v) }}
+{{- include "confab.env.database" . }}
+{{- include "confab.env.nats" . }}
+{{- include "confab.optionalEnv" (list
+  (list "CONFAB_PERSISTER_CONSUMER" $v.config.consumer)
+  (list "CONFAB_BATCH_SIZE" $v.config.batchSize)
+  (list "CONFAB_BATCH_WAIT_MS" $v.config.batchWaitMs)
+  (list "CONFAB_MAX_ACK_PENDING" $v.config.maxAckPending)
+) }}
+{{- end }}
+
+{{- /* The indexer also gets DATABASE_URL: `confab-indexer reindex` reads MySQL. */ -}}
+{{- define "confab.env.indexer" -}}
+{{- $v := .Values.indexer }}
+{{- include "confab.env.common" (dict "root" . "component" "indexer" "values" $v) }}
+- name: CONFAB_SEARCH_ADDR
+  value: {{ printf "0.0.0.0:%d" (int $v.searchPort) | quote }}
+{{- if include "confab.elasticsearch" . }}
+{{- include "confab.env.elasticsearch" . }}
+{{- else }}
+- name: CONFAB_INDEX_DIR
+  value: "/var/lib/confab/index"
+{{- end }}
+{{- include "confab.env.database" . }}
+{{- include "confab.env.nats" . }}
+{{- include "confab.optionalEnv" (list
+  (list "CONFAB_INDEXER_CONSUMER" $v.config.consumer)
+  (list "CONFAB_INDEX_BATCH_SIZE" $v.config.batchSize)
+  (list "CONFAB_INDEX_BATCH_WAIT_MS" $v.config.batchWaitMs)
+  (list "CONFAB_MAX_ACK_PENDING" $v.config.maxAckPending)
+) }}
+{{- end }}
+
+{{- define "confab.env.counterReconciler" -}}
+{{- $v := .Values.counterReconciler }}
+{{- include "confab.env.common" (dict "root" . "component" "counter-reconciler" "values" $v) }}
+{{- include "confab.env.database" . }}
+{{- include "confab.optionalEnv" (list
+  (list "CONFAB_RECONCILE_INTERVAL_MS" $v.config.intervalMs)
+  (list "CONFAB_RECONCILE_BATCH" $v.config.batch)
+  (list "CONFAB_REPAIR_CHUNK" $v.config.repairChunk)
+) }}
+{{- end }}
