@@ -6,7 +6,8 @@
 -- A rotation moves the old token to `previous_token`, valid until `previous_token_expires_at`;
 -- `rotation_id` makes a repeated rotation request a no-op. A deleted application keeps its row as
 -- a tombstone (`deleted_at`, no tokens, no key): events still in flight for it find their parent
--- and are dropped instead of failing forever.
+-- and are dropped instead of failing forever, and the counter reconciler purges its chats and
+-- messages (found through `ix_applications_deleted_at`).
 
 ALTER TABLE applications
     ADD COLUMN external_key              VARCHAR(128) CHARACTER SET ascii COLLATE ascii_general_ci NULL,
@@ -19,4 +20,5 @@ ALTER TABLE applications
     ADD COLUMN rotation_id               VARCHAR(128)    NULL,
     ADD COLUMN deleted_at                DATETIME(6)     NULL,
     ADD UNIQUE KEY uq_applications_external_key (external_key),
-    ADD UNIQUE KEY uq_applications_previous_token (previous_token);
+    ADD UNIQUE KEY uq_applications_previous_token (previous_token),
+    ADD KEY ix_applications_deleted_at (deleted_at);

@@ -115,15 +115,30 @@ async fn registration_is_idempotent_rotation_keeps_the_old_token_for_its_grace_a
     .await;
     assert_eq!(c.create_chat_status(&third).await, StatusCode::CREATED);
 
-    // Deletion revokes the token and removes the data; the key can be registered afresh.
+    // Deletion revokes the token at once (on this replica; others within the cache TTL) and the
+    // counter reconciler purges the data; the key can be registered afresh.
+    let persister = env.spawn_persister().await;
+    let chat = c.create_chat(&third).await;
+    c.create_message(&third, chat, "to be purged").await;
+    eventually(Duration::from_secs(10), "persisted", || async {
+        env.count("SELECT COUNT(*) FROM messages").await == 1
+    })
+    .await;
     let (status, _) = admin
         .raw(Method::DELETE, "/admin/v1/applications/team.shop", None)
         .await;
     assert_eq!(status, StatusCode::NO_CONTENT);
-    eventually(Duration::from_secs(5), "deleted token revoked", || async {
-        c.create_chat_status(&third).await == StatusCode::NOT_FOUND
+    assert_eq!(c.create_chat_status(&third).await, StatusCode::NOT_FOUND);
+    let reconciler = env
+        .spawn_reconciler_with(&[("CONFAB_RECONCILE_INTERVAL_MS", "50")])
+        .await;
+    eventually(Duration::from_secs(10), "data purged", || async {
+        env.count("SELECT COUNT(*) FROM messages").await == 0
+            && env.count("SELECT COUNT(*) FROM chats").await == 0
     })
     .await;
+    reconciler.stop().await.unwrap();
+    persister.stop().await.unwrap();
     let (status, _) = admin.get("/admin/v1/applications/team.shop").await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     let (status, _) = admin

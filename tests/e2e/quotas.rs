@@ -50,6 +50,7 @@ async fn message_rate_holds_across_two_replicas_allows_bursts_and_says_when_to_r
     // 30 at once, split over both replicas: the burst (10) passes, plus at most what one second
     // of the sustained rate adds while the requests are in flight.
     let path = format!("/api/v1/applications/{token}/chats/{chat}/messages");
+    let started = std::time::Instant::now();
     let answers = join_all((0..30).map(|i| {
         let client = if i % 2 == 0 { ca.clone() } else { cb.clone() };
         let path = path.clone();
@@ -60,12 +61,14 @@ async fn message_rate_holds_across_two_replicas_allows_bursts_and_says_when_to_r
         }
     }))
     .await;
+    // What one second per second adds while the burst is in flight (a loaded machine is slow).
+    let refill = started.elapsed().as_secs() as usize + 1;
     let created = answers
         .iter()
         .filter(|(s, _, _)| *s == StatusCode::CREATED)
         .count();
     assert!(
-        (10..=12).contains(&created),
+        (10..=10 + refill).contains(&created),
         "burst of 10 at 1/s across two replicas, got {created} created"
     );
     for (status, headers, body) in answers.iter().filter(|(s, _, _)| *s != StatusCode::CREATED) {

@@ -32,6 +32,18 @@ impl From<ApplicationRow> for ApplicationView {
     }
 }
 
+impl ApplicationView {
+    /// The view for a request that presented `token`: it shows that token, never the current one
+    /// (a token replaced by a rotation still works during its grace period, and must not reveal
+    /// its successor).
+    pub fn presented(row: ApplicationRow, token: &confab_core::Token) -> Self {
+        Self {
+            token: Some(token.expose().to_owned()),
+            ..row.into()
+        }
+    }
+}
+
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ChatView {
     pub number: u64,

@@ -9,6 +9,7 @@
 //! recomputes everything in bounded chunks ([`repair`]).
 
 pub mod config;
+pub mod purge;
 pub mod reconcile;
 pub mod repair;
 
@@ -76,6 +77,9 @@ pub async fn run(
                 }
                 if let Err(error) = reconcile::observe_lag(&pool).await {
                     tracing::warn!(%error, "cannot read counter lag");
+                }
+                if let Err(error) = purge::purge_deleted(&pool, config.batch).await {
+                    tracing::warn!(%error, "cannot purge deleted applications");
                 }
                 config.interval
             }

@@ -141,10 +141,16 @@ pub async fn rotate(
             "`request_id` must be 1-128 characters of A-Z a-z 0-9 . _ : -".into(),
         ));
     }
+    let revoke_now = grace == 0;
     let grace = chrono::Duration::seconds(i64::try_from(grace).unwrap_or(i64::MAX));
+    let before = store::by_key(&state.db, key).await?;
     let row = store::rotate(&state.db, key, request.request_id.as_deref(), grace)
         .await?
         .ok_or(ApiError::NotFound("application"))?;
+    if let Some(before) = before.filter(|b| revoke_now && b.app.token != row.app.token) {
+        // Other replicas drop it from their caches within CONFAB_TOKEN_CACHE_TTL_MS.
+        state.tokens.invalidate(&before.app.token);
+    }
     tracing::info!("token rotated");
     Ok(Json(state.admin_view(row)))
 }
@@ -152,13 +158,14 @@ pub async fn rotate(
 #[utoipa::path(delete, path = "/admin/v1/applications/{key}", tag = "admin",
     params(("key" = String, Path)), security(("admin_token" = [])),
     responses(
-        (status = 204, description = "deleted with its chats and messages"),
+        (status = 204, description = "deleted: tokens revoked, chats and messages purged shortly"),
         (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 #[tracing::instrument(level = "debug", skip_all)]
 pub async fn delete(State(state): State<AppState>, Path(raw): Path<String>) -> Result<StatusCode> {
-    store::delete(&state.db, key(&raw)?)
+    let deleted = store::delete(&state.db, key(&raw)?)
         .await?
         .ok_or(ApiError::NotFound("application"))?;
+    state.tokens.invalidate(&deleted.app.token);
     tracing::info!("application deleted");
     Ok(StatusCode::NO_CONTENT)
 }

@@ -8,9 +8,6 @@ use sqlx::{MySql, MySqlPool, Transaction};
 
 use crate::repo::{ApplicationRow, APPLICATION_COLUMNS};
 
-/// Chats deleted per statement when an application is deleted (their messages cascade).
-const DELETE_CHUNK: u32 = 500;
-
 #[derive(Debug, sqlx::FromRow)]
 pub struct AdminRow {
     #[sqlx(flatten)]
@@ -146,10 +143,10 @@ pub async fn rotate(
     Ok(row)
 }
 
-/// Deletes the application named by `key`: its tokens stop working at once, its chats and
-/// messages are deleted, and its row stays as a tombstone (no key, no usable token) so events
-/// still in flight for it are recognised and dropped. `None` if there is no such application.
-pub async fn delete(db: &MySqlPool, key: &str) -> sqlx::Result<Option<u64>> {
+/// Deletes the application named by `key`: its tokens stop working at once and its row becomes
+/// a tombstone (no key, no usable token); the counter reconciler purges its chats and messages
+/// (`confab_counter_reconciler::purge`). `None` if there is no such application.
+pub async fn delete(db: &MySqlPool, key: &str) -> sqlx::Result<Option<AdminRow>> {
     let mut tx = db.begin().await?;
     let Some(row) = lock(&mut tx, key).await? else {
         return Ok(None);
@@ -166,15 +163,5 @@ pub async fn delete(db: &MySqlPool, key: &str) -> sqlx::Result<Option<u64>> {
     .execute(&mut *tx)
     .await?;
     tx.commit().await?;
-    loop {
-        let deleted = sqlx::query("DELETE FROM chats WHERE application_id = ? LIMIT ?")
-            .bind(row.app.id)
-            .bind(DELETE_CHUNK)
-            .execute(db)
-            .await?
-            .rows_affected();
-        if deleted == 0 {
-            return Ok(Some(row.app.id));
-        }
-    }
+    Ok(Some(row))
 }

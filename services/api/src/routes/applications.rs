@@ -63,7 +63,7 @@ pub async fn show(
     let row = repo::application_by_token(&state.db, token.expose())
         .await?
         .ok_or(ApiError::NotFound("application"))?;
-    Ok(Json(row.into()))
+    Ok(Json(ApplicationView::presented(row, &token)))
 }
 
 #[utoipa::path(patch, path = "/api/v1/applications/{token}", tag = "applications",
@@ -84,5 +84,5 @@ pub async fn update(
     let row = repo::application_by_token(&state.db, token.expose())
         .await?
         .ok_or(ApiError::NotFound("application"))?;
-    Ok(Json(row.into()))
+    Ok(Json(ApplicationView::presented(row, &token)))
 }
