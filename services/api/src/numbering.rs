@@ -61,12 +61,14 @@ static INCR_EXISTING: LazyLock<Script> = LazyLock::new(|| {
 static SEED_THEN_INCR: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
         r"{ADMISSION}
+        local seeded = 0
         if redis.call('EXISTS', KEYS[1]) == 0 then
           redis.call('SET', KEYS[1], ARGV[4])
+          seeded = 4
         end
         local rejected = check()
         if rejected then return rejected end
-        return {{0, redis.call('INCR', KEYS[1])}}"
+        return {{seeded, redis.call('INCR', KEYS[1])}}"
     ))
 });
 
@@ -82,6 +84,9 @@ pub struct Admission {
 impl Admission {
     pub const UNLIMITED: Self = Self { cap: 0, rate: None };
 }
+
+/// The seeding script's status when it set the key (otherwise it answers like the first one).
+const SEEDED: u8 = 4;
 
 #[derive(Clone)]
 pub struct Numbering {
@@ -115,12 +120,16 @@ impl Numbering {
             return decide(answer, kind, admission);
         }
         let seed = seed.await?;
-        metrics::SEQUENCE_RESEEDS.with_label_values(&[kind]).inc();
-        tracing::info!(kind, seed, "sequence seeded");
         let answer: (u8, u64) = invocation(&SEED_THEN_INCR, key, admission)
             .arg(seed)
             .invoke_async(&mut conn)
             .await?;
+        if answer.0 == SEEDED {
+            // Only the replica whose value was set counts; the others found it and incremented.
+            metrics::SEQUENCE_RESEEDS.with_label_values(&[kind]).inc();
+            tracing::info!(kind, seed, "sequence seeded");
+            return Ok(answer.1);
+        }
         decide(answer, kind, admission)
     }
 
