@@ -81,10 +81,6 @@ pub struct Admission {
     pub rate: Option<(String, RateParams)>,
 }
 
-impl Admission {
-    pub const UNLIMITED: Self = Self { cap: 0, rate: None };
-}
-
 /// The seeding script's status when it set the key (otherwise it answers like the first one).
 const SEEDED: u8 = 4;
 

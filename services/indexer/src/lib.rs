@@ -97,12 +97,6 @@ pub async fn run(
     .await?;
     let label = config.backend.label();
     let readiness = Readiness::default().nats(&js.client);
-    let pending = tokio::spawn(consume::export_pending(
-        consumer.clone(),
-        "indexer",
-        consume::PENDING_INTERVAL,
-        shutdown.wait(),
-    ));
     let admin = tokio::spawn(admin::serve(listeners.admin, readiness, shutdown.wait()));
     let search_state = http::SearchState {
         backend: backend.clone(),
@@ -134,7 +128,7 @@ pub async fn run(
     )
     .await
     .map_err(Error::Consume);
-    shutdown::drain(Some(&js.client), vec![admin, search, pending]).await?;
+    shutdown::drain(Some(&js.client), vec![admin, search]).await?;
     tracing::info!("indexer stopped");
     outcome
 }

@@ -55,12 +55,6 @@ pub async fn run(
     )
     .await?;
     let readiness = Readiness::default().mysql(&db).nats(&js.client);
-    let pending = tokio::spawn(consume::export_pending(
-        consumer.clone(),
-        "persister",
-        consume::PENDING_INTERVAL,
-        shutdown.wait(),
-    ));
     let admin = tokio::spawn(admin::serve(admin_listener, readiness, shutdown.wait()));
     let worker = Worker { db, js: js.clone() };
 
@@ -75,7 +69,7 @@ pub async fn run(
     )
     .await
     .map_err(Error::Consume);
-    shutdown::drain(Some(&js.client), vec![admin, pending]).await?;
+    shutdown::drain(Some(&js.client), vec![admin]).await?;
     tracing::info!("persister stopped");
     outcome
 }

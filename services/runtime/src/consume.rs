@@ -13,24 +13,16 @@ use crate::jetstream::JetStream;
 use crate::{dead_letter, metrics};
 
 /// How often [`export_pending`] asks the server for the consumer's backlog.
-pub const PENDING_INTERVAL: Duration = Duration::from_secs(5);
+const PENDING_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Exports the consumer's backlog (not yet delivered, and delivered but unacknowledged) as
-/// gauges, every `interval` until `shutdown` resolves. A failed query keeps the last values.
-/// Never fails; the `Result` lets it join the other tasks in [`crate::shutdown::drain`].
-pub async fn export_pending(
-    mut consumer: PullConsumer,
-    service: &'static str,
-    interval: Duration,
-    shutdown: impl Future<Output = ()>,
-) -> std::io::Result<()> {
-    tokio::pin!(shutdown);
+/// gauges, every `interval`, for as long as it runs: [`run_batches`] polls it while it waits
+/// for the next batch, so every consumer service exports its backlog. A failed query keeps the
+/// last values.
+async fn export_pending(mut consumer: PullConsumer, service: &'static str, interval: Duration) {
     let mut ticks = tokio::time::interval(interval);
     loop {
-        tokio::select! {
-            () = &mut shutdown => return Ok(()),
-            _ = ticks.tick() => {}
-        }
+        ticks.tick().await;
         match tokio::time::timeout(interval, consumer.info()).await {
             Ok(Ok(info)) => {
                 let labels = [service, info.name.as_str()];
@@ -72,10 +64,13 @@ where
     let batches = messages.chunks_timeout(batch_size, batch_wait);
     tokio::pin!(batches);
     tokio::pin!(shutdown);
+    let pending = export_pending(consumer.clone(), service, PENDING_INTERVAL);
+    tokio::pin!(pending);
     loop {
         tokio::select! {
             biased;
             () = &mut shutdown => return Ok(()),
+            () = &mut pending => {}
             next = batches.next() => {
                 let Some(items) = next else {
                     return Err("message stream ended".into());

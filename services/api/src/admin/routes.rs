@@ -143,14 +143,14 @@ pub async fn rotate(
     }
     let revoke_now = grace == 0;
     let grace = chrono::Duration::seconds(i64::try_from(grace).unwrap_or(i64::MAX));
-    let before = store::by_key(&state.db, key).await?;
-    let row = store::rotate(&state.db, key, request.request_id.as_deref(), grace)
+    let rotated = store::rotate(&state.db, key, request.request_id.as_deref(), grace)
         .await?
         .ok_or(ApiError::NotFound("application"))?;
-    if let Some(before) = before.filter(|b| revoke_now && b.app.token != row.app.token) {
+    if let Some(old) = rotated.replaced.filter(|_| revoke_now) {
         // Other replicas drop it from their caches within CONFAB_TOKEN_CACHE_TTL_MS.
-        state.tokens.invalidate(&before.app.token);
+        state.tokens.invalidate(&old);
     }
+    let row = rotated.row;
     tracing::info!("token rotated");
     Ok(Json(state.admin_view(row)))
 }

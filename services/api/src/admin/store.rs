@@ -108,6 +108,13 @@ async fn upsert_once(
     Ok((row, created))
 }
 
+/// An application after a rotation, and the token it replaced (`None` when the request was a
+/// repeat and nothing changed).
+pub struct Rotated {
+    pub row: AdminRow,
+    pub replaced: Option<String>,
+}
+
 /// Replaces the token; the old one keeps working for `grace`. A rotation whose `request_id` is
 /// the last one applied changes nothing. `None` if there is no such application.
 pub async fn rotate(
@@ -115,14 +122,17 @@ pub async fn rotate(
     key: &str,
     request_id: Option<&str>,
     grace: Duration,
-) -> sqlx::Result<Option<AdminRow>> {
+) -> sqlx::Result<Option<Rotated>> {
     let mut tx = db.begin().await?;
     let Some(row) = lock(&mut tx, key).await? else {
         return Ok(None);
     };
     if request_id.is_some() && row.rotation_id.as_deref() == request_id {
         tx.commit().await?;
-        return Ok(Some(row));
+        return Ok(Some(Rotated {
+            row,
+            replaced: None,
+        }));
     }
     let now = Utc::now();
     let keep_old = grace > Duration::zero();
@@ -138,9 +148,10 @@ pub async fn rotate(
     .bind(row.app.id)
     .execute(&mut *tx)
     .await?;
+    let replaced = Some(row.app.token);
     let row = lock(&mut tx, key).await?;
     tx.commit().await?;
-    Ok(row)
+    Ok(row.map(|row| Rotated { row, replaced }))
 }
 
 /// Deletes the application named by `key`: its tokens stop working at once and its row becomes
