@@ -85,17 +85,29 @@ async fn a_crash_between_reading_and_writing_loses_nothing() {
     .await;
     let pool = env.reconciler_pool();
 
+    // A crash ends the transaction without a commit; the server rolls it back. The rollback is
+    // awaited here: a dropped sqlx transaction only queues it, and the next claim would skip the
+    // marks the unfinished one still holds.
     // Crash after the read (claim), before any write.
     let mut tx = pool.begin().await.unwrap();
     let claimed = reconcile::claim(&mut tx, CHATS, 1000).await.unwrap();
     assert_eq!(claimed.len(), 10);
-    drop(tx);
+    tx.rollback().await.unwrap();
     // Crash after the recount, before the commit.
     let mut tx = pool.begin().await.unwrap();
     let claimed = reconcile::claim(&mut tx, CHATS, 1000).await.unwrap();
+    assert_eq!(claimed.len(), 10, "the first claim released its marks");
     let ids: Vec<u64> = claimed.iter().map(|(id, _)| *id).collect();
     reconcile::recount(&mut tx, CHATS, &ids).await.unwrap();
-    drop(tx);
+    // Meanwhile another replica finds every mark held: it claims none, and recounting and
+    // clearing nothing is no statement rather than `IN ()`.
+    let mut other = pool.begin().await.unwrap();
+    let none = reconcile::claim(&mut other, CHATS, 1000).await.unwrap();
+    assert!(none.is_empty(), "marks held by a live claim are skipped");
+    reconcile::recount(&mut other, CHATS, &[]).await.unwrap();
+    reconcile::clear(&mut other, CHATS, &[]).await.unwrap();
+    other.commit().await.unwrap();
+    tx.rollback().await.unwrap();
     assert!(!env.counts_are_exact().await, "nothing was committed");
 
     let reconciler = env.spawn_reconciler_with(FAST).await;

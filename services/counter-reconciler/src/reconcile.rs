@@ -70,8 +70,11 @@ pub async fn claim(
     .await
 }
 
-/// Sets each claimed parent's count to the number of its persisted children.
+/// Sets each claimed parent's count to the number of its persisted children (none: no statement).
 pub async fn recount(tx: &mut Transaction<'_, MySql>, kind: Kind, ids: &[u64]) -> sqlx::Result<()> {
+    if ids.is_empty() {
+        return Ok(());
+    }
     let mut q = QueryBuilder::<MySql>::new(format!(
         "UPDATE {parent} p SET p.{count} = (SELECT COUNT(*) FROM {child} c \
          WHERE c.{child_parent} = p.id) WHERE p.id IN (",
@@ -85,8 +88,11 @@ pub async fn recount(tx: &mut Transaction<'_, MySql>, kind: Kind, ids: &[u64]) -
     Ok(())
 }
 
-/// Deletes the claimed marks.
+/// Deletes the claimed marks (none: no statement).
 pub async fn clear(tx: &mut Transaction<'_, MySql>, kind: Kind, ids: &[u64]) -> sqlx::Result<()> {
+    if ids.is_empty() {
+        return Ok(());
+    }
     let mut q = QueryBuilder::<MySql>::new(format!(
         "DELETE FROM {table} WHERE {key} IN (",
         table = kind.dirty_table,
