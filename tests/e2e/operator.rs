@@ -68,20 +68,53 @@ fn context(api_url: &str) -> (Arc<Context>, Handle) {
 /// Answers the next Kubernetes API call, after checking its method and path, with `answer`;
 /// returns the request's JSON body.
 async fn expect_call(handle: &mut Handle, method: &str, path: &str, answer: &Value) -> Value {
+    next_call(handle, method, path, answer).await.1
+}
+
+/// Like `expect_call` for a server-side apply: the patch is an apply patch, made by the
+/// operator's field manager with `force` (it owns these fields and takes them back from anyone).
+async fn expect_apply(handle: &mut Handle, path: &str, answer: &Value) -> Value {
+    let (request, body) = next_call(handle, "PATCH", path, answer).await;
+    assert_eq!(
+        request.headers[http::header::CONTENT_TYPE],
+        "application/apply-patch+yaml",
+        "{path}"
+    );
+    let query = request.uri.query().unwrap_or_default();
+    let fields: Vec<&str> = query.split('&').collect();
+    for expected in [
+        format!("fieldManager={}", controller::FIELD_MANAGER),
+        "force=true".to_owned(),
+    ] {
+        assert!(
+            fields.contains(&expected.as_str()),
+            "{path}: {expected} not in {query}"
+        );
+    }
+    body
+}
+
+async fn next_call(
+    handle: &mut Handle,
+    method: &str,
+    path: &str,
+    answer: &Value,
+) -> (http::request::Parts, Value) {
     let (request, respond) = tokio::time::timeout(Duration::from_secs(10), handle.next_request())
         .await
         .unwrap_or_else(|_| panic!("expected {method} {path}, no call came"))
         .expect("the client is alive");
     assert_eq!(request.method().as_str(), method, "{}", request.uri());
     assert_eq!(request.uri().path(), path);
-    let bytes = request.into_body().collect_bytes().await.unwrap();
+    let (parts, body) = request.into_parts();
+    let bytes = body.collect_bytes().await.unwrap();
     let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
     respond.send_response(
         Response::builder()
             .body(Body::from(serde_json::to_vec(answer).unwrap()))
             .unwrap(),
     );
-    body
+    (parts, body)
 }
 
 const APPS: &str = "/apis/confab.dev/v1alpha1/namespaces/team-a/applications";
@@ -111,7 +144,7 @@ where
 async fn expect_secret_and_status(handle: &mut Handle, app: &Application) -> (String, Value) {
     let name = app.name_any();
     let secret_path = format!("{SECRETS}/{name}-confab-token");
-    let secret = expect_call(handle, "PATCH", &secret_path, &json!({})).await;
+    let secret = expect_apply(handle, &secret_path, &json!({})).await;
     let token = decode(&secret["data"]["token"]);
     assert_eq!(
         decode(&secret["data"]["apiUrl"]),
@@ -124,7 +157,7 @@ async fn expect_secret_and_status(handle: &mut Handle, app: &Application) -> (St
     assert_eq!(secret["metadata"]["ownerReferences"][0]["controller"], true);
     let status_path = format!("{APPS}/{name}/status");
     let answer = serde_json::to_value(app).unwrap();
-    let status = expect_call(handle, "PATCH", &status_path, &answer).await;
+    let status = expect_apply(handle, &status_path, &answer).await;
     (token, status["status"].clone())
 }
 
@@ -340,7 +373,7 @@ async fn an_api_outage_is_a_not_ready_condition_and_a_retry_with_backoff() {
     let app = with_finalizer(application("down", spec(QuotaSpec::default())));
     let (result, _) = reconcile_with(&ctx, handle, &app, |mut h| async {
         let answer = serde_json::to_value(&app).unwrap();
-        let status = expect_call(&mut h, "PATCH", &format!("{APPS}/down/status"), &answer).await;
+        let status = expect_apply(&mut h, &format!("{APPS}/down/status"), &answer).await;
         assert_eq!(ready(&status["status"]), ("False", "ApiUnavailable"));
         h
     })
