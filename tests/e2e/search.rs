@@ -4,12 +4,16 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+use confab_core::event::MessageWritten;
+use confab_core::{Envelope, Event};
 use confab_search::remote::Remote;
 use confab_search::{SearchBackend, SearchRequest, Terms};
 use confab_tests::{eventually, Client, TestEnv};
 use futures::StreamExt;
 use reqwest::{Method, StatusCode};
 use serde_json::json;
+
+use crate::quotas::{admin_env, register, ADMIN_TOKEN};
 
 async fn numbers(c: &Client, path: &str) -> (StatusCode, BTreeSet<u64>) {
     let (status, body) = c.get(path).await;
@@ -292,6 +296,96 @@ async fn reindex_rebuilds_the_index_from_mysql() {
     let hits = all_hits(&search, app, 1, "number 42").await;
     assert_eq!(hits.len(), 3);
     assert_eq!(hits[0], 43);
+
+    indexer.stop().await.unwrap();
+    api.stop().await.unwrap();
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_an_application_removes_its_documents_and_drops_its_late_events() {
+    let env = admin_env().await;
+    let api = env.spawn_api().await;
+    let admin = Client::with_bearer(&api.base, ADMIN_TOKEN);
+    let c = Client::new(&api.base);
+    let doomed = register(&admin, "doomed", json!({})).await;
+    let kept = register(&admin, "kept", json!({})).await;
+    for token in [&doomed, &kept] {
+        for chat in 1..=2 {
+            assert_eq!(c.create_chat(token).await, chat);
+            c.create_message(token, chat, "findable words").await;
+        }
+    }
+    let (doomed_id, kept_id) = (app_id(&env, &doomed).await, app_id(&env, &kept).await);
+    let indexer = env
+        .spawn_indexer_with(&[
+            ("CONFAB_SEARCH_PURGE_INTERVAL_MS", "100"),
+            ("CONFAB_SEARCH_PURGE_GRACE_MS", "500"),
+        ])
+        .await;
+    let search = Remote::new(&indexer.base, Duration::from_secs(5)).unwrap();
+    let hits = |app: u64, chat: u64| {
+        let search = &search;
+        async move { all_hits(search, app, chat, "findable").await.len() }
+    };
+    eventually(Duration::from_secs(20), "all four searchable", || async {
+        hits(doomed_id, 1).await
+            + hits(doomed_id, 2).await
+            + hits(kept_id, 1).await
+            + hits(kept_id, 2).await
+            == 4
+    })
+    .await;
+
+    let (status, _) = admin
+        .raw(Method::DELETE, "/admin/v1/applications/doomed", None)
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    eventually(Duration::from_secs(10), "purged from the index", || async {
+        hits(doomed_id, 1).await + hits(doomed_id, 2).await == 0
+    })
+    .await;
+    eventually(
+        Duration::from_secs(10),
+        "a purge began after the grace period: the purge is final",
+        || async {
+            env.count(&format!(
+                "SELECT COUNT(*) FROM applications WHERE id = {doomed_id} \
+                 AND search_purged_at >= deleted_at + INTERVAL 500000 MICROSECOND"
+            ))
+            .await
+                == 1
+        },
+    )
+    .await;
+
+    // An event of the deleted application still in the stream (published straight onto it, as
+    // one in flight would be) is dropped, not indexed; a later event of another one is indexed.
+    let js =
+        async_nats::jetstream::new(async_nats::connect(confab_tests::nats_url()).await.unwrap());
+    let late = Envelope::new(Event::MessageCreated(MessageWritten {
+        application_id: doomed_id,
+        chat_number: 1,
+        number: 2,
+        body: "findable late".into(),
+    }));
+    js.publish(
+        format!("t_{}.v1.message.created.{doomed_id}.1", env.id),
+        late.encode().into(),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+    c.create_message(&kept, 1, "findable after").await;
+    eventually(
+        Duration::from_secs(10),
+        "the later event indexed",
+        || async { hits(kept_id, 1).await == 2 },
+    )
+    .await;
+    assert_eq!(hits(doomed_id, 1).await, 0, "the late event was dropped");
+    assert_eq!(hits(kept_id, 2).await, 1, "other applications keep theirs");
 
     indexer.stop().await.unwrap();
     api.stop().await.unwrap();

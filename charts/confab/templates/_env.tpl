@@ -72,6 +72,8 @@ null in the values is not set at all, so the service's documented default applie
   (list "CONFAB_INDEX_BATCH_SIZE" $v.config.batchSize)
   (list "CONFAB_INDEX_BATCH_WAIT_MS" $v.config.batchWaitMs)
   (list "CONFAB_MAX_ACK_PENDING" $v.config.maxAckPending)
+  (list "CONFAB_SEARCH_PURGE_INTERVAL_MS" $v.config.purgeIntervalMs)
+  (list "CONFAB_SEARCH_PURGE_GRACE_MS" $v.config.purgeGraceMs)
 ) }}
 {{- end }}
 

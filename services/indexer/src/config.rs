@@ -21,6 +21,12 @@ pub struct IndexerConfig {
     pub backend: BackendConfig,
     /// `CONFAB_SEARCH_ADDR`, default `0.0.0.0:8081`: the internal search endpoint (embedded).
     pub search_addr: SocketAddr,
+    /// `CONFAB_SEARCH_PURGE_INTERVAL_MS`, default 10000: how often deleted applications are
+    /// looked for and removed from the index.
+    pub purge_interval: Duration,
+    /// `CONFAB_SEARCH_PURGE_GRACE_MS`, default 60000: a deleted application is purged again until
+    /// one purge began this long after its deletion (longer than any batch takes to index).
+    pub purge_grace: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -69,6 +75,8 @@ impl IndexerConfig {
                 "CONFAB_SEARCH_ADDR",
                 SocketAddr::from(([0, 0, 0, 0], 8081)),
             )?,
+            purge_interval: millis(env, "CONFAB_SEARCH_PURGE_INTERVAL_MS", 10_000)?,
+            purge_grace: millis(env, "CONFAB_SEARCH_PURGE_GRACE_MS", 60_000)?,
         })
     }
 }

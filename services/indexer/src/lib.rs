@@ -9,6 +9,7 @@
 
 pub mod config;
 pub mod http;
+pub mod purge;
 pub mod reindex;
 pub mod worker;
 
@@ -98,10 +99,17 @@ pub async fn run(
     let label = config.backend.label();
     let readiness = Readiness::default().nats(&js.client);
     let admin = tokio::spawn(admin::serve(listeners.admin, readiness, shutdown.wait()));
+    let purge = tokio::spawn(purge::run(
+        db.clone(),
+        backend.clone(),
+        config.purge_interval,
+        config.purge_grace,
+        shutdown.wait(),
+    ));
     let search_state = http::SearchState {
         backend: backend.clone(),
         backend_label: label,
-        db,
+        db: db.clone(),
         progress: Arc::default(),
     };
     let search = tokio::spawn({
@@ -116,6 +124,7 @@ pub async fn run(
         backend,
         backend_label: label,
         js: js.clone(),
+        db,
     };
     tracing::info!(consumer = %config.consumer, backend = label, "indexer consuming");
     let outcome = consume::run_batches(
@@ -128,6 +137,9 @@ pub async fn run(
     )
     .await
     .map_err(Error::Consume);
+    if let Err(error) = purge.await {
+        tracing::warn!(%error, "search purge task failed");
+    }
     shutdown::drain(Some(&js.client), vec![admin, search]).await?;
     tracing::info!("indexer stopped");
     outcome

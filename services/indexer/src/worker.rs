@@ -8,8 +8,9 @@ use std::time::Instant;
 use async_nats::jetstream;
 use confab_core::{Envelope, Event};
 use confab_runtime::jetstream::JetStream;
-use confab_runtime::{consume, dead_letter, metrics};
+use confab_runtime::{consume, db, dead_letter, metrics};
 use confab_search::{Error, SearchBackend, SearchDoc};
+use sqlx::MySqlPool;
 
 pub const SERVICE: &str = "indexer";
 
@@ -18,6 +19,7 @@ pub struct Worker {
     pub backend: Arc<dyn SearchBackend>,
     pub backend_label: &'static str,
     pub js: JetStream,
+    pub db: MySqlPool,
 }
 
 struct Item {
@@ -54,6 +56,9 @@ impl Worker {
                 }
             }
         }
+        let Some(items) = self.drop_deleted_applications(items).await else {
+            return;
+        };
         if items.is_empty() {
             return;
         }
@@ -73,6 +78,37 @@ impl Worker {
                 for item in &items {
                     self.failed(&item.message, &error).await;
                 }
+            }
+        }
+    }
+
+    /// Acks and drops the documents of deleted applications (their purge must stay final); hands
+    /// the batch back when MySQL cannot tell.
+    async fn drop_deleted_applications(&self, items: Vec<Item>) -> Option<Vec<Item>> {
+        let mut apps: Vec<u64> = items.iter().map(|i| i.doc.application_id).collect();
+        apps.sort_unstable();
+        apps.dedup();
+        match db::deleted_applications(&self.db, &apps).await {
+            Ok(deleted) if deleted.is_empty() => Some(items),
+            Ok(deleted) => {
+                let (dropped, kept): (Vec<Item>, Vec<Item>) = items
+                    .into_iter()
+                    .partition(|i| deleted.contains(&i.doc.application_id));
+                tracing::info!(
+                    count = dropped.len(),
+                    "dropping events of deleted applications"
+                );
+                let messages: Vec<jetstream::Message> =
+                    dropped.into_iter().map(|i| i.message).collect();
+                consume::ack_all(SERVICE, &messages).await;
+                Some(kept)
+            }
+            Err(error) => {
+                let reason = format!("cannot check for deleted applications: {error}");
+                for item in &items {
+                    consume::hand_back(&self.js, SERVICE, &item.message, &reason).await;
+                }
+                None
             }
         }
     }

@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 
+use confab_runtime::db;
 use sqlx::{MySql, MySqlPool, QueryBuilder, Transaction};
 
 use crate::batch::{self, ChatKey, Plan};
@@ -49,7 +50,7 @@ pub async fn apply(db: &MySqlPool, plan: &Plan) -> Result<(), StoreError> {
         return Ok(());
     }
     let mut tx = db.begin().await?;
-    let deleted = deleted_applications(&mut tx, &plan.applications()).await?;
+    let deleted = db::deleted_applications(&mut *tx, &plan.applications()).await?;
     let filtered;
     let plan = if deleted.is_empty() {
         plan
@@ -108,22 +109,6 @@ pub async fn apply(db: &MySqlPool, plan: &Plan) -> Result<(), StoreError> {
     }
     tx.commit().await?;
     Ok(())
-}
-
-/// Which of `apps` were deleted (tombstones left by the admin API).
-async fn deleted_applications(
-    tx: &mut Transaction<'_, MySql>,
-    apps: &[u64],
-) -> Result<Vec<u64>, StoreError> {
-    let mut q = QueryBuilder::<MySql>::new(
-        "SELECT id FROM applications WHERE deleted_at IS NOT NULL AND id IN (",
-    );
-    let mut list = q.separated(", ");
-    for id in apps {
-        list.push_bind(*id);
-    }
-    list.push_unseparated(")");
-    Ok(q.build_query_scalar().fetch_all(&mut **tx).await?)
 }
 
 /// Marks parents whose counts changed. `INSERT IGNORE` keeps the earliest mark (the counter lag

@@ -61,3 +61,23 @@ pub async fn ping(pool: &MySqlPool) -> bool {
     .await
     .is_ok_and(|r| r.is_ok())
 }
+
+/// Which of `apps` are deleted (tombstones left by the admin API). Consumers drop events of
+/// these: their data is being purged and must not come back.
+pub async fn deleted_applications<'c>(
+    executor: impl sqlx::Executor<'c, Database = sqlx::MySql>,
+    apps: &[u64],
+) -> sqlx::Result<Vec<u64>> {
+    if apps.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut q = sqlx::QueryBuilder::new(
+        "SELECT id FROM applications WHERE deleted_at IS NOT NULL AND id IN (",
+    );
+    let mut list = q.separated(", ");
+    for id in apps {
+        list.push_bind(*id);
+    }
+    list.push_unseparated(")");
+    q.build_query_scalar().fetch_all(executor).await
+}

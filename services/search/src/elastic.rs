@@ -12,7 +12,8 @@ use serde_json::{json, Value};
 
 use elasticsearch::http::transport::Transport;
 use elasticsearch::indices::{IndicesCreateParts, IndicesExistsParts};
-use elasticsearch::{BulkParts, Elasticsearch, SearchParts};
+use elasticsearch::params::Conflicts;
+use elasticsearch::{BulkParts, DeleteByQueryParts, Elasticsearch, SearchParts};
 
 use crate::{newest_per_id, Error, Hit, Result, SearchBackend, SearchDoc, SearchRequest};
 
@@ -192,12 +193,48 @@ impl SearchBackend for Elastic {
                 .collect())
         })
     }
+
+    fn delete_application(&self, application_id: u64) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async move {
+            // `proceed`: a document the indexer rewrites meanwhile is deleted on the next pass.
+            let response = self
+                .client
+                .delete_by_query(DeleteByQueryParts::Index(&[&self.index]))
+                .conflicts(Conflicts::Proceed)
+                .refresh(true)
+                .body(delete_application_body(application_id))
+                .send()
+                .await
+                .map_err(unavailable)?;
+            if response.status_code().is_success() {
+                Ok(())
+            } else {
+                Err(Error::Unavailable(format!(
+                    "delete by query answered {}",
+                    response.status_code()
+                )))
+            }
+        })
+    }
+}
+
+/// The `_delete_by_query` body that removes one application's documents.
+pub fn delete_application_body(application_id: u64) -> Value {
+    json!({"query": {"term": {"application_id": application_id}}})
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::Terms;
+
+    #[test]
+    fn deleting_an_application_is_a_term_query_on_its_id() {
+        assert_eq!(
+            delete_application_body(42),
+            json!({"query": {"term": {"application_id": 42}}})
+        );
+    }
 
     #[test]
     fn the_mapping_gives_partial_matching_on_a_subfield() {
@@ -307,6 +344,9 @@ mod tests {
         }
         fn search<'a>(&'a self, request: &'a SearchRequest) -> BoxFuture<'a, Result<Vec<Hit>>> {
             self.0.search(request)
+        }
+        fn delete_application(&self, application_id: u64) -> BoxFuture<'_, Result<()>> {
+            self.0.delete_application(application_id)
         }
     }
 }

@@ -159,6 +159,20 @@ impl Embedded {
         Ok(())
     }
 
+    fn delete_application_blocking(&self, application_id: u64) -> Result<()> {
+        let mut writer = self
+            .writer
+            .lock()
+            .map_err(|_| Error::Unavailable("writer poisoned".into()))?;
+        writer.delete_term(Term::from_field_u64(
+            self.fields.application,
+            application_id,
+        ));
+        writer.commit().map_err(backend_error)?;
+        self.reader.reload().map_err(backend_error)?;
+        Ok(())
+    }
+
     fn query(&self, request: &SearchRequest) -> Box<dyn Query> {
         let f = self.fields;
         let term =
@@ -239,6 +253,13 @@ impl SearchBackend for Shared {
     fn search<'a>(&'a self, request: &'a SearchRequest) -> BoxFuture<'a, Result<Vec<Hit>>> {
         let (me, request) = (self.0.clone(), request.clone());
         Box::pin(blocking(move || me.search_blocking(&request)))
+    }
+
+    fn delete_application(&self, application_id: u64) -> BoxFuture<'_, Result<()>> {
+        let me = self.0.clone();
+        Box::pin(blocking(move || {
+            me.delete_application_blocking(application_id)
+        }))
     }
 }
 

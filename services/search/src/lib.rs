@@ -98,10 +98,12 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// A search backend. `index` applies a batch of documents (newest version wins); `search`
-/// answers one query.
+/// answers one query; `delete_application` removes every document of one (deleted) application
+/// and is idempotent.
 pub trait SearchBackend: Send + Sync {
     fn index<'a>(&'a self, docs: &'a [SearchDoc]) -> BoxFuture<'a, Result<()>>;
     fn search<'a>(&'a self, request: &'a SearchRequest) -> BoxFuture<'a, Result<Vec<Hit>>>;
+    fn delete_application(&self, application_id: u64) -> BoxFuture<'_, Result<()>>;
 }
 
 /// Keeps, per document id, only the highest version of a batch.

@@ -64,6 +64,10 @@ impl SearchBackend for Remote {
         Box::pin(async { Err(Error::Unsupported("index through the api")) })
     }
 
+    fn delete_application(&self, _application_id: u64) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async { Err(Error::Unsupported("delete through the api")) })
+    }
+
     fn search<'a>(&'a self, request: &'a SearchRequest) -> BoxFuture<'a, Result<Vec<Hit>>> {
         Box::pin(async move {
             let response = self

@@ -164,4 +164,26 @@ pub async fn suite(backend: &dyn SearchBackend) {
     c.put(1, 1, "Hello world").await;
     c.put(1, 1, "Hello world").await;
     assert_eq!(c.numbers("hello").await, vec![1], "one hit per message");
+
+    // Deleting an application removes its documents in every chat, and only its own; deleting
+    // again is no error.
+    let gone = Chat {
+        backend,
+        app: base + 5,
+        chat: 1,
+    };
+    let gone_other_chat = Chat {
+        backend,
+        app: base + 5,
+        chat: 2,
+    };
+    gone.put(1, 1, "Hello world").await;
+    gone_other_chat.put(1, 2, "Hello world").await;
+    assert_eq!(gone.numbers("hello").await, vec![1]);
+    for _ in 0..2 {
+        backend.delete_application(base + 5).await.expect("delete");
+    }
+    assert_eq!(gone.numbers("hello").await, Vec::<u64>::new(), "deleted");
+    assert_eq!(gone_other_chat.numbers("hello").await, Vec::<u64>::new());
+    assert_eq!(c.numbers("hello").await, vec![1], "other applications stay");
 }
