@@ -13,16 +13,10 @@ use chrono::{DateTime, Utc};
 use confab_search::SearchBackend;
 use sqlx::MySqlPool;
 
+use crate::Error;
+
 /// Tombstoned applications handled per pass.
 const APPLICATIONS_PER_PASS: u32 = 100;
-
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("database: {0}")]
-    Database(#[from] sqlx::Error),
-    #[error("search backend: {0}")]
-    Search(#[from] confab_search::Error),
-}
 
 /// Deletes the documents of deleted applications whose purge is not yet final; returns how many
 /// applications it purged.
