@@ -2,12 +2,14 @@
 //! MariaDB, Redis and NATS.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 use std::time::Duration;
 
 use confab_core::event::MessageWritten;
 use confab_core::{Envelope, Event};
+use confab_search::embedded::{Embedded, Shared};
 use confab_search::remote::Remote;
-use confab_search::{SearchBackend, SearchRequest, Terms};
+use confab_search::{SearchBackend, SearchDoc, SearchRequest, Terms};
 use confab_tests::{eventually, Client, TestEnv};
 use futures::StreamExt;
 use reqwest::{Method, StatusCode};
@@ -306,6 +308,7 @@ async fn reindex_rebuilds_the_index_from_mysql() {
 async fn deleting_an_application_removes_its_documents_and_drops_its_late_events() {
     let env = admin_env().await;
     let api = env.spawn_api().await;
+    let persister = env.spawn_persister().await;
     let admin = Client::with_bearer(&api.base, ADMIN_TOKEN);
     let c = Client::new(&api.base);
     let doomed = register(&admin, "doomed", json!({})).await;
@@ -334,6 +337,11 @@ async fn deleting_an_application_removes_its_documents_and_drops_its_late_events
             + hits(kept_id, 1).await
             + hits(kept_id, 2).await
             == 4
+    })
+    .await;
+
+    eventually(Duration::from_secs(20), "all four persisted", || async {
+        env.count("SELECT COUNT(*) FROM messages").await == 4
     })
     .await;
 
@@ -387,7 +395,88 @@ async fn deleting_an_application_removes_its_documents_and_drops_its_late_events
     assert_eq!(hits(doomed_id, 1).await, 0, "the late event was dropped");
     assert_eq!(hits(kept_id, 2).await, 1, "other applications keep theirs");
 
+    // A rebuild from MySQL, where the deleted application's rows still are (no counter
+    // reconciler runs here to purge them), skips them.
+    eventually(
+        Duration::from_secs(20),
+        "the later message persisted",
+        || async { env.count("SELECT COUNT(*) FROM messages").await == 5 },
+    )
+    .await;
+    let http = reqwest::Client::new();
+    let url = format!("{}/internal/reindex", indexer.base);
+    assert_eq!(
+        http.post(&url).send().await.unwrap().status(),
+        StatusCode::ACCEPTED
+    );
+    eventually(Duration::from_secs(30), "rebuilt", || async {
+        let status: serde_json::Value = http.get(&url).send().await.unwrap().json().await.unwrap();
+        status["completed_runs"] == 1 && status["running"] == false
+    })
+    .await;
+    let status: serde_json::Value = http.get(&url).send().await.unwrap().json().await.unwrap();
+    assert_eq!(status["indexed"], 3, "only the live application's messages");
+    assert_eq!(hits(doomed_id, 1).await + hits(doomed_id, 2).await, 0);
+    assert_eq!(hits(kept_id, 1).await + hits(kept_id, 2).await, 3);
+
+    persister.stop().await.unwrap();
     indexer.stop().await.unwrap();
+    api.stop().await.unwrap();
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_written_while_its_application_was_deleted_is_removed_again() {
+    let env = admin_env().await;
+    let api = env.spawn_api().await;
+    let admin = Client::with_bearer(&api.base, ADMIN_TOKEN);
+    let doomed = register(&admin, "doomed", json!({})).await;
+    let kept = register(&admin, "kept", json!({})).await;
+    let (doomed_id, kept_id) = (app_id(&env, &doomed).await, app_id(&env, &kept).await);
+    let backend = Shared(Arc::new(Embedded::in_memory().unwrap()));
+    let doc = |application_id| SearchDoc {
+        application_id,
+        chat_number: 1,
+        number: 1,
+        body: "findable".into(),
+        version: 1,
+    };
+    // The worker found neither deleted, then the deletion landed while it wrote the batch.
+    backend
+        .index(&[doc(doomed_id), doc(kept_id)])
+        .await
+        .unwrap();
+    let (status, _) = admin
+        .raw(Method::DELETE, "/admin/v1/applications/doomed", None)
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    confab_indexer::purge::delete_if_deleted(&env.db, &backend, &[doomed_id, kept_id])
+        .await
+        .unwrap();
+    let found = |application_id| {
+        let backend = &backend;
+        async move {
+            let request = SearchRequest {
+                application_id,
+                chat_number: 1,
+                terms: Terms::parse("findable").unwrap(),
+                limit: 10,
+                offset: 0,
+            };
+            backend.search(&request).await.unwrap().len()
+        }
+    };
+    assert_eq!(
+        found(doomed_id).await,
+        0,
+        "the deleted application's document is gone"
+    );
+    assert_eq!(
+        found(kept_id).await,
+        1,
+        "the live application's document stays"
+    );
+
     api.stop().await.unwrap();
     env.cleanup().await;
 }

@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use confab_runtime::config::{millis, parse, string};
+use confab_runtime::config::{millis, millis_within, parse, string};
 use confab_runtime::{CommonConfig, ConfigError, Env};
 
 #[derive(Debug, Clone)]
@@ -21,11 +21,12 @@ pub struct IndexerConfig {
     pub backend: BackendConfig,
     /// `CONFAB_SEARCH_ADDR`, default `0.0.0.0:8081`: the internal search endpoint (embedded).
     pub search_addr: SocketAddr,
-    /// `CONFAB_SEARCH_PURGE_INTERVAL_MS`, default 10000: how often deleted applications are
-    /// looked for and removed from the index.
+    /// `CONFAB_SEARCH_PURGE_INTERVAL_MS`, default 10000 (100 to 3600000): how often deleted
+    /// applications are looked for and removed from the index.
     pub purge_interval: Duration,
-    /// `CONFAB_SEARCH_PURGE_GRACE_MS`, default 60000: a deleted application is purged again until
-    /// one purge began this long after its deletion (longer than any batch takes to index).
+    /// `CONFAB_SEARCH_PURGE_GRACE_MS`, default 60000 (at most a day): a deleted application is
+    /// purged again until one purge began this long after its deletion (longer than the
+    /// backend takes to make a write visible, plus clock skew between api and indexer).
     pub purge_grace: Duration,
 }
 
@@ -75,8 +76,42 @@ impl IndexerConfig {
                 "CONFAB_SEARCH_ADDR",
                 SocketAddr::from(([0, 0, 0, 0], 8081)),
             )?,
-            purge_interval: millis(env, "CONFAB_SEARCH_PURGE_INTERVAL_MS", 10_000)?,
-            purge_grace: millis(env, "CONFAB_SEARCH_PURGE_GRACE_MS", 60_000)?,
+            purge_interval: millis_within(
+                env,
+                "CONFAB_SEARCH_PURGE_INTERVAL_MS",
+                10_000,
+                100,
+                3_600_000,
+            )?,
+            purge_grace: millis_within(env, "CONFAB_SEARCH_PURGE_GRACE_MS", 60_000, 0, 86_400_000)?,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Env {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn purge_settings_default_and_are_bounded() {
+        let config = IndexerConfig::from_env(&env(&[])).unwrap();
+        assert_eq!(config.purge_interval, Duration::from_secs(10));
+        assert_eq!(config.purge_grace, Duration::from_secs(60));
+        for (name, bad) in [
+            ("CONFAB_SEARCH_PURGE_INTERVAL_MS", "0"),
+            ("CONFAB_SEARCH_PURGE_INTERVAL_MS", "99"),
+            ("CONFAB_SEARCH_PURGE_GRACE_MS", "86400001"),
+            ("CONFAB_SEARCH_PURGE_GRACE_MS", "soon"),
+        ] {
+            let error = IndexerConfig::from_env(&env(&[(name, bad)])).unwrap_err();
+            assert!(error.to_string().contains(name), "{error}");
+        }
     }
 }

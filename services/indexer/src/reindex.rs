@@ -9,6 +9,8 @@ use confab_search::{SearchBackend, SearchDoc};
 use serde::Serialize;
 use sqlx::MySqlPool;
 
+use crate::Error;
+
 /// Rows read from MySQL per chunk.
 pub const CHUNK: u32 = 1000;
 
@@ -40,23 +42,19 @@ impl Progress {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("database: {0}")]
-    Database(#[from] sqlx::Error),
-    #[error("search backend: {0}")]
-    Search(#[from] confab_search::Error),
-}
-
-/// Indexes every message in MySQL, in id order, `CHUNK` rows at a time.
+/// Indexes every message of a live (not deleted) application in MySQL, in id order, `CHUNK`
+/// rows at a time.
 pub async fn reindex(
     db: &MySqlPool,
     backend: &dyn SearchBackend,
     progress: &Progress,
 ) -> Result<u64, Error> {
-    let total: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM messages")
-        .fetch_one(db)
-        .await?;
+    let total: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM messages m JOIN chats c ON c.id = m.chat_id \
+         JOIN applications a ON a.id = c.application_id WHERE a.deleted_at IS NULL",
+    )
+    .fetch_one(db)
+    .await?;
     progress.total.store(total.max(0) as u64, Ordering::SeqCst);
     progress.indexed.store(0, Ordering::SeqCst);
     let mut after = 0u64;
@@ -64,7 +62,8 @@ pub async fn reindex(
         let rows: Vec<(u64, u64, u64, u64, String, u64)> = sqlx::query_as(
             "SELECT m.id, c.application_id, c.number, m.number, m.body, m.version \
              FROM messages m JOIN chats c ON c.id = m.chat_id \
-             WHERE m.id > ? ORDER BY m.id LIMIT ?",
+             JOIN applications a ON a.id = c.application_id \
+             WHERE m.id > ? AND a.deleted_at IS NULL ORDER BY m.id LIMIT ?",
         )
         .bind(after)
         .bind(CHUNK)
@@ -85,6 +84,10 @@ pub async fn reindex(
             )
             .collect();
         backend.index(&docs).await?;
+        let mut apps: Vec<u64> = docs.iter().map(|d| d.application_id).collect();
+        apps.sort_unstable();
+        apps.dedup();
+        crate::purge::delete_if_deleted(db, backend, &apps).await?;
         let done = progress
             .indexed
             .fetch_add(docs.len() as u64, Ordering::SeqCst)

@@ -10,6 +10,8 @@ use confab_core::{Envelope, Event};
 use confab_runtime::jetstream::JetStream;
 use confab_runtime::{consume, db, dead_letter, metrics};
 use confab_search::{Error, SearchBackend, SearchDoc};
+
+use crate::purge;
 use sqlx::MySqlPool;
 
 pub const SERVICE: &str = "indexer";
@@ -134,6 +136,14 @@ impl Worker {
     }
 
     async fn indexed(&self, items: &[Item]) {
+        // An application deleted while this batch was written may already have been purged.
+        let mut apps: Vec<u64> = items.iter().map(|i| i.doc.application_id).collect();
+        apps.sort_unstable();
+        apps.dedup();
+        if let Err(error) = purge::delete_if_deleted(&self.db, &*self.backend, &apps).await {
+            // The purge loop repeats for the grace period and catches these too.
+            tracing::warn!(%error, "cannot re-check the batch for deleted applications");
+        }
         metrics::SEARCH_DOCS_INDEXED
             .with_label_values(&[self.backend_label])
             .inc_by(items.len() as u64);

@@ -52,6 +52,25 @@ pub fn millis(env: &Env, name: &'static str, default_ms: u64) -> Result<Duration
     parse(env, name, default_ms).map(Duration::from_millis)
 }
 
+/// [`millis`], refused outside `min_ms..=max_ms`.
+pub fn millis_within(
+    env: &Env,
+    name: &'static str,
+    default_ms: u64,
+    min_ms: u64,
+    max_ms: u64,
+) -> Result<Duration, ConfigError> {
+    let ms: u64 = parse(env, name, default_ms)?;
+    if (min_ms..=max_ms).contains(&ms) {
+        Ok(Duration::from_millis(ms))
+    } else {
+        Err(ConfigError::Invalid {
+            name,
+            reason: format!("{ms} ms is outside {min_ms}..={max_ms}"),
+        })
+    }
+}
+
 /// Reads a boolean (`true`/`false`/`1`/`0`).
 pub fn boolean(env: &Env, name: &'static str, default: bool) -> Result<bool, ConfigError> {
     match env.get(name).map(|v| v.to_ascii_lowercase()) {

@@ -11,7 +11,7 @@ use futures::future::BoxFuture;
 use serde_json::{json, Value};
 
 use elasticsearch::http::transport::Transport;
-use elasticsearch::indices::{IndicesCreateParts, IndicesExistsParts};
+use elasticsearch::indices::{IndicesCreateParts, IndicesExistsParts, IndicesRefreshParts};
 use elasticsearch::params::Conflicts;
 use elasticsearch::{BulkParts, DeleteByQueryParts, Elasticsearch, SearchParts};
 
@@ -196,7 +196,15 @@ impl SearchBackend for Elastic {
 
     fn delete_application(&self, application_id: u64) -> BoxFuture<'_, Result<()>> {
         Box::pin(async move {
-            // `proceed`: a document the indexer rewrites meanwhile is deleted on the next pass.
+            // A delete by query only sees what the last refresh made visible.
+            self.client
+                .indices()
+                .refresh(IndicesRefreshParts::Index(&[&self.index]))
+                .send()
+                .await
+                .map_err(unavailable)?
+                .error_for_status_code()
+                .map_err(unavailable)?;
             let response = self
                 .client
                 .delete_by_query(DeleteByQueryParts::Index(&[&self.index]))
@@ -206,14 +214,14 @@ impl SearchBackend for Elastic {
                 .send()
                 .await
                 .map_err(unavailable)?;
-            if response.status_code().is_success() {
-                Ok(())
-            } else {
-                Err(Error::Unavailable(format!(
+            if !response.status_code().is_success() {
+                return Err(Error::Unavailable(format!(
                     "delete by query answered {}",
                     response.status_code()
-                )))
+                )));
             }
+            let body: Value = response.json().await.map_err(unavailable)?;
+            delete_outcome(&body)
         })
     }
 }
@@ -221,6 +229,22 @@ impl SearchBackend for Elastic {
 /// The `_delete_by_query` body that removes one application's documents.
 pub fn delete_application_body(application_id: u64) -> Value {
     json!({"query": {"term": {"application_id": application_id}}})
+}
+
+/// Whether a `_delete_by_query` answer deleted everything it matched: documents rewritten while
+/// it ran (version conflicts), failures or a timeout mean the purge must be repeated.
+pub fn delete_outcome(response: &Value) -> Result<()> {
+    let conflicts = response["version_conflicts"].as_u64().unwrap_or_default();
+    let failures = response["failures"].as_array().map_or(0, Vec::len);
+    if conflicts == 0 && failures == 0 && response["timed_out"] != true {
+        Ok(())
+    } else {
+        Err(Error::Unavailable(format!(
+            "delete by query incomplete: {conflicts} version conflicts, {failures} failures, \
+             timed out: {}",
+            response["timed_out"]
+        )))
+    }
 }
 
 #[cfg(test)]
@@ -234,6 +258,20 @@ mod tests {
             delete_application_body(42),
             json!({"query": {"term": {"application_id": 42}}})
         );
+    }
+
+    #[test]
+    fn a_delete_with_conflicts_failures_or_a_timeout_is_repeated() {
+        let done =
+            json!({"deleted": 3, "version_conflicts": 0, "failures": [], "timed_out": false});
+        assert!(delete_outcome(&done).is_ok());
+        for incomplete in [
+            json!({"deleted": 2, "version_conflicts": 1, "failures": [], "timed_out": false}),
+            json!({"deleted": 2, "version_conflicts": 0, "failures": [{"cause": {}}], "timed_out": false}),
+            json!({"deleted": 2, "version_conflicts": 0, "failures": [], "timed_out": true}),
+        ] {
+            assert!(delete_outcome(&incomplete).is_err(), "{incomplete}");
+        }
     }
 
     #[test]
