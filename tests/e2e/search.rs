@@ -161,6 +161,26 @@ async fn search_finds_partial_matches_within_one_chat_through_the_api() {
     env.cleanup().await;
 }
 
+/// Asks the running indexer to rebuild its index from MySQL; returns the finished run's status.
+async fn rebuild(indexer: &str) -> serde_json::Value {
+    let http = reqwest::Client::new();
+    let url = format!("{indexer}/internal/reindex");
+    assert_eq!(
+        http.post(&url).send().await.unwrap().status(),
+        StatusCode::ACCEPTED
+    );
+    let status = || async {
+        let status: serde_json::Value = http.get(&url).send().await.unwrap().json().await.unwrap();
+        status
+    };
+    eventually(Duration::from_secs(30), "rebuilt", || async {
+        let s = status().await;
+        s["completed_runs"] == 1 && s["running"] == false
+    })
+    .await;
+    status().await
+}
+
 async fn app_id(env: &TestEnv, token: &str) -> u64 {
     sqlx::query_scalar("SELECT id FROM applications WHERE token = ?")
         .bind(token)
@@ -279,18 +299,7 @@ async fn reindex_rebuilds_the_index_from_mysql() {
     let indexer = env.spawn_indexer_with(&[]).await;
     let search = Remote::new(&indexer.base, Duration::from_secs(5)).unwrap();
     assert!(all_hits(&search, app, 1, "common").await.is_empty());
-    let http = reqwest::Client::new();
-    let url = format!("{}/internal/reindex", indexer.base);
-    assert_eq!(
-        http.post(&url).send().await.unwrap().status(),
-        StatusCode::ACCEPTED
-    );
-    eventually(Duration::from_secs(30), "rebuilt", || async {
-        let status: serde_json::Value = http.get(&url).send().await.unwrap().json().await.unwrap();
-        status["completed_runs"] == 1 && status["running"] == false
-    })
-    .await;
-    let status: serde_json::Value = http.get(&url).send().await.unwrap().json().await.unwrap();
+    let status = rebuild(&indexer.base).await;
     assert_eq!(status["indexed"], 300);
     assert_eq!(all_hits(&search, app, 1, "common").await.len(), 300);
     // "42" is also inside 142 and 242; the whole-word match ("common number 42", message 43)
@@ -403,18 +412,7 @@ async fn deleting_an_application_removes_its_documents_and_drops_its_late_events
         || async { env.count("SELECT COUNT(*) FROM messages").await == 5 },
     )
     .await;
-    let http = reqwest::Client::new();
-    let url = format!("{}/internal/reindex", indexer.base);
-    assert_eq!(
-        http.post(&url).send().await.unwrap().status(),
-        StatusCode::ACCEPTED
-    );
-    eventually(Duration::from_secs(30), "rebuilt", || async {
-        let status: serde_json::Value = http.get(&url).send().await.unwrap().json().await.unwrap();
-        status["completed_runs"] == 1 && status["running"] == false
-    })
-    .await;
-    let status: serde_json::Value = http.get(&url).send().await.unwrap().json().await.unwrap();
+    let status = rebuild(&indexer.base).await;
     assert_eq!(status["indexed"], 3, "only the live application's messages");
     assert_eq!(hits(doomed_id, 1).await + hits(doomed_id, 2).await, 0);
     assert_eq!(hits(kept_id, 1).await + hits(kept_id, 2).await, 3);

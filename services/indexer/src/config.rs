@@ -91,13 +91,7 @@ impl IndexerConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn env(pairs: &[(&str, &str)]) -> Env {
-        pairs
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect()
-    }
+    use confab_runtime::config::env;
 
     #[test]
     fn purge_settings_default_and_are_bounded() {

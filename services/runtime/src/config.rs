@@ -24,6 +24,14 @@ pub enum ConfigError {
     Invalid { name: &'static str, reason: String },
 }
 
+/// An environment of the given pairs (tests and tools).
+pub fn env(pairs: &[(&str, &str)]) -> Env {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+}
+
 /// Reads `name` from `env`, falling back to `default`.
 pub fn string(env: &Env, name: &str, default: &str) -> String {
     env.get(name)
@@ -167,13 +175,6 @@ impl CommonConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn env(pairs: &[(&str, &str)]) -> Env {
-        pairs
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect()
-    }
 
     #[test]
     fn defaults_apply_when_unset() {
