@@ -10,9 +10,9 @@ use confab_core::{Envelope, Event};
 use confab_runtime::jetstream::JetStream;
 use confab_runtime::{consume, db, dead_letter, metrics};
 use confab_search::{Error, SearchBackend, SearchDoc};
+use sqlx::MySqlPool;
 
 use crate::purge;
-use sqlx::MySqlPool;
 
 pub const SERVICE: &str = "indexer";
 
