@@ -137,10 +137,10 @@ pub async fn run(
     )
     .await
     .map_err(Error::Consume);
+    shutdown::drain(&shutdown, Some(&js.client), vec![admin, search]).await?;
     if let Err(error) = purge.await {
         tracing::warn!(%error, "search purge task failed");
     }
-    shutdown::drain(Some(&js.client), vec![admin, search]).await?;
     tracing::info!("indexer stopped");
     outcome
 }

@@ -17,7 +17,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use confab_search::SearchBackend;
+use confab_search::{SearchBackend, SearchDoc};
 use sqlx::MySqlPool;
 
 use crate::Error;
@@ -73,6 +73,14 @@ async fn purge_one(db: &MySqlPool, backend: &dyn SearchBackend, app: u64) -> Res
         "deleted application purged from search"
     );
     Ok(())
+}
+
+/// The distinct applications of `docs`, ascending.
+pub fn application_ids<'a>(docs: impl IntoIterator<Item = &'a SearchDoc>) -> Vec<u64> {
+    let mut apps: Vec<u64> = docs.into_iter().map(|d| d.application_id).collect();
+    apps.sort_unstable();
+    apps.dedup();
+    apps
 }
 
 /// After documents of `apps` were written: deletes the documents of those that were deleted

@@ -9,7 +9,7 @@ use confab_search::{SearchBackend, SearchDoc};
 use serde::Serialize;
 use sqlx::MySqlPool;
 
-use crate::Error;
+use crate::{purge, Error};
 
 /// Rows read from MySQL per chunk.
 pub const CHUNK: u32 = 1000;
@@ -84,10 +84,8 @@ pub async fn reindex(
             )
             .collect();
         backend.index(&docs).await?;
-        let mut apps: Vec<u64> = docs.iter().map(|d| d.application_id).collect();
-        apps.sort_unstable();
-        apps.dedup();
-        crate::purge::delete_if_deleted(db, backend, &apps).await?;
+        let apps = purge::application_ids(&docs);
+        purge::delete_if_deleted(db, backend, &apps).await?;
         let done = progress
             .indexed
             .fetch_add(docs.len() as u64, Ordering::SeqCst)

@@ -87,9 +87,7 @@ impl Worker {
     /// Acks and drops the documents of deleted applications (their purge must stay final); hands
     /// the batch back when MySQL cannot tell.
     async fn drop_deleted_applications(&self, items: Vec<Item>) -> Option<Vec<Item>> {
-        let mut apps: Vec<u64> = items.iter().map(|i| i.doc.application_id).collect();
-        apps.sort_unstable();
-        apps.dedup();
+        let apps = purge::application_ids(items.iter().map(|i| &i.doc));
         match db::deleted_applications(&self.db, &apps).await {
             Ok(deleted) if deleted.is_empty() => Some(items),
             Ok(deleted) => {
@@ -137,9 +135,7 @@ impl Worker {
 
     async fn indexed(&self, items: &[Item]) {
         // An application deleted while this batch was written may already have been purged.
-        let mut apps: Vec<u64> = items.iter().map(|i| i.doc.application_id).collect();
-        apps.sort_unstable();
-        apps.dedup();
+        let apps = purge::application_ids(items.iter().map(|i| &i.doc));
         if let Err(error) = purge::delete_if_deleted(&self.db, &*self.backend, &apps).await {
             // The purge loop repeats for the grace period and catches these too.
             tracing::warn!(%error, "cannot re-check the batch for deleted applications");

@@ -213,13 +213,9 @@ impl SearchBackend for Elastic {
                 .body(delete_application_body(application_id))
                 .send()
                 .await
+                .map_err(unavailable)?
+                .error_for_status_code()
                 .map_err(unavailable)?;
-            if !response.status_code().is_success() {
-                return Err(Error::Unavailable(format!(
-                    "delete by query answered {}",
-                    response.status_code()
-                )));
-            }
             let body: Value = response.json().await.map_err(unavailable)?;
             delete_outcome(&body)
         })

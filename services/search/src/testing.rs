@@ -117,16 +117,8 @@ pub async fn suite(backend: &dyn SearchBackend) {
     );
 
     // Isolation between chats and applications.
-    let other_chat = Chat {
-        backend,
-        app: base,
-        chat: 2,
-    };
-    let other_app = Chat {
-        backend,
-        app: base + 3,
-        chat: 1,
-    };
+    let other_chat = Chat { chat: 2, ..c };
+    let other_app = Chat { app: base + 3, ..c };
     other_chat.put(1, 10, "Hello world").await;
     other_app.put(1, 11, "Hello world").await;
     assert_eq!(
@@ -137,13 +129,7 @@ pub async fn suite(backend: &dyn SearchBackend) {
     assert_eq!(other_chat.numbers("hello").await, vec![1]);
     assert_eq!(other_app.numbers("hello").await, vec![1]);
     assert_eq!(
-        Chat {
-            backend,
-            app: base + 4,
-            chat: 1
-        }
-        .numbers("hello")
-        .await,
+        Chat { app: base + 4, ..c }.numbers("hello").await,
         Vec::<u64>::new()
     );
 
@@ -167,16 +153,8 @@ pub async fn suite(backend: &dyn SearchBackend) {
 
     // Deleting an application removes its documents in every chat, and only its own; deleting
     // again is no error.
-    let gone = Chat {
-        backend,
-        app: base + 5,
-        chat: 1,
-    };
-    let gone_other_chat = Chat {
-        backend,
-        app: base + 5,
-        chat: 2,
-    };
+    let gone = Chat { app: base + 5, ..c };
+    let gone_other_chat = Chat { chat: 2, ..gone };
     gone.put(1, 1, "Hello world").await;
     gone_other_chat.put(1, 2, "Hello world").await;
     assert_eq!(gone.numbers("hello").await, vec![1]);
