@@ -130,7 +130,12 @@ pub async fn run(
     axum::serve(listeners.http, app(state.clone(), config.request_timeout))
         .with_graceful_shutdown(shutdown.wait())
         .await?;
-    shutdown::drain(Some(&state.publisher.jetstream().client), vec![admin]).await?;
+    shutdown::drain(
+        &shutdown,
+        Some(&state.publisher.jetstream().client),
+        vec![admin],
+    )
+    .await?;
     tracing::info!("api stopped");
     Ok(())
 }

@@ -100,7 +100,7 @@ pub async fn run(
             () = tokio::time::sleep(pause) => {}
         }
     }
-    shutdown::drain(None, vec![admin]).await?;
+    shutdown::drain(&shutdown, None, vec![admin]).await?;
     tracing::info!("counter reconciler stopped");
     Ok(())
 }

@@ -88,7 +88,7 @@ pub async fn run_with_client(
             }
         })
         .await;
-    shutdown::drain(None, vec![admin]).await?;
+    shutdown::drain(&shutdown, None, vec![admin]).await?;
     tracing::info!("operator stopped");
     Ok(())
 }

@@ -69,7 +69,7 @@ pub async fn run(
     )
     .await
     .map_err(Error::Consume);
-    shutdown::drain(Some(&js.client), vec![admin]).await?;
+    shutdown::drain(&shutdown, Some(&js.client), vec![admin]).await?;
     tracing::info!("persister stopped");
     outcome
 }
