@@ -39,6 +39,8 @@ async fn services_serve_health_readiness_and_metrics_and_stop_gracefully() {
         r#"confab_events_published_total{outcome="stored",type="message.created"}"#,
         "confab_publish_duration_seconds_bucket",
         "confab_sequence_reseeds_total",
+        // At 0 from the start, so the first panic shows in `increase()`.
+        "confab_http_panics_total 0",
         "process_resident_memory_bytes",
     ] {
         assert!(metrics.contains(series), "api metrics lack {series}");
@@ -61,12 +63,9 @@ async fn services_serve_health_readiness_and_metrics_and_stop_gracefully() {
     env.cleanup().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn readiness_names_the_dependency_that_is_down() {
-    let env = TestEnv::new().await;
-    // Nothing listens on port 1: MySQL is "down" for this persister.
-    let persister = env.start_persister(&[("DATABASE_URL", "mysql://root@127.0.0.1:1/confab")]);
-    let url = format!("{}/readyz", persister.admin);
+/// Waits until `admin`'s `/readyz` answers 503 naming mysql.
+async fn not_ready_naming_mysql(admin: &str) {
+    let url = format!("{admin}/readyz");
     eventually(
         Duration::from_secs(20),
         "readyz answers 503 naming mysql",
@@ -80,7 +79,25 @@ async fn readiness_names_the_dependency_that_is_down() {
         },
     )
     .await;
-    assert_eq!(text(format!("{}/healthz", persister.admin)).await.0, 200);
+    assert_eq!(text(format!("{admin}/healthz")).await.0, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_names_the_dependency_that_is_down() {
+    let env = TestEnv::new().await;
+    // Nothing listens on port 1: MySQL is "down" for this persister.
+    let persister = env.start_persister(&[("DATABASE_URL", "mysql://root@127.0.0.1:1/confab")]);
+    not_ready_naming_mysql(&persister.admin).await;
     persister.stop().await.unwrap();
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_indexer_is_not_ready_while_mysql_is_down() {
+    let env = TestEnv::new().await;
+    // Every indexer batch checks MySQL for deleted applications: without it nothing is indexed.
+    let indexer = env.start_indexer(&[("DATABASE_URL", "mysql://root@127.0.0.1:1/confab")]);
+    not_ready_naming_mysql(&indexer.admin).await;
+    indexer.stop().await.unwrap();
     env.cleanup().await;
 }

@@ -1,20 +1,62 @@
 //! Per-request observation: route-template metrics, one structured log line, the request
-//! timeout, and the W3C trace context the handlers pass on into events.
+//! timeout, and the W3C trace context the handlers pass on into events; and the net under all
+//! handlers: a panic becomes a `500 internal` answer and a count in `confab_http_panics_total`,
+//! instead of a dropped connection.
 //!
 //! Only the route template (`/applications/{token}/chats`) is ever recorded: the concrete path
 //! carries the token, which must never reach logs or metric labels.
 
+use std::any::Any;
+use std::sync::LazyLock;
 use std::time::{Duration, Instant};
 
 use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use axum::Router;
 use confab_core::event::headers;
 use confab_core::trace::TraceParent;
 use confab_runtime::metrics;
+use prometheus::{register_int_counter, IntCounter};
+use tower_http::catch_panic::CatchPanicLayer;
 use tracing::Instrument;
 
-use crate::error::ApiError;
+use crate::error::{ApiError, Internal};
+
+/// Requests whose handler panicked. The api's own counter, in the process-wide registry that
+/// `confab_runtime::metrics` renders, next to the metrics defined there.
+pub static HTTP_PANICS: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "confab_http_panics_total",
+        "HTTP requests whose handler panicked (answered 500 internal)."
+    )
+    .expect("metric registers once")
+});
+
+/// Wraps every route of `router` in the panic net (inside) and [`observe`] (outside), so a
+/// panicking request is still timed, logged and counted as a 5xx.
+pub fn layers(router: Router, request_timeout: Duration) -> Router {
+    // The counter exists at 0 from the start, so `increase()` sees the first panic.
+    LazyLock::force(&HTTP_PANICS);
+    router
+        .layer(CatchPanicLayer::custom(panicked))
+        .layer(axum::middleware::from_fn_with_state(
+            request_timeout,
+            observe,
+        ))
+}
+
+/// The answer to a panicked handler: the standard `500 internal` body; the panic message goes to
+/// the log only.
+fn panicked(panic: Box<dyn Any + Send + 'static>) -> Response {
+    HTTP_PANICS.inc();
+    let message = panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".to_owned());
+    ApiError::Internal(Internal::Other(format!("handler panicked: {message}"))).into_response()
+}
 
 pub async fn observe(
     State(timeout): State<Duration>,
@@ -64,4 +106,42 @@ pub async fn observe(
         );
     });
     response
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use axum::body::Body;
+    use axum::routing::get;
+    use http_body_util::BodyExt;
+    use serde_json::{json, Value};
+    use tower::ServiceExt;
+
+    use super::*;
+
+    async fn boom() -> &'static str {
+        panic!("boom")
+    }
+
+    #[tokio::test]
+    async fn a_panicking_handler_answers_500_internal_and_is_counted() {
+        let router = layers(
+            Router::new().route("/boom", get(boom)),
+            Duration::from_secs(5),
+        );
+        let before = HTTP_PANICS.get();
+        let response = router
+            .oneshot(Request::get("/boom").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 500);
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(
+            serde_json::from_slice::<Value>(&body).unwrap(),
+            json!({"error": {"code": "internal", "message": "internal error"}})
+        );
+        assert!(HTTP_PANICS.get() > before);
+        assert!(metrics::render().contains("confab_http_panics_total "));
+    }
 }

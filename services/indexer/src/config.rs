@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use confab_runtime::config::{millis, millis_within, parse, string};
+use confab_runtime::config::{millis_within, parse_within, socket_addr, string};
 use confab_runtime::{CommonConfig, ConfigError, Env};
 
 #[derive(Debug, Clone)]
@@ -12,11 +12,11 @@ pub struct IndexerConfig {
     pub common: CommonConfig,
     /// `CONFAB_INDEXER_CONSUMER`, default `confab-indexer`.
     pub consumer: String,
-    /// `CONFAB_INDEX_BATCH_SIZE`, default 1000: most documents per bulk/commit.
+    /// `CONFAB_INDEX_BATCH_SIZE`, default 1000 (1 to 10000): most documents per bulk/commit.
     pub batch_size: usize,
-    /// `CONFAB_INDEX_BATCH_WAIT_MS`, default 50.
+    /// `CONFAB_INDEX_BATCH_WAIT_MS`, default 50 (1 to 60000): longest wait for a batch to fill.
     pub batch_wait: Duration,
-    /// `CONFAB_MAX_ACK_PENDING`, default 20000.
+    /// `CONFAB_MAX_ACK_PENDING`, default 20000 (1 to 1000000).
     pub max_ack_pending: i64,
     pub backend: BackendConfig,
     /// `CONFAB_SEARCH_ADDR`, default `0.0.0.0:8081`: the internal search endpoint (embedded).
@@ -34,24 +34,39 @@ pub struct IndexerConfig {
 pub enum BackendConfig {
     /// `CONFAB_INDEX_DIR`, default `./confab-index`, when `ELASTICSEARCH_URL` is unset.
     Embedded { dir: PathBuf },
-    /// `ELASTICSEARCH_URL` and `CONFAB_ELASTICSEARCH_INDEX` (default `confab-messages`).
-    Elasticsearch { url: String, index: String },
+    /// `ELASTICSEARCH_URL` and `CONFAB_ELASTICSEARCH_INDEX` (default `confab-messages`);
+    /// `CONFAB_ELASTICSEARCH_TIMEOUT_MS` (default 10000, 100 to 600000) bounds every request
+    /// (bulk, delete by query, refresh, index creation), so a hung cluster fails the batch,
+    /// which is handed back, instead of stalling the indexer.
+    Elasticsearch {
+        url: String,
+        index: String,
+        timeout: Duration,
+    },
 }
 
 /// The admin port default of the indexer.
 pub const ADMIN_PORT: u16 = 9092;
 
 impl BackendConfig {
-    pub fn from_env(env: &Env) -> Self {
-        match env.get("ELASTICSEARCH_URL").filter(|u| !u.is_empty()) {
-            Some(url) => Self::Elasticsearch {
-                url: url.clone(),
-                index: string(env, "CONFAB_ELASTICSEARCH_INDEX", "confab-messages"),
-            },
-            None => Self::Embedded {
+    pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        let Some(url) = env.get("ELASTICSEARCH_URL").filter(|u| !u.is_empty()) else {
+            return Ok(Self::Embedded {
                 dir: PathBuf::from(string(env, "CONFAB_INDEX_DIR", "./confab-index")),
-            },
-        }
+            });
+        };
+        Ok(Self::Elasticsearch {
+            url: url.clone(),
+            index: string(env, "CONFAB_ELASTICSEARCH_INDEX", "confab-messages"),
+            // Below the default ack wait (30 s), so a timed-out batch is handed back before
+            // JetStream redelivers it.
+            timeout: millis_within(
+                env,
+                "CONFAB_ELASTICSEARCH_TIMEOUT_MS",
+                10_000,
+                100..=600_000,
+            )?,
+        })
     }
 
     pub fn label(&self) -> &'static str {
@@ -67,11 +82,14 @@ impl IndexerConfig {
         Ok(Self {
             common: CommonConfig::from_env(env, ADMIN_PORT)?,
             consumer: string(env, "CONFAB_INDEXER_CONSUMER", "confab-indexer"),
-            batch_size: parse(env, "CONFAB_INDEX_BATCH_SIZE", 1000)?,
-            batch_wait: millis(env, "CONFAB_INDEX_BATCH_WAIT_MS", 50)?,
-            max_ack_pending: parse(env, "CONFAB_MAX_ACK_PENDING", 20_000)?,
-            backend: BackendConfig::from_env(env),
-            search_addr: parse(
+            // 0 would panic in the batching loop; above 10000 one bulk request grows unwieldy.
+            batch_size: parse_within(env, "CONFAB_INDEX_BATCH_SIZE", 1000, 1..=10_000)?,
+            // 0 would hand over batches as fast as the loop turns.
+            batch_wait: millis_within(env, "CONFAB_INDEX_BATCH_WAIT_MS", 50, 1..=60_000)?,
+            // 0 or less would mean no limit to JetStream.
+            max_ack_pending: parse_within(env, "CONFAB_MAX_ACK_PENDING", 20_000, 1..=1_000_000)?,
+            backend: BackendConfig::from_env(env)?,
+            search_addr: socket_addr(
                 env,
                 "CONFAB_SEARCH_ADDR",
                 SocketAddr::from(([0, 0, 0, 0], 8081)),
@@ -80,10 +98,14 @@ impl IndexerConfig {
                 env,
                 "CONFAB_SEARCH_PURGE_INTERVAL_MS",
                 10_000,
-                100,
-                3_600_000,
+                100..=3_600_000,
             )?,
-            purge_grace: millis_within(env, "CONFAB_SEARCH_PURGE_GRACE_MS", 60_000, 0, 86_400_000)?,
+            purge_grace: millis_within(
+                env,
+                "CONFAB_SEARCH_PURGE_GRACE_MS",
+                60_000,
+                0..=86_400_000,
+            )?,
         })
     }
 }
@@ -106,6 +128,57 @@ mod tests {
         ] {
             let error = IndexerConfig::from_env(&env(&[(name, bad)])).unwrap_err();
             assert!(error.to_string().contains(name), "{error}");
+        }
+    }
+
+    #[test]
+    fn numeric_settings_refuse_zero_negative_and_out_of_range_values() {
+        let config = IndexerConfig::from_env(&env(&[])).unwrap();
+        assert_eq!(config.batch_size, 1000);
+        assert_eq!(config.max_ack_pending, 20_000);
+        for (name, bad) in [
+            ("CONFAB_INDEX_BATCH_SIZE", "0"),
+            ("CONFAB_INDEX_BATCH_SIZE", "-1"),
+            ("CONFAB_INDEX_BATCH_SIZE", "10001"),
+            ("CONFAB_INDEX_BATCH_WAIT_MS", "0"),
+            ("CONFAB_INDEX_BATCH_WAIT_MS", "60001"),
+            ("CONFAB_MAX_ACK_PENDING", "0"),
+            ("CONFAB_MAX_ACK_PENDING", "-1"),
+            ("CONFAB_MAX_ACK_PENDING", "1000001"),
+            ("CONFAB_SEARCH_ADDR", "127.0.0.1:0"),
+            ("CONFAB_MAX_DELIVER", "1"),
+        ] {
+            let error = IndexerConfig::from_env(&env(&[(name, bad)]))
+                .expect_err(name)
+                .to_string();
+            assert!(error.contains(name), "{name}={bad}: {error}");
+            assert!(error.contains("is outside"), "{name}={bad}: {error}");
+        }
+        assert_eq!(
+            IndexerConfig::from_env(&env(&[("CONFAB_INDEX_BATCH_SIZE", "0")]))
+                .unwrap_err()
+                .to_string(),
+            "environment variable CONFAB_INDEX_BATCH_SIZE has an invalid value: 0 is outside \
+             1..=10000"
+        );
+    }
+
+    #[test]
+    fn the_elasticsearch_timeout_defaults_and_is_bounded() {
+        let es = |extra: &[(&str, &str)]| {
+            let mut pairs = vec![("ELASTICSEARCH_URL", "http://127.0.0.1:9200")];
+            pairs.extend_from_slice(extra);
+            BackendConfig::from_env(&env(&pairs))
+        };
+        let BackendConfig::Elasticsearch { timeout, .. } = es(&[]).unwrap() else {
+            panic!("ELASTICSEARCH_URL selects Elasticsearch");
+        };
+        assert_eq!(timeout, Duration::from_secs(10));
+        for bad in ["0", "-1", "600001"] {
+            let error = es(&[("CONFAB_ELASTICSEARCH_TIMEOUT_MS", bad)])
+                .expect_err(bad)
+                .to_string();
+            assert!(error.contains("CONFAB_ELASTICSEARCH_TIMEOUT_MS"), "{error}");
         }
     }
 }

@@ -38,6 +38,8 @@ pub enum Error {
     Search(#[from] confab_search::Error),
     #[error("cannot consume: {0}")]
     Consume(String),
+    #[error("reindex: {0}")]
+    Reindex(String),
     #[error("server: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -52,8 +54,12 @@ pub struct Listeners {
 pub async fn backend(config: &BackendConfig) -> Result<Arc<dyn SearchBackend>, Error> {
     Ok(match config {
         BackendConfig::Embedded { dir } => Arc::new(Shared(Arc::new(open_embedded(dir).await?))),
-        BackendConfig::Elasticsearch { url, index } => {
-            let elastic = Elastic::new(url, index)?;
+        BackendConfig::Elasticsearch {
+            url,
+            index,
+            timeout,
+        } => {
+            let elastic = Elastic::new(url, index, *timeout)?;
             elastic.ensure_index().await?;
             Arc::new(elastic)
         }
@@ -97,7 +103,8 @@ pub async fn run(
     )
     .await?;
     let label = config.backend.label();
-    let readiness = Readiness::default().nats(&js.client);
+    // Every batch and the purge need MySQL (the deleted-application checks), as much as NATS.
+    let readiness = Readiness::default().mysql(&db).nats(&js.client);
     let admin = tokio::spawn(admin::serve(listeners.admin, readiness, shutdown.wait()));
     let purge = tokio::spawn(purge::run(
         db.clone(),

@@ -15,7 +15,13 @@ async fn main() -> anyhow::Result<()> {
     let telemetry = telemetry::init(&env, "confab-indexer");
     let config = IndexerConfig::from_env(&env)?;
     if std::env::args().nth(1).as_deref() == Some("reindex") {
-        return reindex_command(&config, &env).await;
+        // A failed rebuild is an error: the process exits non-zero with its cause.
+        let result = reindex_command(&config, &env).await;
+        if let Err(error) = &result {
+            tracing::error!(error = format!("{error:#}"), "reindex failed");
+        }
+        telemetry.shutdown();
+        return result;
     }
     let listeners = Listeners {
         admin: TcpListener::bind(config.common.admin_addr)
@@ -43,24 +49,7 @@ async fn reindex_command(config: &IndexerConfig, env: &config::Env) -> anyhow::R
     }
     // The embedded index belongs to the running indexer: ask it, then follow its progress.
     let base = config::string(env, "CONFAB_SEARCH_URL", "http://127.0.0.1:8081");
-    let url = format!("{}/internal/reindex", base.trim_end_matches('/'));
-    let http = reqwest::Client::new();
-    let started = http
-        .post(&url)
-        .send()
-        .await
-        .context("asking the indexer to reindex")?;
-    anyhow::ensure!(
-        started.status().is_success(),
-        "the indexer refused: {}",
-        started.text().await.unwrap_or_default()
-    );
-    loop {
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        let status: serde_json::Value = http.get(&url).send().await?.json().await?;
-        tracing::info!(indexed = %status["indexed"], total = %status["total"], "reindex progress");
-        if status["running"] == false {
-            return Ok(());
-        }
-    }
+    let n = reindex::through_indexer(&base, Duration::from_secs(1)).await?;
+    tracing::info!(indexed = n, "reindex finished");
+    Ok(())
 }

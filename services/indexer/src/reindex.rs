@@ -3,10 +3,11 @@
 //! event), so a rebuild racing live indexing never lets an older body win.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use confab_search::{SearchBackend, SearchDoc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sqlx::MySqlPool;
 
 use crate::{purge, Error};
@@ -21,14 +22,20 @@ pub struct Progress {
     pub indexed: AtomicU64,
     pub total: AtomicU64,
     pub runs: AtomicU64,
+    /// Why the last rebuild failed; cleared when the next one starts.
+    pub error: Mutex<Option<String>>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct Status {
     pub running: bool,
     pub indexed: u64,
     pub total: u64,
+    /// Rebuilds that finished successfully since the indexer started.
     pub completed_runs: u64,
+    /// Why the last rebuild failed, if it did.
+    #[serde(default)]
+    pub error: Option<String>,
 }
 
 impl Progress {
@@ -38,7 +45,12 @@ impl Progress {
             indexed: self.indexed.load(Ordering::SeqCst),
             total: self.total.load(Ordering::SeqCst),
             completed_runs: self.runs.load(Ordering::SeqCst),
+            error: self.error().clone(),
         }
+    }
+
+    fn error(&self) -> std::sync::MutexGuard<'_, Option<String>> {
+        self.error.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -101,12 +113,76 @@ pub fn start(db: MySqlPool, backend: Arc<dyn SearchBackend>, progress: Arc<Progr
     if progress.running.swap(true, Ordering::SeqCst) {
         return false;
     }
+    *progress.error() = None;
     tokio::spawn(async move {
         match reindex(&db, backend.as_ref(), &progress).await {
             Ok(n) => tracing::info!(indexed = n, "reindex finished"),
-            Err(error) => tracing::error!(%error, "reindex failed"),
+            Err(error) => {
+                tracing::error!(%error, "reindex failed");
+                *progress.error() = Some(error.to_string());
+            }
         }
         progress.running.store(false, Ordering::SeqCst);
     });
     true
+}
+
+/// Rebuilds the embedded index through the running indexer at `base` (its search address):
+/// starts a rebuild, follows its progress every `poll`, and returns how many documents it
+/// indexed — or why it failed, so `confab-indexer reindex` exits non-zero.
+pub async fn through_indexer(base: &str, poll: Duration) -> Result<u64, Error> {
+    let url = format!("{}/internal/reindex", base.trim_end_matches('/'));
+    let failed = |what: &str, e: reqwest::Error| Error::Reindex(format!("{what}: {e}"));
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .map_err(|e| failed("building the http client", e))?;
+    let response = http
+        .post(&url)
+        .send()
+        .await
+        .map_err(|e| failed("asking the indexer to reindex", e))?;
+    if !response.status().is_success() {
+        return Err(Error::Reindex(format!(
+            "the indexer refused ({}): {}",
+            response.status(),
+            response.text().await.unwrap_or_default()
+        )));
+    }
+    let started: Status = response
+        .json()
+        .await
+        .map_err(|e| failed("reading the indexer's answer", e))?;
+    loop {
+        tokio::time::sleep(poll).await;
+        let status: Status = http
+            .get(&url)
+            .send()
+            .await
+            .and_then(reqwest::Response::error_for_status)
+            .map_err(|e| failed("following the reindex", e))?
+            .json()
+            .await
+            .map_err(|e| failed("reading the reindex progress", e))?;
+        tracing::info!(
+            indexed = status.indexed,
+            total = status.total,
+            "reindex progress"
+        );
+        if status.running {
+            continue;
+        }
+        if let Some(error) = status.error {
+            return Err(Error::Reindex(format!(
+                "the indexer's reindex failed: {error}"
+            )));
+        }
+        // Not running, no error, and no run completed: the indexer restarted and lost it.
+        if status.completed_runs <= started.completed_runs {
+            return Err(Error::Reindex(
+                "the reindex stopped without completing (did the indexer restart?)".into(),
+            ));
+        }
+        return Ok(status.indexed);
+    }
 }

@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use confab_runtime::config::{parse, string};
+use confab_runtime::config::{millis_within, parse_within, secs_within, socket_addr, string};
 use confab_runtime::{ConfigError, Env, Secret};
 
 #[derive(Debug, Clone)]
@@ -17,15 +17,16 @@ pub struct OperatorConfig {
     pub admin_token: Secret<String>,
     /// `CONFAB_OPERATOR_WATCH_NAMESPACE`, default empty: watch one namespace, or all.
     pub watch_namespace: Option<String>,
-    /// `CONFAB_TOKEN_GRACE_SECS`, default 3600: how long a rotated token keeps working unless the
-    /// resource says otherwise.
+    /// `CONFAB_TOKEN_GRACE_SECS`, default 3600 (0, revoke at once, to 2592000 — the admin API's
+    /// maximum): how long a rotated token keeps working unless the resource says otherwise.
     pub token_grace_secs: u64,
-    /// `CONFAB_OPERATOR_RESYNC_SECS`, default 300: how often a Ready resource is reconciled
+    /// `CONFAB_OPERATOR_RESYNC_SECS`, default 300 (1 to 86400): how often a Ready resource is reconciled
     /// anyway (refreshes `status.chatsCount`, repairs drift the watches missed).
     pub resync: Duration,
-    /// `CONFAB_OPERATOR_HTTP_TIMEOUT_MS`, default 10000: timeout of each admin API call.
+    /// `CONFAB_OPERATOR_HTTP_TIMEOUT_MS`, default 10000 (100 to 300000): timeout of each admin
+    /// API call.
     pub http_timeout: Duration,
-    /// `CONFAB_ADMIN_ADDR`, default `0.0.0.0:9094`: health and metrics.
+    /// `CONFAB_ADMIN_ADDR`, default `0.0.0.0:9094` (port 1 to 65535): health and metrics.
     pub admin_addr: SocketAddr,
 }
 
@@ -45,14 +46,18 @@ impl OperatorConfig {
             admin_token: Secret::new(admin_token),
             watch_namespace: Some(string(env, "CONFAB_OPERATOR_WATCH_NAMESPACE", ""))
                 .filter(|ns| !ns.is_empty()),
-            token_grace_secs: parse(env, "CONFAB_TOKEN_GRACE_SECS", 3600)?,
-            resync: Duration::from_secs(parse(env, "CONFAB_OPERATOR_RESYNC_SECS", 300)?),
-            http_timeout: Duration::from_millis(parse(
+            // The admin API refuses a grace longer than 30 days.
+            token_grace_secs: parse_within(env, "CONFAB_TOKEN_GRACE_SECS", 3600, 0..=2_592_000)?,
+            // 0 would requeue every Ready resource at once, forever.
+            resync: secs_within(env, "CONFAB_OPERATOR_RESYNC_SECS", 300, 1..=86_400)?,
+            // 0 would fail every admin API call.
+            http_timeout: millis_within(
                 env,
                 "CONFAB_OPERATOR_HTTP_TIMEOUT_MS",
                 10_000,
-            )?),
-            admin_addr: parse(
+                100..=300_000,
+            )?,
+            admin_addr: socket_addr(
                 env,
                 "CONFAB_ADMIN_ADDR",
                 SocketAddr::from(([0, 0, 0, 0], 9094)),
@@ -75,5 +80,29 @@ mod tests {
         assert_eq!(c.watch_namespace, None);
         assert_eq!(c.token_grace_secs, 3600);
         assert_eq!(c.admin_addr.port(), 9094);
+    }
+
+    #[test]
+    fn numeric_settings_refuse_zero_negative_and_out_of_range_values() {
+        for (name, bad) in [
+            ("CONFAB_TOKEN_GRACE_SECS", "-1"),
+            ("CONFAB_TOKEN_GRACE_SECS", "2592001"),
+            ("CONFAB_OPERATOR_RESYNC_SECS", "0"),
+            ("CONFAB_OPERATOR_RESYNC_SECS", "-300"),
+            ("CONFAB_OPERATOR_RESYNC_SECS", "86401"),
+            ("CONFAB_OPERATOR_HTTP_TIMEOUT_MS", "0"),
+            ("CONFAB_OPERATOR_HTTP_TIMEOUT_MS", "300001"),
+            ("CONFAB_ADMIN_ADDR", "0.0.0.0:0"),
+        ] {
+            let env = confab_runtime::config::env(&[("CONFAB_ADMIN_TOKEN", "t"), (name, bad)]);
+            let error = OperatorConfig::from_env(&env).expect_err(name).to_string();
+            assert!(error.contains(name), "{name}={bad}: {error}");
+            assert!(error.contains("is outside"), "{name}={bad}: {error}");
+        }
+        let env = confab_runtime::config::env(&[
+            ("CONFAB_ADMIN_TOKEN", "t"),
+            ("CONFAB_TOKEN_GRACE_SECS", "0"),
+        ]);
+        assert_eq!(OperatorConfig::from_env(&env).unwrap().token_grace_secs, 0);
     }
 }

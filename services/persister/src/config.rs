@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use confab_runtime::config::{millis, parse, string};
+use confab_runtime::config::{millis_within, parse_within, string};
 use confab_runtime::{CommonConfig, ConfigError, Env};
 
 #[derive(Debug, Clone)]
@@ -11,11 +11,11 @@ pub struct PersisterConfig {
     /// `CONFAB_PERSISTER_CONSUMER`, default `confab-persister`: the durable consumer's name,
     /// shared by all replicas (they split the work).
     pub consumer: String,
-    /// `CONFAB_BATCH_SIZE`, default 500: most events written in one transaction.
+    /// `CONFAB_BATCH_SIZE`, default 500 (1 to 10000): most events written in one transaction.
     pub batch_size: usize,
-    /// `CONFAB_BATCH_WAIT_MS`, default 20: longest wait for a batch to fill.
+    /// `CONFAB_BATCH_WAIT_MS`, default 20 (1 to 60000): longest wait for a batch to fill.
     pub batch_wait: Duration,
-    /// `CONFAB_MAX_ACK_PENDING`, default 20000: events in flight per consumer.
+    /// `CONFAB_MAX_ACK_PENDING`, default 20000 (1 to 1000000): events in flight per consumer.
     pub max_ack_pending: i64,
 }
 
@@ -27,9 +27,49 @@ impl PersisterConfig {
         Ok(Self {
             common: CommonConfig::from_env(env, ADMIN_PORT)?,
             consumer: string(env, "CONFAB_PERSISTER_CONSUMER", "confab-persister"),
-            batch_size: parse(env, "CONFAB_BATCH_SIZE", 500)?,
-            batch_wait: millis(env, "CONFAB_BATCH_WAIT_MS", 20)?,
-            max_ack_pending: parse(env, "CONFAB_MAX_ACK_PENDING", 20_000)?,
+            // 0 would panic in the batching loop; above 10000 one transaction grows unwieldy.
+            batch_size: parse_within(env, "CONFAB_BATCH_SIZE", 500, 1..=10_000)?,
+            // 0 would hand over batches as fast as the loop turns.
+            batch_wait: millis_within(env, "CONFAB_BATCH_WAIT_MS", 20, 1..=60_000)?,
+            // 0 or less would mean no limit to JetStream.
+            max_ack_pending: parse_within(env, "CONFAB_MAX_ACK_PENDING", 20_000, 1..=1_000_000)?,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use confab_runtime::config::env;
+
+    #[test]
+    fn numeric_settings_refuse_zero_negative_and_out_of_range_values() {
+        let config = PersisterConfig::from_env(&env(&[])).unwrap();
+        assert_eq!(config.batch_size, 500);
+        assert_eq!(config.batch_wait, Duration::from_millis(20));
+        assert_eq!(config.max_ack_pending, 20_000);
+        for (name, bad) in [
+            ("CONFAB_BATCH_SIZE", "0"),
+            ("CONFAB_BATCH_SIZE", "-1"),
+            ("CONFAB_BATCH_SIZE", "10001"),
+            ("CONFAB_BATCH_WAIT_MS", "0"),
+            ("CONFAB_BATCH_WAIT_MS", "60001"),
+            ("CONFAB_MAX_ACK_PENDING", "0"),
+            ("CONFAB_MAX_ACK_PENDING", "-1"),
+            ("CONFAB_MAX_ACK_PENDING", "1000001"),
+            ("CONFAB_MAX_DELIVER", "1"),
+        ] {
+            let error = PersisterConfig::from_env(&env(&[(name, bad)]))
+                .expect_err(name)
+                .to_string();
+            assert!(error.contains(name), "{name}={bad}: {error}");
+            assert!(error.contains("is outside"), "{name}={bad}: {error}");
+        }
+        assert_eq!(
+            PersisterConfig::from_env(&env(&[("CONFAB_BATCH_SIZE", "0")]))
+                .unwrap_err()
+                .to_string(),
+            "environment variable CONFAB_BATCH_SIZE has an invalid value: 0 is outside 1..=10000"
+        );
     }
 }

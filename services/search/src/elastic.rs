@@ -6,11 +6,17 @@
 //! stream sequence), so Elasticsearch itself rejects an older version. Queries are built as JSON
 //! from [`Terms`](crate::Terms): n-grams as exact `term` queries, words in a `match` query (which
 //! does not parse syntax), chat scope as `filter` clauses — user text never becomes query syntax.
+//! Every request has a timeout (the transport's), so a hung cluster fails a call instead of
+//! stalling the indexer or an api request.
+
+use std::time::Duration;
 
 use futures::future::BoxFuture;
 use serde_json::{json, Value};
 
-use elasticsearch::http::transport::Transport;
+use elasticsearch::auth::Credentials;
+use elasticsearch::http::transport::{SingleNodeConnectionPool, Transport, TransportBuilder};
+use elasticsearch::http::Url;
 use elasticsearch::indices::{IndicesCreateParts, IndicesExistsParts, IndicesRefreshParts};
 use elasticsearch::params::Conflicts;
 use elasticsearch::{BulkParts, DeleteByQueryParts, Elasticsearch, SearchParts};
@@ -30,10 +36,11 @@ fn unavailable(error: impl std::fmt::Display) -> Error {
 }
 
 impl Elastic {
-    pub fn new(url: &str, index: &str) -> Result<Self> {
-        let transport = Transport::single_node(url).map_err(unavailable)?;
+    /// A client of the cluster at `url` whose every request (connecting, sending and reading
+    /// the whole answer) fails after `timeout`.
+    pub fn new(url: &str, index: &str, timeout: Duration) -> Result<Self> {
         Ok(Self {
-            client: Elasticsearch::new(transport),
+            client: Elasticsearch::new(transport(url, timeout)?),
             index: index.to_owned(),
         })
     }
@@ -68,6 +75,29 @@ impl Elastic {
             Err(Error::Rejected(format!("index creation failed: {body}")))
         }
     }
+}
+
+/// `Transport::single_node` with a request timeout: credentials in the URL become basic
+/// authentication (left in the URL, reqwest would send a second `Authorization` header).
+fn transport(url: &str, timeout: Duration) -> Result<Transport> {
+    let mut url = Url::parse(url).map_err(unavailable)?;
+    let credentials = match url.password() {
+        Some(password) if !url.username().is_empty() => {
+            let credentials = Credentials::Basic(url.username().to_owned(), password.to_owned());
+            url.set_username("")
+                .and_then(|()| url.set_password(None))
+                .map_err(|()| {
+                    Error::Unavailable("the Elasticsearch URL cannot carry credentials".into())
+                })?;
+            Some(credentials)
+        }
+        _ => None,
+    };
+    let mut builder = TransportBuilder::new(SingleNodeConnectionPool::new(url)).timeout(timeout);
+    if let Some(credentials) = credentials {
+        builder = builder.auth(credentials);
+    }
+    builder.build().map_err(unavailable)
 }
 
 /// The bulk request lines for a batch: newest version per message, external versioning.
@@ -342,6 +372,60 @@ mod tests {
         assert!(failures[0].contains("mapper_parsing_exception"));
     }
 
+    /// A "cluster" that accepts connections and never answers.
+    async fn silent_cluster() -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                held.push(socket);
+            }
+        });
+        url
+    }
+
+    #[tokio::test]
+    async fn a_cluster_that_never_answers_fails_every_call_within_the_timeout() {
+        let timeout = Duration::from_millis(300);
+        let backend = Elastic::new(&silent_cluster().await, "idx", timeout).unwrap();
+        let request = SearchRequest::new(1, 2, "hello", 10, 0).unwrap();
+        let doc = SearchDoc {
+            application_id: 1,
+            chat_number: 2,
+            number: 3,
+            body: "hello".into(),
+            version: 1,
+        };
+        fails_within(
+            "search",
+            timeout,
+            Box::pin(async { backend.search(&request).await.map(drop) }),
+        )
+        .await;
+        fails_within("bulk", timeout, backend.index(std::slice::from_ref(&doc))).await;
+        fails_within("delete by query", timeout, backend.delete_application(1)).await;
+        fails_within("index creation", timeout, Box::pin(backend.ensure_index())).await;
+    }
+
+    /// Asserts `call` fails as unavailable once `timeout` passed, and well before a bound far
+    /// above it (without a timeout, it would hang forever).
+    async fn fails_within(what: &str, timeout: Duration, call: BoxFuture<'_, Result<()>>) {
+        let bound = Duration::from_secs(10);
+        let started = std::time::Instant::now();
+        let outcome = tokio::time::timeout(bound, call)
+            .await
+            .unwrap_or_else(|_| panic!("{what} still hangs after {bound:?}"));
+        assert!(
+            matches!(outcome, Err(Error::Unavailable(_))),
+            "{what}: {outcome:?}"
+        );
+        assert!(
+            started.elapsed() >= timeout,
+            "{what} failed before the timeout"
+        );
+    }
+
     /// The behavioural suite against a real cluster, opt-in.
     #[tokio::test]
     async fn elasticsearch_backend_passes_the_behavioural_suite() {
@@ -352,7 +436,7 @@ mod tests {
             return;
         };
         let index = format!("confab-test-{}", std::process::id());
-        let backend = Elastic::new(&url, &index).unwrap();
+        let backend = Elastic::new(&url, &index, Duration::from_secs(30)).unwrap();
         backend.ensure_index().await.unwrap();
         crate::testing::suite(&ElasticRefreshing(&backend)).await;
     }

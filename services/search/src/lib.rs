@@ -65,7 +65,9 @@ impl SearchRequest {
         limit: u32,
         offset: u64,
     ) -> Result<Self, QueryError> {
-        if offset + u64::from(limit) > query::MAX_RESULT_WINDOW {
+        // Checked: the indexer's internal endpoint takes `offset` straight from its query string.
+        let end = offset.checked_add(u64::from(limit));
+        if end.is_none_or(|end| end > query::MAX_RESULT_WINDOW) {
             return Err(QueryError::TooDeep);
         }
         Ok(Self {
@@ -139,5 +141,22 @@ mod tests {
         assert_eq!(out.len(), 2);
         assert_eq!(out[0].body, "new");
         assert_eq!(doc(1, 1, "").id(), "1:2:1");
+    }
+
+    #[test]
+    fn a_page_beyond_the_window_is_refused_even_when_offset_plus_limit_overflows() {
+        assert!(SearchRequest::new(1, 2, "hello", 10, 9_990).is_ok());
+        assert_eq!(
+            SearchRequest::new(1, 2, "hello", 10, 9_991),
+            Err(QueryError::TooDeep)
+        );
+        assert_eq!(
+            SearchRequest::new(1, 2, "hello", u32::MAX, u64::MAX),
+            Err(QueryError::TooDeep)
+        );
+        assert_eq!(
+            SearchRequest::new(1, 2, "hello", 1, u64::MAX),
+            Err(QueryError::TooDeep)
+        );
     }
 }
