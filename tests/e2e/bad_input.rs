@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use confab_tests::{eventually, Client, TestEnv};
 use reqwest::{Method, StatusCode};
+use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_gets_the_documented_error_and_writes_nothing() {
@@ -353,6 +354,55 @@ async fn bad_input_gets_the_documented_error_and_writes_nothing() {
     let (_, app_now) = c.get(&app).await;
     assert_eq!(app_now["name"], "target");
 
+    persister.stop().await.unwrap();
+    api.stop().await.unwrap();
+    env.cleanup().await;
+}
+
+/// A number the sequence handed out whose event was never stored (its publish failed and the
+/// client got a 503) is no message: updating it is a 404 and creates nothing. A message whose
+/// creation is stored but not yet persisted can be updated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn updating_a_number_that_was_taken_but_never_stored_is_not_found() {
+    let env = TestEnv::new().await;
+    let api = env.spawn_api().await;
+    let c = Client::new(&api.base);
+    let token = c.create_app("burned").await;
+    let chat = c.create_chat(&token).await;
+    let stored = c.create_message(&token, chat, "real").await;
+    // Take the next number the way a request whose publish then failed would have.
+    let redis = redis::Client::open(confab_tests::redis_url()).unwrap();
+    let mut conn = redis.get_multiplexed_async_connection().await.unwrap();
+    let key = format!("t:{}:seq:messages:1:{chat}", env.id);
+    let burned: u64 = redis::cmd("INCR")
+        .arg(&key)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(burned, stored + 1);
+
+    let path = |n: u64| format!("/api/v1/applications/{token}/chats/{chat}/messages/{n}");
+    let (status, body) = c
+        .send(Method::PATCH, &path(burned), Some(json!({"body": "ghost"})))
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    let (status, body) = c
+        .send(
+            Method::PATCH,
+            &path(stored),
+            Some(json!({"body": "edited"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+
+    let persister = env.spawn_persister().await;
+    eventually(Duration::from_secs(20), "edit persisted", || async {
+        env.count("SELECT COUNT(*) FROM messages WHERE body = 'edited'")
+            .await
+            == 1
+    })
+    .await;
+    assert_eq!(env.count("SELECT COUNT(*) FROM messages").await, 1);
     persister.stop().await.unwrap();
     api.stop().await.unwrap();
     env.cleanup().await;

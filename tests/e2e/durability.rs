@@ -202,3 +202,89 @@ async fn events_that_can_never_apply_are_dead_lettered_and_the_rest_land() {
     api.stop().await.unwrap();
     env.cleanup().await;
 }
+
+/// Defence in depth: should two creation events for one number ever reach the persister (the
+/// stream refuses the second, so here they are published around the api), the row stays its
+/// first creator's — in separate batches and within one — and the other is dead-lettered with
+/// reason `number_conflict` and counted, while everything else lands.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_creation_of_a_number_is_dead_lettered_never_an_overwrite() {
+    let env = TestEnv::new().await;
+    let api = env.spawn_api().await;
+    let c = Client::new(&api.base);
+    let token = c.create_app("conflicts").await;
+    let chat = c.create_chat(&token).await;
+    let number = c.create_message(&token, chat, "first").await;
+    let client = async_nats::connect(confab_tests::nats_url()).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    let publish = |body: &str, number: u64| {
+        let envelope = Envelope::new(Event::MessageCreated(MessageWritten {
+            application_id: 1,
+            chat_number: chat,
+            number,
+            body: body.into(),
+        }));
+        let subject = format!("t_{}.v1.message.created.1.{chat}.{number}", env.id);
+        let js = js.clone();
+        async move {
+            js.publish(subject, envelope.encode().into())
+                .await
+                .unwrap()
+                .await
+                .unwrap();
+        }
+    };
+    // The first persister run sees "first" alone; later the impostor, then (one batch) a pair.
+    let persister = env.spawn_persister().await;
+    eventually(Duration::from_secs(20), "first persisted", || async {
+        env.count("SELECT COUNT(*) FROM messages").await == 1
+    })
+    .await;
+    persister.stop().await.unwrap();
+    publish("impostor", number).await;
+    publish("pair-1", 7).await;
+    publish("pair-2", 7).await;
+    c.create_message(&token, chat, "innocent").await;
+
+    let persister = env.spawn_persister().await;
+    eventually(
+        Duration::from_secs(20),
+        "two conflicts dead-lettered",
+        || async { env.dead_letters().await.len() == 2 },
+    )
+    .await;
+    eventually(Duration::from_secs(20), "consumer drained", || async {
+        env.consumer_drained("confab-persister").await
+    })
+    .await;
+    let stored = stored(&env).await;
+    assert_eq!(
+        stored.get(&(chat, number)).map(String::as_str),
+        Some("first")
+    );
+    assert_eq!(stored.get(&(chat, 7)).map(String::as_str), Some("pair-1"));
+    assert_eq!(stored.values().filter(|b| *b == "innocent").count(), 1);
+    for m in env.dead_letters().await {
+        let reason = m.headers.get(headers::DLQ_REASON).unwrap().as_str();
+        assert!(reason.starts_with("number_conflict"), "{reason}");
+        let envelope = Envelope::decode(&m.payload).unwrap();
+        let Event::MessageCreated(body) = envelope.event else {
+            panic!("a message creation")
+        };
+        assert!(["impostor", "pair-2"].contains(&body.body.as_str()));
+    }
+    let metrics = reqwest::get(format!("{}/metrics", persister.admin))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(r#"confab_number_conflicts_total{kind="message"} 2"#),
+        "conflicts counted"
+    );
+
+    persister.stop().await.unwrap();
+    api.stop().await.unwrap();
+    env.cleanup().await;
+}

@@ -8,6 +8,7 @@ mod contract;
 mod counters;
 mod durability;
 mod health;
+mod idempotency;
 mod invariants;
 mod numbering;
 mod observability;

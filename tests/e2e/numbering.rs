@@ -201,6 +201,139 @@ async fn numbering_survives_redis_losing_its_data() {
     env.cleanup().await;
 }
 
+/// The reproduction of a numbering defect: with a 1 s duplicate window, no persister running and
+/// Redis losing its data again and again, numbers were acknowledged twice (the re-seed read the
+/// last event *stored*, which concurrent publishes reorder, and only the window caught repeats).
+/// Pauses longer than the window separate the losses, so the window cannot be what saves it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_losses_while_persistence_lags_never_repeat_a_number_whatever_the_window() {
+    let redis_url = format!("{}/14", confab_tests::redis_url());
+    let env = TestEnv::with(|e| {
+        e.insert("REDIS_URL".into(), redis_url.clone());
+        e.insert("CONFAB_DUPLICATE_WINDOW_SECS".into(), "1".into());
+    })
+    .await;
+    let (a, b) = (env.spawn_api().await, env.spawn_api().await);
+    let clients = [Client::new(&a.base), Client::new(&b.base)];
+    let token = clients[0].create_app("amnesia").await;
+    let chats = [
+        clients[0].create_chat(&token).await,
+        clients[1].create_chat(&token).await,
+    ];
+    let redis = redis::Client::open(redis_url).unwrap();
+    let mut conn = redis.get_multiplexed_async_connection().await.unwrap();
+    let done = AtomicUsize::new(0);
+    let mut created: Vec<Vec<(u64, String)>> = vec![Vec::new(), Vec::new()];
+    for round in 0..4 {
+        let (tag_a, tag_b) = (format!("r{round}a"), format!("r{round}b"));
+        let (x, y) = tokio::join!(
+            create_messages(&clients, &token, chats[0], &tag_a, 150, &done),
+            create_messages(&clients, &token, chats[1], &tag_b, 150, &done),
+        );
+        created[0].extend(x);
+        created[1].extend(y);
+        // Longer than the duplicate window, then Redis forgets everything.
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        let () = redis::cmd("FLUSHDB").query_async(&mut conn).await.unwrap();
+    }
+    for list in &created {
+        let distinct: HashSet<u64> = list.iter().map(|(n, _)| *n).collect();
+        assert_eq!(
+            distinct.len(),
+            list.len(),
+            "a number was acknowledged twice"
+        );
+    }
+
+    let persister = env.spawn_persister().await;
+    eventually(Duration::from_secs(60), "all 1200 persisted", || async {
+        env.count("SELECT COUNT(*) FROM messages").await == 1200
+    })
+    .await;
+    eventually(Duration::from_secs(20), "consumer drained", || async {
+        env.consumer_drained("confab-persister").await
+    })
+    .await;
+    assert!(
+        env.dead_letters().await.is_empty(),
+        "no creation conflicted"
+    );
+    for (chat, list) in chats.iter().zip(&created) {
+        let rows: Vec<(u64, String)> = sqlx::query_as(
+            "SELECT m.number, m.body FROM messages m JOIN chats c ON c.id = m.chat_id \
+             WHERE c.number = ?",
+        )
+        .bind(chat)
+        .fetch_all(&env.db)
+        .await
+        .unwrap();
+        let stored: BTreeMap<u64, String> = rows.into_iter().collect();
+        let expected: BTreeMap<u64, String> = list.iter().cloned().collect();
+        assert_eq!(
+            stored, expected,
+            "chat {chat}: every 201 stored with its body"
+        );
+    }
+
+    persister.stop().await.unwrap();
+    a.stop().await.unwrap();
+    b.stop().await.unwrap();
+    env.cleanup().await;
+}
+
+/// A sequence that is behind the stream (a stale value) costs a collision, not a repeat: the
+/// stream refuses the taken number, the api raises the sequence and takes a free one. And the
+/// persister raises a sequence past what it persisted, so one whose events have left the stream
+/// cannot fall behind them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sequence_behind_the_stream_is_raised_not_repeated() {
+    let env = TestEnv::new().await;
+    let api = env.spawn_api().await;
+    let c = Client::new(&api.base);
+    let token = c.create_app("stale").await;
+    let chat = c.create_chat(&token).await;
+    for i in 0..5 {
+        c.create_message(&token, chat, &format!("m{i}")).await;
+    }
+    let redis = redis::Client::open(confab_tests::redis_url()).unwrap();
+    let mut conn = redis.get_multiplexed_async_connection().await.unwrap();
+    let app_id: u64 = 1;
+    let key = format!("t:{}:seq:messages:{app_id}:{chat}", env.id);
+    let () = redis::cmd("SET")
+        .arg(&key)
+        .arg(1)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(c.create_message(&token, chat, "after").await, 6);
+
+    // The persister raises: a sequence set back to 0 is at least 6 once the batch is applied.
+    let () = redis::cmd("SET")
+        .arg(&key)
+        .arg(0)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let persister = env.spawn_persister().await;
+    eventually(Duration::from_secs(20), "persisted and raised", || {
+        let (mut conn, key) = (conn.clone(), key.clone());
+        let env = &env;
+        async move {
+            let value: Option<u64> = redis::cmd("GET")
+                .arg(&key)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            env.count("SELECT COUNT(*) FROM messages").await == 6 && value >= Some(6)
+        }
+    })
+    .await;
+
+    persister.stop().await.unwrap();
+    api.stop().await.unwrap();
+    env.cleanup().await;
+}
+
 /// MySQL holds exactly the acknowledged messages, each with its body.
 pub async fn assert_persisted_exactly(env: &TestEnv, created: &[(u64, String)]) {
     let rows: Vec<(u64, String)> = sqlx::query_as("SELECT number, body FROM messages")

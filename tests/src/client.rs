@@ -130,6 +130,30 @@ impl Client {
         .await
     }
 
+    /// A POST carrying `Idempotency-Key: key`.
+    pub async fn post_idempotent(
+        &self,
+        path: &str,
+        body: &Value,
+        key: &str,
+    ) -> (StatusCode, Value) {
+        let resp = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .header("idempotency-key", key)
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+            .await
+            .expect("request sent");
+        let status = resp.status();
+        let bytes = resp.bytes().await.expect("body read");
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        )
+    }
+
     pub async fn get(&self, path: &str) -> (StatusCode, Value) {
         self.send(Method::GET, path, None).await
     }

@@ -162,12 +162,19 @@ impl TestEnv {
 
     /// Starts an indexer (embedded backend in [`Self::index_dir`]); `base` is its search URL.
     pub async fn spawn_indexer_with(&self, overrides: &[(&str, &str)]) -> Service {
+        let service = self.start_indexer(overrides);
+        service.wait_ready().await;
+        service
+    }
+
+    /// Starts an indexer without waiting for it to become ready.
+    pub fn start_indexer(&self, overrides: &[(&str, &str)]) -> Service {
         let mut env = self.env_with(overrides);
         env.entry("CONFAB_INDEX_DIR".into())
             .or_insert_with(|| self.index_dir().display().to_string());
         let config = confab_indexer::IndexerConfig::from_env(&env).unwrap();
         let search = listener();
-        let service = Service::start(url(&search), |admin, stop| async move {
+        Service::start(url(&search), |admin, stop| async move {
             let listeners = confab_indexer::Listeners {
                 admin,
                 search: tokio_listener(search),
@@ -175,9 +182,7 @@ impl TestEnv {
             confab_indexer::run(config, listeners, stop)
                 .await
                 .map_err(|e| e.to_string())
-        });
-        service.wait_ready().await;
-        service
+        })
     }
 
     /// Starts a counter reconciler with this environment plus `overrides`.
@@ -270,6 +275,7 @@ impl TestEnv {
             let js = async_nats::jetstream::new(client);
             let _ = js.delete_stream(format!("T_{}", self.id)).await;
             let _ = js.delete_stream(format!("T_{}_DLQ", self.id)).await;
+            let _ = js.delete_stream(format!("T_{}_IDEMPOTENCY", self.id)).await;
         }
         if let Ok(client) = redis::Client::open(self.env["REDIS_URL"].as_str()) {
             if let Ok(mut conn) = client.get_multiplexed_async_connection().await {

@@ -1,6 +1,10 @@
 //! Numbered creation, shared by chats and messages: take the next number of a sequence, publish
 //! the event that carries it, and take another number if the stream shows it was already used
 //! (only possible after Redis lost data). The request path stays: INCR, publish, answer.
+//!
+//! With an `Idempotency-Key`, the event is recorded before it is published, and a request that
+//! finds a record publishes the recorded event again instead of taking a number
+//! ([`crate::idempotency`]).
 
 use std::future::Future;
 
@@ -9,10 +13,12 @@ use confab_core::trace::TraceParent;
 use confab_core::{Envelope, Event};
 
 use crate::error::{ApiError, Result};
+use crate::idempotency::{IdempotencyKey, Record};
 use crate::numbering::Admission;
 use crate::state::AppState;
 
-/// Numbers taken before giving up when every one collides.
+/// Numbers taken before giving up when every one collides. A collision raises the sequence to
+/// the last number in the stream, so more than a few in a row means something else is wrong.
 const MAX_NUMBER_ATTEMPTS: usize = 5;
 
 /// What a numbered creation needs to know about its parent.
@@ -21,17 +27,29 @@ pub struct Sequence<'a, P> {
     pub kind: &'static str,
     /// The Redis sequence key.
     pub key: String,
-    /// The JetStream subject creation events of this parent go to (for re-seeding).
-    pub subject: String,
+    /// The wildcard over this parent's creation subjects (for re-seeding).
+    pub subjects: String,
     /// The highest number persisted in MySQL (for re-seeding).
     pub persisted_max: P,
     /// The quotas checked atomically with taking the number.
     pub admission: Admission,
     pub trace: &'a TraceParent,
+    pub idempotency: Option<IdempotencyKey>,
+}
+
+/// Where an idempotent request stands with its record.
+enum Recorded {
+    /// No key: nothing to record.
+    NotAsked,
+    /// No record yet: create one.
+    Absent,
+    /// A record at this revision whose event collided: replace it.
+    Stale(u64),
 }
 
 impl AppState {
-    /// Publishes `event(number)` under a fresh number; returns the stored envelope and its number.
+    /// Publishes `event(number)` under a fresh number (or the number an earlier request with the
+    /// same idempotency key recorded); returns the stored envelope and its number.
     pub async fn publish_numbered<P, F>(
         &self,
         sequence: Sequence<'_, P>,
@@ -41,17 +59,51 @@ impl AppState {
         P: Fn() -> F,
         F: Future<Output = sqlx::Result<Option<u64>>>,
     {
+        let mut recorded = Recorded::NotAsked;
+        if let Some(key) = &sequence.idempotency {
+            recorded = match self.replay(key, sequence.trace).await? {
+                Replay::Answered(answer) => return Ok(answer),
+                Replay::Absent => Recorded::Absent,
+                Replay::Collided(revision) => Recorded::Stale(revision),
+            };
+        }
+        let mut raise = matches!(recorded, Recorded::Stale(_));
         for _ in 0..MAX_NUMBER_ATTEMPTS {
             let seed = async {
                 let persisted = (sequence.persisted_max)().await?;
-                let in_flight = self.publisher.last_number_on(&sequence.subject).await?;
+                let in_flight = self.publisher.last_number_on(&sequence.subjects).await?;
                 Ok(reseed_value(persisted, in_flight))
             };
             let number = self
                 .numbering
-                .next(&sequence.key, sequence.kind, &sequence.admission, seed)
+                .next(
+                    &sequence.key,
+                    sequence.kind,
+                    &sequence.admission,
+                    raise,
+                    seed,
+                )
                 .await?;
             let envelope = Envelope::new(event(number));
+            if let Some(key) = &sequence.idempotency {
+                let record = Record::for_envelope(key, &envelope);
+                let revision = match recorded {
+                    Recorded::Stale(revision) => {
+                        self.idempotency.replace(key, &record, revision).await?
+                    }
+                    _ => self.idempotency.create(key, &record).await?,
+                };
+                let Some(revision) = revision else {
+                    // A concurrent request with the same key recorded first: answer as it does.
+                    return match self.replay(key, sequence.trace).await? {
+                        Replay::Answered(answer) => Ok(answer),
+                        Replay::Absent | Replay::Collided(_) => Err(ApiError::Unavailable(
+                            "idempotency record changed concurrently".to_owned(),
+                        )),
+                    };
+                };
+                recorded = Recorded::Stale(revision);
+            }
             match self.publisher.publish(&envelope, sequence.trace).await? {
                 PublishOutcome::Stored | PublishOutcome::RetriedOwn => {
                     return Ok((number, envelope))
@@ -60,8 +112,9 @@ impl AppState {
                     tracing::warn!(
                         kind = sequence.kind,
                         number,
-                        "number already taken, taking another"
+                        "number already taken, raising the sequence and taking another"
                     );
+                    raise = true;
                 }
             }
         }
@@ -70,4 +123,30 @@ impl AppState {
             sequence.kind
         )))
     }
+
+    /// Answers from an earlier request's record, if there is one.
+    async fn replay(&self, key: &IdempotencyKey, trace: &TraceParent) -> Result<Replay> {
+        let Some((record, revision)) = self.idempotency.lookup(key).await? else {
+            return Ok(Replay::Absent);
+        };
+        let envelope = record.envelope.ok_or(ApiError::IdempotencyMismatch)?;
+        let number = envelope
+            .event
+            .created_number()
+            .ok_or(ApiError::IdempotencyMismatch)?;
+        match self.publisher.publish(&envelope, trace).await? {
+            PublishOutcome::Stored | PublishOutcome::RetriedOwn => {
+                Ok(Replay::Answered((number, envelope)))
+            }
+            // The first request's event was never stored and its number went to another
+            // request: this one takes a new number and replaces the record.
+            PublishOutcome::Collision => Ok(Replay::Collided(revision)),
+        }
+    }
+}
+
+enum Replay {
+    Answered((u64, Envelope)),
+    Absent,
+    Collided(u64),
 }

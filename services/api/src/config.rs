@@ -5,41 +5,51 @@ use std::time::Duration;
 
 use confab_core::quota::Quotas;
 use confab_core::validation::Limits;
-use confab_runtime::config::{boolean, millis, parse, string};
+use confab_runtime::config::{
+    boolean, millis_within, parse_within, secs_within, socket_addr, string,
+};
 use confab_runtime::{CommonConfig, ConfigError, Env, Secret};
 
 #[derive(Debug, Clone)]
 pub struct ApiConfig {
     pub common: CommonConfig,
-    /// `CONFAB_HTTP_ADDR`, default `0.0.0.0:8080`.
+    /// `CONFAB_HTTP_ADDR`, default `0.0.0.0:8080` (port 1 to 65535).
     pub http_addr: SocketAddr,
     /// `CONFAB_MIGRATE`, default true: apply migrations at start-up.
     pub migrate: bool,
-    /// `CONFAB_MAX_BODY_BYTES` (default 65536) and `CONFAB_MAX_PER_PAGE` (default 500).
+    /// `CONFAB_MAX_BODY_BYTES` (default 65536, 1 to 8388608) and `CONFAB_MAX_PER_PAGE` (default
+    /// 500, 1 to 10000; the default page size, 50, never exceeds it).
     pub limits: Limits,
-    /// `CONFAB_REQUEST_TIMEOUT_MS`, default 10000.
+    /// `CONFAB_REQUEST_TIMEOUT_MS`, default 10000 (100 to 600000).
     pub request_timeout: Duration,
-    /// `CONFAB_TOKEN_CACHE_TTL_MS`, default 5000: how long a token → application lookup (with
+    /// `CONFAB_TOKEN_CACHE_TTL_MS`, default 5000 (0, no cache, to 3600000): how long a token → application lookup (with
     /// its quotas) is reused before MySQL is asked again; quota changes, rotations' revocations
     /// and deletions reach every replica within it.
     pub token_cache_ttl: Duration,
-    /// `CONFAB_IN_FLIGHT_TTL_SECS`, default 3600: how long Redis remembers a chat whose creation
+    /// `CONFAB_IN_FLIGHT_TTL_SECS`, default 3600 (1 to 604800): how long Redis remembers a chat whose creation
     /// is acknowledged but maybe not yet persisted.
     pub in_flight_ttl: Duration,
     pub search: SearchConfig,
     /// `CONFAB_LIST_TOKENS`, default false: whether `GET /applications` shows every token. The
     /// list needs no credential, so by default it does not hand out every tenant's secret.
     pub list_tokens: bool,
-    /// `CONFAB_SEARCH_TIMEOUT_MS`, default 2000.
+    /// `CONFAB_SEARCH_TIMEOUT_MS`, default 2000 (100 to 600000): bounds each search, whether it
+    /// goes to the indexer's endpoint or to Elasticsearch.
     pub search_timeout: Duration,
     /// `CONFAB_ADMIN_TOKEN`: the admin API's bearer credential. Unset or empty: the admin API
     /// answers 401 to everything.
     pub admin_token: Option<Secret<String>>,
     /// Quotas of applications that did not ask for their own: `CONFAB_DEFAULT_MAX_CHATS`
-    /// (100000), `CONFAB_DEFAULT_MESSAGES_PER_SECOND` (1000), `CONFAB_DEFAULT_MESSAGE_BURST`
-    /// (2000), `CONFAB_DEFAULT_MAX_BODY_BYTES` (65536; never above `CONFAB_MAX_BODY_BYTES`).
-    /// 0 means no limit for chats and rate.
+    /// (100000, 0 to 2^53 - 1), `CONFAB_DEFAULT_MESSAGES_PER_SECOND` (1000, 0 to 10000000),
+    /// `CONFAB_DEFAULT_MESSAGE_BURST` (2000, 1 to 10000000), `CONFAB_DEFAULT_MAX_BODY_BYTES`
+    /// (65536, 1 to 8388608; never above `CONFAB_MAX_BODY_BYTES`). 0 means no limit for chats
+    /// and rate.
     pub quota_defaults: Quotas,
+    /// `CONFAB_IDEMPOTENCY_STREAM`, default `<CONFAB_STREAM>_IDEMPOTENCY`: the JetStream stream
+    /// of `Idempotency-Key` records.
+    pub idempotency_stream: String,
+    /// `CONFAB_IDEMPOTENCY_TTL_SECS`, default 86400 (1 to 2592000): how long a key is remembered.
+    pub idempotency_ttl: Duration,
 }
 
 /// Where search queries go.
@@ -55,26 +65,63 @@ pub enum SearchConfig {
 /// The admin port default of the api.
 pub const ADMIN_PORT: u16 = 9090;
 
+/// The most `CONFAB_MAX_BODY_BYTES` and `CONFAB_DEFAULT_MAX_BODY_BYTES` may say: an event carries
+/// the whole body, and 8 MiB is the largest `max_payload` NATS advises.
+pub const BODY_BYTES_LIMIT: u32 = 8 * 1024 * 1024;
+
 impl ApiConfig {
     pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
         let defaults = Limits::default();
         let quotas = Quotas::default();
+        let common = CommonConfig::from_env(env, ADMIN_PORT)?;
+        // 0 would refuse every list; more than 10000 rows is past the search result window.
+        let max_per_page = parse_within(
+            env,
+            "CONFAB_MAX_PER_PAGE",
+            defaults.max_per_page,
+            1..=10_000,
+        )?;
         Ok(Self {
-            common: CommonConfig::from_env(env, ADMIN_PORT)?,
-            http_addr: parse(
+            idempotency_stream: string(
+                env,
+                "CONFAB_IDEMPOTENCY_STREAM",
+                &format!("{}_IDEMPOTENCY", common.stream.name),
+            ),
+            idempotency_ttl: secs_within(
+                env,
+                "CONFAB_IDEMPOTENCY_TTL_SECS",
+                86_400,
+                1..=2_592_000,
+            )?,
+            common,
+            http_addr: socket_addr(
                 env,
                 "CONFAB_HTTP_ADDR",
                 SocketAddr::from(([0, 0, 0, 0], 8080)),
             )?,
             migrate: boolean(env, "CONFAB_MIGRATE", true)?,
             limits: Limits {
-                max_body_bytes: parse(env, "CONFAB_MAX_BODY_BYTES", defaults.max_body_bytes)?,
-                max_per_page: parse(env, "CONFAB_MAX_PER_PAGE", defaults.max_per_page)?,
+                max_body_bytes: parse_within(
+                    env,
+                    "CONFAB_MAX_BODY_BYTES",
+                    defaults.max_body_bytes,
+                    1..=BODY_BYTES_LIMIT as usize,
+                )?,
+                max_per_page,
+                // A maximum below the default page size caps the default too.
+                default_per_page: defaults.default_per_page.min(max_per_page),
                 ..defaults
             },
-            request_timeout: millis(env, "CONFAB_REQUEST_TIMEOUT_MS", 10_000)?,
-            token_cache_ttl: millis(env, "CONFAB_TOKEN_CACHE_TTL_MS", 5_000)?,
-            in_flight_ttl: Duration::from_secs(parse(env, "CONFAB_IN_FLIGHT_TTL_SECS", 3600)?),
+            // 0 would time every request out.
+            request_timeout: millis_within(
+                env,
+                "CONFAB_REQUEST_TIMEOUT_MS",
+                10_000,
+                100..=600_000,
+            )?,
+            // 0 turns the cache off; the cache refuses a TTL of a thousand years and more.
+            token_cache_ttl: millis_within(env, "CONFAB_TOKEN_CACHE_TTL_MS", 5_000, 0..=3_600_000)?,
+            in_flight_ttl: secs_within(env, "CONFAB_IN_FLIGHT_TTL_SECS", 3600, 1..=604_800)?,
             search: match env.get("ELASTICSEARCH_URL").filter(|u| !u.is_empty()) {
                 Some(url) => SearchConfig::Elasticsearch {
                     url: url.clone(),
@@ -84,21 +131,39 @@ impl ApiConfig {
                     url: string(env, "CONFAB_SEARCH_URL", "http://127.0.0.1:8081"),
                 },
             },
-            search_timeout: millis(env, "CONFAB_SEARCH_TIMEOUT_MS", 2000)?,
+            // Bounds every query, to the indexer's endpoint or to Elasticsearch alike.
+            search_timeout: millis_within(env, "CONFAB_SEARCH_TIMEOUT_MS", 2000, 100..=600_000)?,
             list_tokens: boolean(env, "CONFAB_LIST_TOKENS", false)?,
             admin_token: Some(string(env, "CONFAB_ADMIN_TOKEN", ""))
                 .filter(|t| !t.is_empty())
                 .map(Secret::new),
             quota_defaults: Quotas {
-                max_chats: parse(env, "CONFAB_DEFAULT_MAX_CHATS", quotas.max_chats)?,
-                messages_per_second: parse(
+                // The numbering script compares in Lua numbers, exact up to 2^53.
+                max_chats: parse_within(
+                    env,
+                    "CONFAB_DEFAULT_MAX_CHATS",
+                    quotas.max_chats,
+                    0..=(1 << 53) - 1,
+                )?,
+                messages_per_second: parse_within(
                     env,
                     "CONFAB_DEFAULT_MESSAGES_PER_SECOND",
                     quotas.messages_per_second,
+                    0..=10_000_000,
                 )?,
-                message_burst: parse(env, "CONFAB_DEFAULT_MESSAGE_BURST", quotas.message_burst)?
-                    .max(1),
-                max_body_bytes: parse(env, "CONFAB_DEFAULT_MAX_BODY_BYTES", quotas.max_body_bytes)?,
+                message_burst: parse_within(
+                    env,
+                    "CONFAB_DEFAULT_MESSAGE_BURST",
+                    quotas.message_burst,
+                    1..=10_000_000,
+                )?,
+                // Capped by `CONFAB_MAX_BODY_BYTES` where quotas are resolved.
+                max_body_bytes: parse_within(
+                    env,
+                    "CONFAB_DEFAULT_MAX_BODY_BYTES",
+                    quotas.max_body_bytes,
+                    1..=BODY_BYTES_LIMIT,
+                )?,
             },
         })
     }
@@ -112,5 +177,70 @@ impl ApiConfig {
     /// character is JSON-escaped.
     pub fn max_request_bytes(&self) -> usize {
         self.limits.max_body_bytes * 6 + 4096
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use confab_runtime::config::env;
+
+    #[test]
+    fn numeric_settings_refuse_zero_negative_and_out_of_range_values() {
+        for (name, bad) in [
+            ("CONFAB_MAX_BODY_BYTES", "0"),
+            ("CONFAB_MAX_BODY_BYTES", "-1"),
+            ("CONFAB_MAX_BODY_BYTES", "8388609"),
+            ("CONFAB_MAX_PER_PAGE", "0"),
+            ("CONFAB_MAX_PER_PAGE", "10001"),
+            ("CONFAB_REQUEST_TIMEOUT_MS", "0"),
+            ("CONFAB_REQUEST_TIMEOUT_MS", "-10"),
+            ("CONFAB_TOKEN_CACHE_TTL_MS", "-1"),
+            ("CONFAB_TOKEN_CACHE_TTL_MS", "3600001"),
+            ("CONFAB_IN_FLIGHT_TTL_SECS", "0"),
+            ("CONFAB_SEARCH_TIMEOUT_MS", "0"),
+            ("CONFAB_SEARCH_TIMEOUT_MS", "600001"),
+            ("CONFAB_IDEMPOTENCY_TTL_SECS", "0"),
+            ("CONFAB_DEFAULT_MAX_CHATS", "-1"),
+            ("CONFAB_DEFAULT_MAX_CHATS", "9007199254740992"),
+            ("CONFAB_DEFAULT_MESSAGES_PER_SECOND", "-1"),
+            ("CONFAB_DEFAULT_MESSAGES_PER_SECOND", "10000001"),
+            ("CONFAB_DEFAULT_MESSAGE_BURST", "0"),
+            ("CONFAB_DEFAULT_MAX_BODY_BYTES", "0"),
+            ("CONFAB_HTTP_ADDR", "0.0.0.0:0"),
+            ("CONFAB_MAX_DELIVER", "0"),
+        ] {
+            let error = ApiConfig::from_env(&env(&[(name, bad)]))
+                .expect_err(name)
+                .to_string();
+            assert!(error.contains(name), "{name}={bad}: {error}");
+            assert!(error.contains("is outside"), "{name}={bad}: {error}");
+        }
+        assert_eq!(
+            ApiConfig::from_env(&env(&[("CONFAB_MAX_PER_PAGE", "0")]))
+                .unwrap_err()
+                .to_string(),
+            "environment variable CONFAB_MAX_PER_PAGE has an invalid value: 0 is outside 1..=10000"
+        );
+    }
+
+    #[test]
+    fn zero_means_no_limit_where_documented_and_a_small_page_maximum_caps_the_default() {
+        let c = ApiConfig::from_env(&env(&[
+            ("CONFAB_DEFAULT_MAX_CHATS", "0"),
+            ("CONFAB_DEFAULT_MESSAGES_PER_SECOND", "0"),
+            ("CONFAB_TOKEN_CACHE_TTL_MS", "0"),
+            ("CONFAB_MAX_PER_PAGE", "20"),
+        ]))
+        .unwrap();
+        assert_eq!(c.quota_defaults.max_chats, 0);
+        assert_eq!(c.quota_defaults.messages_per_second, 0);
+        assert_eq!(c.token_cache_ttl, Duration::ZERO);
+        assert_eq!(c.limits.page(None, None).unwrap(), (20, 0));
+        let defaults = ApiConfig::from_env(&env(&[])).unwrap();
+        assert_eq!(defaults.limits.page(None, None).unwrap(), (50, 0));
+        assert_eq!(defaults.search_timeout, Duration::from_secs(2));
     }
 }

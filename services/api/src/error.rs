@@ -37,6 +37,8 @@ pub enum ApiError {
     NoRoute,
     #[error("method not allowed for this path")]
     MethodNotAllowed,
+    #[error("this Idempotency-Key was used with another request body")]
+    IdempotencyMismatch,
     #[error("request timed out")]
     Timeout,
     #[error("a dependency is unavailable: {0}")]
@@ -96,7 +98,7 @@ pub struct ErrorDetail {
     /// Stable, machine-readable: `malformed_json`, `invalid_parameter`, `invalid_query`,
     /// `validation_failed`,
     /// `payload_too_large`, `not_found`, `chat_limit_reached`, `rate_limited`, `unauthorized`,
-    /// `method_not_allowed`, `timeout`, `unavailable`, `internal`.
+    /// `method_not_allowed`, `idempotency_key_reused`, `timeout`, `unavailable`, `internal`.
     pub code: &'static str,
     pub message: String,
 }
@@ -115,6 +117,9 @@ impl ApiError {
             }
             Self::Validation(_) | Self::Unprocessable(_) => {
                 (StatusCode::UNPROCESSABLE_ENTITY, "validation_failed")
+            }
+            Self::IdempotencyMismatch => {
+                (StatusCode::UNPROCESSABLE_ENTITY, "idempotency_key_reused")
             }
             Self::NotFound(_) | Self::NoRoute => (StatusCode::NOT_FOUND, "not_found"),
             Self::ChatLimit(_) => (StatusCode::CONFLICT, "chat_limit_reached"),
@@ -199,5 +204,6 @@ mod tests {
             429
         );
         assert_eq!(s(ApiError::Unauthorized), 401);
+        assert_eq!(s(ApiError::IdempotencyMismatch), 422);
     }
 }

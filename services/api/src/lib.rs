@@ -14,6 +14,7 @@ pub mod config;
 pub mod error;
 pub mod extract;
 pub mod http;
+pub mod idempotency;
 pub mod numbering;
 pub mod openapi;
 pub mod publish;
@@ -62,12 +63,10 @@ pub struct Listeners {
     pub admin: TcpListener,
 }
 
-/// The full tenant router for a state, with observation and timeout layers.
+/// The full tenant router for a state, with the panic net and the observation and timeout
+/// layers.
 pub fn app(state: AppState, request_timeout: std::time::Duration) -> Router {
-    routes::router(state).layer(axum::middleware::from_fn_with_state(
-        request_timeout,
-        http::observe,
-    ))
+    http::layers(routes::router(state), request_timeout)
 }
 
 /// Connects to MySQL, Redis and NATS, and builds the state.
@@ -80,10 +79,13 @@ pub async fn connect(config: &ApiConfig) -> Result<AppState, Error> {
     let js =
         jetstream::connect(&config.common.nats_url, "confab-api", &config.common.stream).await?;
     let (search, search_label) = search_backend(config)?;
+    let records =
+        jetstream::records_stream(&js, &config.idempotency_stream, config.idempotency_ttl).await?;
     Ok(AppState::new(StateParts {
         db,
         redis,
-        publisher: publish::Publisher::new(js),
+        publisher: publish::Publisher::new(js.clone()),
+        idempotency: idempotency::Idempotency::new(js, records),
         keys: Keys::new(config.common.redis_prefix.clone()),
         limits: config.limits.clone(),
         max_request_bytes: config.max_request_bytes(),
@@ -101,9 +103,11 @@ pub async fn connect(config: &ApiConfig) -> Result<AppState, Error> {
 /// The search backend queries go to: Elasticsearch, or the indexer serving the embedded index.
 fn search_backend(config: &ApiConfig) -> Result<(Arc<dyn SearchBackend>, &'static str), Error> {
     Ok(match &config.search {
-        config::SearchConfig::Elasticsearch { url, index } => {
-            (Arc::new(Elastic::new(url, index)?), "elasticsearch")
-        }
+        // The search timeout bounds Elasticsearch queries as it bounds the indexer's endpoint.
+        config::SearchConfig::Elasticsearch { url, index } => (
+            Arc::new(Elastic::new(url, index, config.search_timeout)?),
+            "elasticsearch",
+        ),
         config::SearchConfig::Indexer { url } => (
             Arc::new(Remote::new(url, config.search_timeout)?),
             "embedded",
@@ -145,4 +149,46 @@ fn readiness(state: &AppState) -> Readiness {
         .mysql(&state.db)
         .redis(&state.redis)
         .nats(&state.publisher.jetstream().client)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::time::{Duration, Instant};
+
+    use confab_runtime::config::env;
+    use confab_search::SearchRequest;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn an_elasticsearch_that_never_answers_fails_a_search_within_the_search_timeout() {
+        // Accepts connections, never answers.
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                held.push(socket);
+            }
+        });
+        let config = ApiConfig::from_env(&env(&[
+            ("ELASTICSEARCH_URL", &url),
+            ("CONFAB_SEARCH_TIMEOUT_MS", "300"),
+        ]))
+        .unwrap();
+        let (search, label) = search_backend(&config).unwrap();
+        assert_eq!(label, "elasticsearch");
+        let request = SearchRequest::new(1, 2, "hello", 10, 0).unwrap();
+        let started = Instant::now();
+        let outcome = tokio::time::timeout(Duration::from_secs(10), search.search(&request))
+            .await
+            .expect("the search must not outlive its timeout");
+        assert!(
+            matches!(outcome, Err(confab_search::Error::Unavailable(_))),
+            "{outcome:?}"
+        );
+        assert!(started.elapsed() >= Duration::from_millis(300));
+    }
 }

@@ -2,9 +2,10 @@
 //! guard them decided in the same atomic step.
 //!
 //! Two Lua scripts keep each step atomic in Redis: "increment only if the key exists", and
-//! "seed if still missing, then increment". The seed is computed between them (highest number in
-//! MySQL or in flight in JetStream, see [`confab_core::sequence`]); if two api replicas re-seed at
-//! once, the first `SET` wins and the other simply increments, so no number is handed out twice.
+//! "raise to at least the seed, then increment". The seed is computed between them (highest
+//! number in MySQL or in flight in JetStream, see [`confab_core::sequence`]) when the key is
+//! missing or a number collided. Raising is a `max`, so concurrent re-seeders (and the persister,
+//! which raises sequences after each commit) never move a sequence backwards.
 //!
 //! Both scripts first apply the [`Admission`] rules: a cap on the sequence (the chat limit is
 //! exact under any concurrency, because no number past it is ever taken) and a GCRA rate limiter
@@ -58,11 +59,12 @@ static INCR_EXISTING: LazyLock<Script> = LazyLock::new(|| {
     ))
 });
 
-static SEED_THEN_INCR: LazyLock<Script> = LazyLock::new(|| {
+static RAISE_THEN_INCR: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
         r"{ADMISSION}
         local seeded = 0
-        if redis.call('EXISTS', KEYS[1]) == 0 then
+        local current = tonumber(redis.call('GET', KEYS[1]) or '-1')
+        if current < tonumber(ARGV[4]) then
           redis.call('SET', KEYS[1], ARGV[4])
           seeded = 4
         end
@@ -81,7 +83,7 @@ pub struct Admission {
     pub rate: Option<(String, RateParams)>,
 }
 
-/// The seeding script's status when it set the key (otherwise it answers like the first one).
+/// The raising script's status when it moved the key (otherwise it answers like the first one).
 const SEEDED: u8 = 4;
 
 #[derive(Clone)]
@@ -95,47 +97,43 @@ impl Numbering {
     }
 
     /// The next number of the sequence at `key`, if `admission` allows one. `seed` is awaited
-    /// only when the key is missing.
+    /// only when the key is missing, or always when `raise_first` (after a collision showed the
+    /// sequence is behind the stream).
     pub async fn next<F>(
         &self,
         key: &str,
         kind: &'static str,
         admission: &Admission,
+        raise_first: bool,
         seed: F,
     ) -> Result<u64>
     where
         F: Future<Output = Result<u64>>,
     {
         let mut conn = self.redis.clone();
-        let started = std::time::Instant::now();
-        let answer: (u8, u64) = invocation(&INCR_EXISTING, key, admission)
-            .invoke_async(&mut conn)
-            .await?;
-        metrics::observe_redis("next_number", started);
-        if answer.0 != 1 {
-            return decide(answer, kind, admission);
+        if !raise_first {
+            let started = std::time::Instant::now();
+            let answer: (u8, u64) = invocation(&INCR_EXISTING, key, admission)
+                .invoke_async(&mut conn)
+                .await?;
+            metrics::observe_redis("next_number", started);
+            if answer.0 != 1 {
+                return decide(answer, kind, admission);
+            }
         }
         let seed = seed.await?;
-        let answer: (u8, u64) = invocation(&SEED_THEN_INCR, key, admission)
+        let answer: (u8, u64) = invocation(&RAISE_THEN_INCR, key, admission)
             .arg(seed)
             .invoke_async(&mut conn)
             .await?;
         if answer.0 == SEEDED {
-            // Only the replica whose value was set counts; the others found it and incremented.
+            // Only the replica whose value moved the key counts; the others found it at least as
+            // high and incremented.
             metrics::SEQUENCE_RESEEDS.with_label_values(&[kind]).inc();
             tracing::info!(kind, seed, "sequence seeded");
             return Ok(answer.1);
         }
         decide(answer, kind, admission)
-    }
-
-    /// The last number handed out by a sequence, if Redis has it.
-    pub async fn current(&self, key: &str) -> Result<Option<u64>> {
-        let mut conn = self.redis.clone();
-        let started = std::time::Instant::now();
-        let value: Option<u64> = redis::cmd("GET").arg(key).query_async(&mut conn).await?;
-        metrics::observe_redis("get_sequence", started);
-        Ok(value)
     }
 }
 

@@ -1,12 +1,21 @@
 //! Publishing events to JetStream and confirming they are stored.
 //!
-//! A `201` is only sent after the stream acknowledged the event. Publishes carry a dedup id
-//! ([`confab_core::Envelope::dedup_id`]); a duplicate acknowledgement is resolved by reading the
-//! stored event: our own earlier attempt is success, anyone else's means the number was handed out
-//! twice and the caller takes another ([`PublishOutcome::Collision`]).
+//! A `201` is only sent after the stream acknowledged the event. Creation events go to a subject
+//! of their own (parent, number) with `Nats-Expected-Last-Subject-Sequence: 0`, so the stream
+//! stores at most one creation per number; they also carry a dedup id
+//! ([`confab_core::Envelope::dedup_id`]). When the stream answers "duplicate" or "that subject
+//! already has a message", the stored event is read: our own earlier attempt is success, anyone
+//! else's means the number was handed out twice and the caller takes another
+//! ([`PublishOutcome::Collision`]).
+//!
+//! A publish that fails for any other reason (a lost acknowledgement, a reconnect, a stream
+//! without a leader during an election) is repeated with jittered backoff until
+//! `CONFAB_PUBLISH_DEADLINE_MS`, so a leader election shows as latency rather than as 503s.
+//! Repeating is safe: the stream deduplicates the event.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
+use async_nats::jetstream::context::PublishErrorKind;
 use async_nats::HeaderMap;
 use confab_core::event::headers;
 use confab_core::sequence::{classify_publish, PublishOutcome};
@@ -14,15 +23,24 @@ use confab_core::trace::TraceParent;
 use confab_core::Envelope;
 use confab_runtime::jetstream::JetStream;
 use confab_runtime::metrics;
+use rand::Rng;
 
 use crate::error::{ApiError, Result};
 
-/// Attempts per publish: one retry covers a lost acknowledgement, and is safe thanks to dedup.
-const ATTEMPTS: usize = 2;
+/// First and largest pause between publish attempts.
+const BACKOFF_FIRST: Duration = Duration::from_millis(20);
+const BACKOFF_MAX: Duration = Duration::from_millis(500);
 
 #[derive(Clone)]
 pub struct Publisher {
     js: JetStream,
+}
+
+/// One attempt's result, before classification.
+enum Attempt {
+    Outcome(PublishOutcome),
+    /// Worth repeating; the text says why.
+    Retry(String),
 }
 
 impl Publisher {
@@ -50,27 +68,23 @@ impl Publisher {
             envelope.version.to_string().as_str(),
         );
         map.insert(headers::TRACEPARENT, trace.header_value().as_str());
+        if envelope.event.created_number().is_some() {
+            map.insert(headers::EXPECTED_LAST_SUBJECT_SEQUENCE, "0");
+        }
         let payload = bytes::Bytes::from(envelope.encode());
         let started = Instant::now();
-        let mut last_error = String::new();
-        for attempt in 1..=ATTEMPTS {
-            let ack = match self
-                .js
-                .context
-                .publish_with_headers(subject.clone(), map.clone(), payload.clone())
-                .await
+        let deadline = started + self.js.config.publish_deadline;
+        let mut pause = BACKOFF_FIRST;
+        let mut attempt = 1u32;
+        loop {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let why = match tokio::time::timeout(
+                remaining.min(self.js.config.publish_timeout),
+                self.attempt(&subject, &map, &payload, envelope),
+            )
+            .await
             {
-                Ok(future) => future.await,
-                Err(error) => Err(error),
-            };
-            match ack {
-                Ok(ack) => {
-                    let outcome = if ack.duplicate {
-                        let stored = self.stored_event_id(ack.sequence).await?;
-                        classify_publish(true, &stored, &envelope.id.to_string())
-                    } else {
-                        PublishOutcome::Stored
-                    };
+                Ok(Attempt::Outcome(outcome)) => {
                     let label = match outcome {
                         PublishOutcome::Stored => "stored",
                         PublishOutcome::RetriedOwn => "retried",
@@ -84,35 +98,86 @@ impl Publisher {
                         .observe(started.elapsed().as_secs_f64());
                     return Ok(outcome);
                 }
-                Err(error) => {
-                    tracing::warn!(attempt, %error, "publish failed");
-                    last_error = error.to_string();
-                }
+                Ok(Attempt::Retry(why)) => why,
+                Err(_) => "no acknowledgement in time".to_owned(),
+            };
+            // Full jitter: replicas that failed together do not come back together.
+            let sleep = rand::rng().random_range(Duration::ZERO..=pause);
+            if Instant::now() + sleep >= deadline {
+                metrics::EVENTS_PUBLISHED
+                    .with_label_values(&[kind, "error"])
+                    .inc();
+                return Err(ApiError::Unavailable(format!(
+                    "jetstream publish after {attempt} attempts: {why}"
+                )));
             }
+            tracing::debug!(attempt, error = %why, "publish failed, repeating");
+            metrics::PUBLISH_RETRIES.with_label_values(&[kind]).inc();
+            tokio::time::sleep(sleep).await;
+            pause = (pause * 2).min(BACKOFF_MAX);
+            attempt += 1;
         }
-        metrics::EVENTS_PUBLISHED
-            .with_label_values(&[kind, "error"])
-            .inc();
-        Err(ApiError::Unavailable(format!(
-            "jetstream publish: {last_error}"
-        )))
     }
 
-    /// The envelope id of the event stored at `sequence`. When it cannot be read the outcome of
-    /// the publish is unknown, so the request fails (503) rather than guess.
-    async fn stored_event_id(&self, sequence: u64) -> Result<String> {
-        let message = self.js.events.direct_get(sequence).await.map_err(|error| {
-            ApiError::Unavailable(format!("cannot read stored duplicate {sequence}: {error}"))
-        })?;
-        Envelope::decode(&message.payload)
-            .map(|e| e.id.to_string())
-            .map_err(|error| ApiError::Unavailable(format!("stored duplicate unreadable: {error}")))
+    async fn attempt(
+        &self,
+        subject: &str,
+        map: &HeaderMap,
+        payload: &bytes::Bytes,
+        envelope: &Envelope,
+    ) -> Attempt {
+        let own = envelope.id.to_string();
+        let ack = match self
+            .js
+            .context
+            .publish_with_headers(subject.to_owned(), map.clone(), payload.clone())
+            .await
+        {
+            Ok(future) => future.await,
+            Err(error) => Err(error),
+        };
+        let stored = match ack {
+            Ok(ack) if !ack.duplicate => return Attempt::Outcome(PublishOutcome::Stored),
+            // The dedup window knows this id: read the event it stored.
+            Ok(ack) => self.event_id_at(ack.sequence).await,
+            // The creation subject already holds an event: read it.
+            Err(error) if error.kind() == PublishErrorKind::WrongLastSequence => {
+                self.last_event_id_on(subject).await
+            }
+            Err(error) => return Attempt::Retry(error.to_string()),
+        };
+        match stored {
+            Ok(Some(stored)) => Attempt::Outcome(classify_publish(true, &stored, &own)),
+            // Removed between the two calls (only by an operator): try again.
+            Ok(None) => Attempt::Retry("the stored duplicate disappeared".to_owned()),
+            // When the stored event cannot be read, the outcome is unknown: repeat rather than
+            // guess (a guess of "collision" would store one message under two numbers).
+            Err(error) => Attempt::Retry(error),
+        }
     }
 
-    /// The highest number in flight on a creation subject: the last event stored on it.
-    /// Concurrent publishes may be stored slightly out of order; the duplicate window catches
-    /// what this misses.
-    pub async fn last_number_on(&self, subject: &str) -> Result<Option<u64>> {
+    /// The envelope id of the event stored at `sequence`.
+    async fn event_id_at(&self, sequence: u64) -> std::result::Result<Option<String>, String> {
+        let message = self
+            .js
+            .events
+            .direct_get(sequence)
+            .await
+            .map_err(|error| format!("cannot read stored duplicate {sequence}: {error}"))?;
+        decode_id(&message.payload).map(Some)
+    }
+
+    /// The envelope id of the last event on `subject`, if any.
+    async fn last_event_id_on(&self, subject: &str) -> std::result::Result<Option<String>, String> {
+        match self.last_on(subject).await {
+            Ok(Some(payload)) => decode_id(&payload).map(Some),
+            Ok(None) => Ok(None),
+            Err(error) => Err(error.to_string()),
+        }
+    }
+
+    /// The payload of the last event on `subject` (wildcards allowed), if any.
+    async fn last_on(&self, subject: &str) -> Result<Option<bytes::Bytes>> {
         use async_nats::jetstream::stream::LastRawMessageErrorKind;
         match self
             .js
@@ -120,19 +185,34 @@ impl Publisher {
             .get_last_raw_message_by_subject(subject)
             .await
         {
-            Ok(message) => {
-                Ok(Envelope::decode(&message.payload)
-                    .ok()
-                    .and_then(|e| match e.event {
-                        confab_core::Event::ChatCreated(c) => Some(c.number),
-                        confab_core::Event::MessageCreated(m) => Some(m.number),
-                        confab_core::Event::MessageUpdated(_) => None,
-                    }))
-            }
+            Ok(message) => Ok(Some(message.payload)),
             Err(error) if error.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(None),
             Err(error) => Err(ApiError::Unavailable(format!(
                 "jetstream last message lookup: {error}"
             ))),
         }
     }
+
+    /// The number of the last creation event stored under `pattern` (a parent's creation
+    /// wildcard). Concurrent publishes may be stored slightly out of order, so this can be below
+    /// the highest number stored; the stream refuses the numbers it misses, and a collision
+    /// raises the sequence again.
+    pub async fn last_number_on(&self, pattern: &str) -> Result<Option<u64>> {
+        Ok(self
+            .last_on(pattern)
+            .await?
+            .and_then(|payload| Envelope::decode(&payload).ok())
+            .and_then(|envelope| envelope.event.created_number()))
+    }
+
+    /// Whether the creation event on `subject` (one parent and number) is in the stream.
+    pub async fn creation_stored(&self, subject: &str) -> Result<bool> {
+        Ok(self.last_on(subject).await?.is_some())
+    }
+}
+
+fn decode_id(payload: &[u8]) -> std::result::Result<String, String> {
+    Envelope::decode(payload)
+        .map(|e| e.id.to_string())
+        .map_err(|error| format!("stored duplicate unreadable: {error}"))
 }

@@ -50,18 +50,23 @@ pub struct MessageRow {
 pub const APPLICATION_COLUMNS: &str = "id, name, token, chats_count, created_at, updated_at, \
      max_chats, messages_per_second, message_burst, max_body_bytes";
 
+/// Inserts an application; with `external_key`, a row already inserted under that key is
+/// returned as it is instead (a retried idempotent request).
 pub async fn insert_application(
     db: &MySqlPool,
     name: &str,
     token: &str,
+    external_key: Option<&str>,
 ) -> sqlx::Result<ApplicationRow> {
     let now = Utc::now();
+    // `LAST_INSERT_ID(id)` makes the existing row's id the statement's insert id.
     let id = sqlx::query(
-        "INSERT INTO applications (name, token, chats_count, created_at, updated_at) \
-         VALUES (?, ?, 0, ?, ?)",
+        "INSERT INTO applications (name, token, external_key, chats_count, created_at, \
+         updated_at) VALUES (?, ?, ?, 0, ?, ?) ON DUPLICATE KEY UPDATE id = LAST_INSERT_ID(id)",
     )
     .bind(name)
     .bind(token)
+    .bind(external_key)
     .bind(now)
     .bind(now)
     .execute(db)

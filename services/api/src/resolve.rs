@@ -1,7 +1,8 @@
 //! Resolving what a request names: token → application, and whether a chat or message exists.
 //!
-//! All of it is reads: an in-process cache first, then Redis (for items acknowledged by JetStream
-//! but maybe not persisted yet), then MySQL.
+//! All of it is reads: an in-process cache first, then Redis (for chats acknowledged by JetStream
+//! but maybe not persisted yet), then MySQL, then the stream itself (an item acknowledged but not
+//! yet persisted whose Redis mark was lost with Redis' data).
 
 use confab_core::Token;
 use redis::AsyncCommands;
@@ -54,7 +55,17 @@ impl AppState {
         let exists = in_flight
             || repo::chat(&self.db, application_id, number)
                 .await?
-                .is_some();
+                .is_some()
+            || self
+                .publisher
+                .creation_stored(
+                    &self
+                        .publisher
+                        .jetstream()
+                        .subjects
+                        .chat_created(application_id, number),
+                )
+                .await?;
         if exists {
             self.known_chats.insert((application_id, number), ());
         }
@@ -74,24 +85,24 @@ impl AppState {
         Ok(())
     }
 
-    /// Whether a message exists: persisted, or its number already handed out by the sequence.
+    /// Whether a message exists: persisted, or its creation event stored in the stream. (A number
+    /// merely handed out by the sequence is not enough: its publish may have failed, and an
+    /// update must not create a message nobody created.)
     pub async fn message_exists(
         &self,
         application_id: u64,
         chat: u64,
         number: u64,
     ) -> Result<bool> {
-        let key = self.keys.message_sequence(application_id, chat);
-        if self
-            .numbering
-            .current(&key)
+        if repo::message(&self.db, application_id, chat, number)
             .await?
-            .is_some_and(|last| number <= last)
+            .is_some()
         {
             return Ok(true);
         }
-        Ok(repo::message(&self.db, application_id, chat, number)
-            .await?
-            .is_some())
+        let subjects = &self.publisher.jetstream().subjects;
+        self.publisher
+            .creation_stored(&subjects.message_created(application_id, chat, number))
+            .await
     }
 }

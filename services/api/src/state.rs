@@ -11,6 +11,7 @@ use moka::sync::Cache;
 use redis::aio::ConnectionManager;
 use sqlx::MySqlPool;
 
+use crate::idempotency::Idempotency;
 use crate::numbering::Numbering;
 use crate::publish::Publisher;
 
@@ -37,6 +38,7 @@ pub struct Shared {
     pub keys: Keys,
     pub numbering: Numbering,
     pub publisher: Publisher,
+    pub idempotency: Idempotency,
     pub limits: Limits,
     pub max_request_bytes: usize,
     pub in_flight_ttl: Duration,
@@ -67,6 +69,7 @@ pub struct StateParts {
     pub db: MySqlPool,
     pub redis: ConnectionManager,
     pub publisher: Publisher,
+    pub idempotency: Idempotency,
     pub keys: Keys,
     pub limits: Limits,
     pub max_request_bytes: usize,
@@ -88,6 +91,7 @@ impl AppState {
             redis: parts.redis,
             keys: parts.keys,
             publisher: parts.publisher,
+            idempotency: parts.idempotency,
             limits: parts.limits,
             max_request_bytes: parts.max_request_bytes,
             in_flight_ttl: parts.in_flight_ttl,

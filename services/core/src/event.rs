@@ -9,13 +9,16 @@
 //!
 //! | subject | event |
 //! |---|---|
-//! | `p.v1.chat.created.{app}` | [`Event::ChatCreated`] |
-//! | `p.v1.message.created.{app}.{chat}` | [`Event::MessageCreated`] |
+//! | `p.v1.chat.created.{app}.{number}` | [`Event::ChatCreated`] |
+//! | `p.v1.message.created.{app}.{chat}.{number}` | [`Event::MessageCreated`] |
 //! | `p.v1.message.updated.{app}.{chat}` | [`Event::MessageUpdated`] |
 //! | `p.dlq.<original subject>` | dead letters (separate stream) |
 //!
-//! Creation subjects are per parent so that the highest number in flight for one parent is one
-//! "last message for subject" lookup away (sequence recovery).
+//! Every creation event has a subject of its own, one per (parent, number). The api publishes it
+//! with `Nats-Expected-Last-Subject-Sequence: 0`, so the stream itself refuses a second creation
+//! event for a number while the first is retained, however long ago it was stored and whatever
+//! the duplicate window ([`crate::sequence`]). The highest number in flight for a parent is one
+//! "last message for subject" lookup on the parent's wildcard (`…created.{app}.*`) away.
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -30,6 +33,8 @@ pub mod headers {
     pub const EVENT_TYPE: &str = "Confab-Event-Type";
     pub const EVENT_VERSION: &str = "Confab-Event-Version";
     pub const TRACEPARENT: &str = "traceparent";
+    /// JetStream's optimistic-concurrency header; `0` means "no message on this subject yet".
+    pub const EXPECTED_LAST_SUBJECT_SEQUENCE: &str = "Nats-Expected-Last-Subject-Sequence";
     pub const DLQ_REASON: &str = "Confab-Dead-Letter-Reason";
     pub const DLQ_SERVICE: &str = "Confab-Dead-Letter-Service";
     pub const DLQ_STREAM_SEQUENCE: &str = "Confab-Dead-Letter-Stream-Sequence";
@@ -92,6 +97,15 @@ impl EventKind {
 }
 
 impl Event {
+    /// The number a creation event claims, `None` for other events.
+    pub fn created_number(&self) -> Option<u64> {
+        match self {
+            Self::ChatCreated(c) => Some(c.number),
+            Self::MessageCreated(m) => Some(m.number),
+            Self::MessageUpdated(_) => None,
+        }
+    }
+
     pub fn kind(&self) -> EventKind {
         match self {
             Self::ChatCreated(_) => EventKind::ChatCreated,
@@ -168,18 +182,43 @@ impl Subjects {
         format!("{}.v1.>", self.prefix)
     }
 
+    /// The filter of the api's idempotency records stream.
+    pub fn all_idempotency_records(&self) -> String {
+        format!("{}.idem.>", self.prefix)
+    }
+
+    /// The subject of one idempotency record (`key` is a hex digest).
+    pub fn idempotency_record(&self, key: &str) -> String {
+        format!("{}.idem.{key}", self.prefix)
+    }
+
     /// The filter of the dead-letter stream.
     pub fn all_dead_letters(&self) -> String {
         format!("{}.dlq.>", self.prefix)
     }
 
-    pub fn chat_created(&self, application_id: u64) -> String {
-        format!("{}.v1.chat.created.{application_id}", self.prefix)
+    /// The subject of one chat's creation event.
+    pub fn chat_created(&self, application_id: u64, number: u64) -> String {
+        format!("{}.v1.chat.created.{application_id}.{number}", self.prefix)
     }
 
-    pub fn message_created(&self, application_id: u64, chat_number: u64) -> String {
+    /// Every chat creation of one application (sequence recovery).
+    pub fn chats_created(&self, application_id: u64) -> String {
+        format!("{}.v1.chat.created.{application_id}.*", self.prefix)
+    }
+
+    /// The subject of one message's creation event.
+    pub fn message_created(&self, application_id: u64, chat_number: u64, number: u64) -> String {
         format!(
-            "{}.v1.message.created.{application_id}.{chat_number}",
+            "{}.v1.message.created.{application_id}.{chat_number}.{number}",
+            self.prefix
+        )
+    }
+
+    /// Every message creation of one chat (sequence recovery).
+    pub fn messages_created(&self, application_id: u64, chat_number: u64) -> String {
+        format!(
+            "{}.v1.message.created.{application_id}.{chat_number}.*",
             self.prefix
         )
     }
@@ -198,8 +237,10 @@ impl Subjects {
 
     pub fn for_event(&self, event: &Event) -> String {
         match event {
-            Event::ChatCreated(c) => self.chat_created(c.application_id),
-            Event::MessageCreated(m) => self.message_created(m.application_id, m.chat_number),
+            Event::ChatCreated(c) => self.chat_created(c.application_id, c.number),
+            Event::MessageCreated(m) => {
+                self.message_created(m.application_id, m.chat_number, m.number)
+            }
             Event::MessageUpdated(m) => self.message_updated(m.application_id, m.chat_number),
         }
     }
@@ -265,12 +306,14 @@ mod tests {
     #[test]
     fn subjects_are_under_the_stream_filters() {
         let s = Subjects::new("t");
-        assert_eq!(s.chat_created(1), "t.v1.chat.created.1");
-        assert_eq!(s.message_created(1, 2), "t.v1.message.created.1.2");
+        assert_eq!(s.chat_created(1, 4), "t.v1.chat.created.1.4");
+        assert_eq!(s.chats_created(1), "t.v1.chat.created.1.*");
+        assert_eq!(s.message_created(1, 2, 3), "t.v1.message.created.1.2.3");
+        assert_eq!(s.messages_created(1, 2), "t.v1.message.created.1.2.*");
         assert_eq!(s.message_updated(1, 2), "t.v1.message.updated.1.2");
         assert_eq!(
-            s.dead_letter("t.v1.chat.created.1"),
-            "t.dlq.v1.chat.created.1"
+            s.dead_letter("t.v1.chat.created.1.4"),
+            "t.dlq.v1.chat.created.1.4"
         );
         assert_eq!(s.all_events(), "t.v1.>");
     }

@@ -4,12 +4,17 @@
 //! - the chats a batch needs (every chat created, and every chat a message refers to — the api
 //!   only accepts a message for a chat that exists, so the event itself proves the chat);
 //! - message upserts, each versioned by its event's stream sequence, so that creates and updates
-//!   applied in any order, any number of times, leave the body of the highest sequence.
+//!   applied in any order, any number of times, leave the body of the highest sequence;
+//! - the creation event that claims each created row ([`Claim`]): a row belongs to the creation
+//!   event that made it, and another creation event for the same number is a conflict, never an
+//!   overwrite. Two creation events for one number in one batch: the first in the stream wins and
+//!   the other is listed in [`Plan::conflicts`].
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, Utc};
 use confab_core::{Envelope, Event};
+use uuid::Uuid;
 
 /// One decoded event and where it sits in the stream.
 #[derive(Debug, Clone)]
@@ -31,12 +36,36 @@ pub struct MessageUpsert {
     pub body: String,
     pub version: u64,
     pub at: DateTime<Utc>,
+    /// The creation event of this message in the batch, if there is one.
+    pub creation: Option<Uuid>,
 }
+
+/// A creation event's claim on the row of its number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Claim {
+    pub event_id: Uuid,
+    pub stream_sequence: u64,
+}
+
+/// Which sequence numbers a row: an application's chats, or a chat's messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum SequenceOf {
+    Chats(u64),
+    Messages(u64, u64),
+}
+
+/// A created row's identity: a chat (`message: None`) or a message of a chat.
+pub type Created = (ChatKey, Option<u64>);
 
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Plan {
     /// Chats to ensure, with the earliest time the batch saw for each. Sorted (lock order).
     pub chats: BTreeMap<ChatKey, DateTime<Utc>>,
+    /// The creation event that claims each chat or message this batch creates.
+    pub claims: BTreeMap<Created, Claim>,
+    /// Stream sequences of creation events that lost to another creation of the same number in
+    /// this batch.
+    pub conflicts: Vec<u64>,
     /// Chats that received message writes (their `messages_count` may change). Sorted.
     pub counted_chats: Vec<ChatKey>,
     /// Message rows, at most one per (chat, number): the highest version in the batch wins here
@@ -44,12 +73,61 @@ pub struct Plan {
     pub messages: Vec<MessageUpsert>,
 }
 
+/// The row an event creates, if it is a creation.
+fn created(event: &Event) -> Option<Created> {
+    match event {
+        Event::ChatCreated(c) => Some((
+            ChatKey {
+                application_id: c.application_id,
+                number: c.number,
+            },
+            None,
+        )),
+        Event::MessageCreated(m) => Some((
+            ChatKey {
+                application_id: m.application_id,
+                number: m.chat_number,
+            },
+            Some(m.number),
+        )),
+        Event::MessageUpdated(_) => None,
+    }
+}
+
 /// Reduces a batch of events to the rows to write.
 pub fn plan(events: &[Sequenced]) -> Plan {
+    // First the claims: per created row, the creation event first in the stream.
+    let mut claims: BTreeMap<Created, Claim> = BTreeMap::new();
+    for e in events {
+        if let Some(row) = created(&e.envelope.event) {
+            let claim = Claim {
+                event_id: e.envelope.id,
+                stream_sequence: e.stream_sequence,
+            };
+            claims
+                .entry(row)
+                .and_modify(|c| {
+                    if claim.stream_sequence < c.stream_sequence {
+                        *c = claim;
+                    }
+                })
+                .or_insert(claim);
+        }
+    }
+    let mut conflicts = BTreeSet::new();
     let mut chats: BTreeMap<ChatKey, DateTime<Utc>> = BTreeMap::new();
     let mut messages: BTreeMap<(ChatKey, u64), MessageUpsert> = BTreeMap::new();
-    let mut counted_chats = std::collections::BTreeSet::new();
+    let mut counted_chats = BTreeSet::new();
     for e in events {
+        if let Some(row) = created(&e.envelope.event) {
+            if claims
+                .get(&row)
+                .is_some_and(|c| c.event_id != e.envelope.id)
+            {
+                conflicts.insert(e.stream_sequence);
+                continue;
+            }
+        }
         let at = e.envelope.occurred_at;
         let mut need_chat = |key: ChatKey| {
             chats
@@ -71,12 +149,16 @@ pub fn plan(events: &[Sequenced]) -> Plan {
                 // An update can insert a row too (its create lost or not yet applied), so every
                 // message write marks its chat; a recount is idempotent.
                 counted_chats.insert(chat.clone());
+                let creation = claims
+                    .get(&(chat.clone(), Some(m.number)))
+                    .map(|c| c.event_id);
                 let row = MessageUpsert {
                     chat: chat.clone(),
                     number: m.number,
                     body: m.body.clone(),
                     version: e.stream_sequence,
                     at,
+                    creation,
                 };
                 messages
                     .entry((chat, m.number))
@@ -91,12 +173,32 @@ pub fn plan(events: &[Sequenced]) -> Plan {
     }
     Plan {
         chats,
+        claims,
+        conflicts: conflicts.into_iter().collect(),
         counted_chats: counted_chats.into_iter().collect(),
         messages: messages.into_values().collect(),
     }
 }
 
 impl Plan {
+    /// The highest number created per sequence. The persister raises the Redis sequences to
+    /// these after the commit.
+    pub fn created_maxima(&self) -> BTreeMap<SequenceOf, u64> {
+        let mut maxima = BTreeMap::new();
+        for (chat, message) in self.claims.keys() {
+            let (sequence, number) = match message {
+                None => (SequenceOf::Chats(chat.application_id), chat.number),
+                Some(number) => (
+                    SequenceOf::Messages(chat.application_id, chat.number),
+                    *number,
+                ),
+            };
+            let max = maxima.entry(sequence).or_insert(number);
+            *max = (*max).max(number);
+        }
+        maxima
+    }
+
     /// The applications this plan writes to, ascending.
     pub fn applications(&self) -> Vec<u64> {
         let mut apps: Vec<u64> = self.chats.keys().map(|k| k.application_id).collect();
@@ -109,6 +211,7 @@ impl Plan {
     pub fn retain_applications(&mut self, deleted: &[u64]) {
         let keep = |key: &ChatKey| !deleted.contains(&key.application_id);
         self.chats.retain(|key, _| keep(key));
+        self.claims.retain(|(key, _), _| keep(key));
         self.counted_chats.retain(keep);
         self.messages.retain(|m| keep(&m.chat));
     }
@@ -206,6 +309,55 @@ mod tests {
     }
 
     #[test]
+    fn a_second_creation_of_a_number_is_a_conflict_not_an_overwrite() {
+        let first = ev(4, Event::MessageCreated(msg(1, 1, "first")));
+        let second = ev(7, Event::MessageCreated(msg(1, 1, "second")));
+        let update = ev(9, Event::MessageUpdated(msg(1, 1, "edited")));
+        // Whatever the delivery order, the creation first in the stream claims the row.
+        for events in [
+            vec![second.clone(), first.clone()],
+            vec![first.clone(), second.clone(), first.clone()],
+        ] {
+            let p = plan(&events);
+            assert_eq!(p.conflicts, vec![7]);
+            assert_eq!(p.messages.len(), 1);
+            assert_eq!(p.messages[0].body, "first");
+            assert_eq!(p.messages[0].creation, Some(first.envelope.id));
+        }
+        // Updates still apply on top of the winner.
+        let p = plan(&[second, update, first.clone()]);
+        assert_eq!(p.messages[0].body, "edited");
+        assert_eq!(p.messages[0].creation, Some(first.envelope.id));
+        // A redelivered creation is not a conflict with itself.
+        assert!(plan(&[first.clone(), first]).conflicts.is_empty());
+    }
+
+    #[test]
+    fn created_maxima_follow_each_sequence() {
+        let chat = |n| {
+            ev(
+                n,
+                Event::ChatCreated(ChatCreated {
+                    application_id: 1,
+                    number: n,
+                }),
+            )
+        };
+        let p = plan(&[
+            chat(3),
+            chat(5),
+            ev(10, Event::MessageCreated(msg(5, 8, "a"))),
+            ev(11, Event::MessageCreated(msg(5, 6, "b"))),
+            ev(12, Event::MessageUpdated(msg(2, 99, "c"))),
+        ]);
+        let maxima: Vec<_> = p.created_maxima().into_iter().collect();
+        assert_eq!(
+            maxima,
+            vec![(SequenceOf::Chats(1), 5), (SequenceOf::Messages(1, 5), 8)]
+        );
+    }
+
+    #[test]
     fn chunks_respect_rows_and_bytes() {
         let rows: Vec<_> = (0..10)
             .map(|n| MessageUpsert {
@@ -217,6 +369,7 @@ mod tests {
                 body: "x".repeat(10),
                 version: n,
                 at: Utc::now(),
+                creation: None,
             })
             .collect();
         let by_rows = chunks(&rows, 4, usize::MAX);

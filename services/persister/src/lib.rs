@@ -2,7 +2,8 @@
 //!
 //! Events arrive in batches ([`worker::Worker::process`]); a batch becomes a plan of rows
 //! ([`batch`], pure) that is applied in one transaction ([`store`]); events are acked only after
-//! commit. Every write is an idempotent upsert versioned by stream sequence, so redelivery,
+//! commit and after the Redis sequences were raised past the numbers created (see
+//! [`confab_core::sequence`]). Every write is an idempotent upsert versioned by stream sequence, so redelivery,
 //! replays and several replicas sharing the consumer all converge to one row per message with the
 //! body of its latest event. Events that can never be applied go to the dead-letter stream
 //! ([`confab_runtime::dead_letter`]).
@@ -30,6 +31,8 @@ pub enum Error {
     Database(#[from] sqlx::Error),
     #[error("jetstream: {0}")]
     JetStream(#[from] jetstream::Error),
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
     #[error("cannot consume: {0}")]
     Consume(String),
     #[error("admin server: {0}")]
@@ -54,9 +57,18 @@ pub async fn run(
         config.max_ack_pending,
     )
     .await?;
-    let readiness = Readiness::default().mysql(&db).nats(&js.client);
+    let redis = confab_runtime::cache::connect(&config.common).await?;
+    let readiness = Readiness::default()
+        .mysql(&db)
+        .redis(&redis)
+        .nats(&js.client);
     let admin = tokio::spawn(admin::serve(admin_listener, readiness, shutdown.wait()));
-    let worker = Worker { db, js: js.clone() };
+    let worker = Worker {
+        db,
+        js: js.clone(),
+        redis,
+        keys: confab_core::keys::Keys::new(config.common.redis_prefix.clone()),
+    };
 
     tracing::info!(consumer = %config.consumer, "persister consuming");
     let outcome = consume::run_batches(

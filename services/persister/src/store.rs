@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use confab_runtime::db;
 use sqlx::{MySql, MySqlPool, QueryBuilder, Transaction};
 
-use crate::batch::{self, ChatKey, Plan};
+use crate::batch::{self, ChatKey, Claim, Plan};
 
 /// Rows per multi-row statement, and body bytes per statement (well under MariaDB's default
 /// 16 MiB `max_allowed_packet`).
@@ -20,6 +20,14 @@ pub enum StoreError {
     Transient(#[source] sqlx::Error),
     #[error("the database rejects this data: {0}")]
     Permanent(#[source] sqlx::Error),
+    /// Creation events (by stream sequence) whose number already has a row made by another
+    /// creation event. Nothing was written; the caller dead-letters them and applies the rest.
+    #[error("{} creation events claim numbers another creation event made", .0.len())]
+    Conflicts(Vec<u64>),
+    /// Committed, but the Redis sequences could not be raised past the new numbers: the batch
+    /// is applied again (idempotently) rather than acked.
+    #[error("raising sequences in redis: {0}")]
+    Sequence(#[source] redis::RedisError),
 }
 
 impl From<sqlx::Error> for StoreError {
@@ -40,7 +48,8 @@ impl From<sqlx::Error> for StoreError {
 }
 
 /// Writes the plan in one transaction: ensure the chats, mark the changed parents for the counter
-/// reconciler, upsert the messages.
+/// reconciler, upsert the messages, then check that every created row belongs to the creation
+/// event that claims it (else nothing is committed: [`StoreError::Conflicts`]).
 ///
 /// Lock order matters: the reconciler locks a parent's mark, then the parent row. Marks are
 /// therefore taken here *before* the foreign-key checks of the inserts lock parent rows, and in
@@ -107,8 +116,101 @@ pub async fn apply(db: &MySqlPool, plan: &Plan) -> Result<(), StoreError> {
     ) {
         upsert_messages(&mut tx, chunk, &ids).await?;
     }
+    let conflicts = claim_conflicts(&mut tx, plan, &ids).await?;
+    if !conflicts.is_empty() {
+        // Dropping the transaction rolls it back.
+        return Err(StoreError::Conflicts(conflicts));
+    }
     tx.commit().await?;
     Ok(())
+}
+
+/// Claims the created rows for their creation events (a row nobody claimed yet is claimed now)
+/// and returns the stream sequences of the claims that lost to another creation event.
+async fn claim_conflicts(
+    tx: &mut Transaction<'_, MySql>,
+    plan: &Plan,
+    ids: &HashMap<ChatKey, u64>,
+) -> Result<Vec<u64>, StoreError> {
+    let mut conflicts = Vec::new();
+    // Chats: claim (messages claim theirs in the upsert), then compare.
+    let chats: Vec<(u64, &Claim)> = plan
+        .claims
+        .iter()
+        .filter(|((_, message), _)| message.is_none())
+        .filter_map(|((chat, _), claim)| ids.get(chat).map(|id| (*id, claim)))
+        .collect();
+    for chunk in chats.chunks(MAX_ROWS_PER_STATEMENT) {
+        let mut q = QueryBuilder::<MySql>::new("UPDATE chats SET creation_event_id = CASE id ");
+        for (id, claim) in chunk {
+            q.push(" WHEN ")
+                .push_bind(*id)
+                .push(" THEN ")
+                .push_bind(claim.event_id.as_bytes().to_vec());
+        }
+        q.push(" END WHERE creation_event_id IS NULL AND id IN (");
+        let mut list = q.separated(", ");
+        for (id, _) in chunk {
+            list.push_bind(*id);
+        }
+        q.push(")");
+        q.build().execute(&mut **tx).await?;
+        let mut q =
+            QueryBuilder::<MySql>::new("SELECT id, creation_event_id FROM chats WHERE id IN (");
+        let mut list = q.separated(", ");
+        for (id, _) in chunk {
+            list.push_bind(*id);
+        }
+        q.push(")");
+        let owners: HashMap<u64, Option<Vec<u8>>> = q
+            .build_query_as()
+            .fetch_all(&mut **tx)
+            .await?
+            .into_iter()
+            .collect();
+        for (id, claim) in chunk {
+            if lost(owners.get(id), claim) {
+                conflicts.push(claim.stream_sequence);
+            }
+        }
+    }
+    let messages: Vec<((u64, u64), &Claim)> = plan
+        .claims
+        .iter()
+        .filter_map(|((chat, message), claim)| Some(((*ids.get(chat)?, (*message)?), claim)))
+        .collect();
+    for chunk in messages.chunks(MAX_ROWS_PER_STATEMENT) {
+        let mut q = QueryBuilder::<MySql>::new(
+            "SELECT chat_id, number, creation_event_id FROM messages WHERE ",
+        );
+        for (i, ((chat_id, number), _)) in chunk.iter().enumerate() {
+            if i > 0 {
+                q.push(" OR ");
+            }
+            q.push("(chat_id = ")
+                .push_bind(*chat_id)
+                .push(" AND number = ")
+                .push_bind(*number)
+                .push(")");
+        }
+        let rows: Vec<(u64, u64, Option<Vec<u8>>)> =
+            q.build_query_as().fetch_all(&mut **tx).await?;
+        let owners: HashMap<(u64, u64), Option<Vec<u8>>> = rows
+            .into_iter()
+            .map(|(chat, number, owner)| ((chat, number), owner))
+            .collect();
+        for (row, claim) in chunk {
+            if lost(owners.get(row), claim) {
+                conflicts.push(claim.stream_sequence);
+            }
+        }
+    }
+    Ok(conflicts)
+}
+
+/// Whether a row's owner is another creation event than `claim`'s.
+fn lost(owner: Option<&Option<Vec<u8>>>, claim: &Claim) -> bool {
+    matches!(owner, Some(Some(owner)) if owner.as_slice() != claim.event_id.as_bytes())
 }
 
 /// Marks parents whose counts changed. `INSERT IGNORE` keeps the earliest mark (the counter lag
@@ -196,7 +298,8 @@ async fn upsert_messages(
     ids: &HashMap<ChatKey, u64>,
 ) -> Result<(), StoreError> {
     let mut q = QueryBuilder::<MySql>::new(
-        "INSERT INTO messages (chat_id, number, body, version, created_at, updated_at) ",
+        "INSERT INTO messages (chat_id, number, body, version, created_at, updated_at, \
+         creation_event_id) ",
     );
     q.push_values(rows, |mut row, m| {
         // Every chat of the plan was resolved above (or the transaction failed).
@@ -205,16 +308,20 @@ async fn upsert_messages(
             .push_bind(&m.body)
             .push_bind(m.version)
             .push_bind(m.at)
-            .push_bind(m.at);
+            .push_bind(m.at)
+            .push_bind(m.creation.map(|id| id.as_bytes().to_vec()));
     });
     // Last writer (highest stream sequence) wins. MySQL applies assignments left to right with
-    // the updated values visible, so `version` must be assigned last.
+    // the updated values visible, so `version` must be assigned after the columns it guards. A
+    // row keeps the creation event that made it; a different one is found by
+    // `claim_conflicts` afterwards and the whole transaction rolled back.
     q.push(
         " ON DUPLICATE KEY UPDATE \
          body = IF(VALUES(version) > version, VALUES(body), body), \
          updated_at = IF(VALUES(version) > version, VALUES(updated_at), updated_at), \
          created_at = LEAST(created_at, VALUES(created_at)), \
-         version = GREATEST(version, VALUES(version))",
+         version = GREATEST(version, VALUES(version)), \
+         creation_event_id = IFNULL(creation_event_id, VALUES(creation_event_id))",
     );
     q.build().execute(&mut **tx).await?;
     Ok(())

@@ -1,18 +1,23 @@
 //! One step of the persister: a delivered batch in, rows committed and events acked out.
 //!
-//! Acks happen only after the transaction committed. A batch the database rejects is split so the
-//! one event it cannot apply is dead-lettered and the others still land; a batch that fails for a
+//! Acks happen only after the transaction committed and the Redis sequences were raised past the
+//! numbers it created ([`confab_runtime::sequence`]). A batch the database rejects is split so the
+//! one event it cannot apply is dead-lettered and the others still land; a creation event whose
+//! number already belongs to another creation event is dead-lettered with reason
+//! `number_conflict` (and counted) while the rest of its batch lands; a batch that fails for a
 //! transient reason is handed back (nak with backoff) whole, until its deliveries run out.
 
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
+use confab_core::keys::Keys;
 use confab_core::Envelope;
 use confab_runtime::jetstream::JetStream;
-use confab_runtime::{consume, dead_letter, metrics};
+use confab_runtime::{consume, dead_letter, metrics, sequence};
+use redis::aio::ConnectionManager;
 use sqlx::MySqlPool;
 
-use crate::batch::{self, Sequenced};
+use crate::batch::{self, SequenceOf, Sequenced};
 use crate::store::{self, StoreError};
 
 pub const SERVICE: &str = "persister";
@@ -20,10 +25,15 @@ pub const SERVICE: &str = "persister";
 /// Attempts of one transaction before the batch is handed back (deadlocks, lock waits).
 const TX_ATTEMPTS: u32 = 3;
 
+/// Rounds of "dead-letter the conflicting creations, apply the rest" for one batch.
+const CONFLICT_ROUNDS: usize = 3;
+
 #[derive(Clone)]
 pub struct Worker {
     pub db: MySqlPool,
     pub js: JetStream,
+    pub redis: ConnectionManager,
+    pub keys: Keys,
 }
 
 impl Worker {
@@ -48,11 +58,19 @@ impl Worker {
                 }
             }
         }
-        if events.is_empty() {
-            return;
-        }
         let started = Instant::now();
-        match self.apply(&events).await {
+        let mut result = Ok(());
+        for _ in 0..CONFLICT_ROUNDS {
+            if events.is_empty() {
+                return;
+            }
+            result = self.apply(&events).await;
+            let Err(StoreError::Conflicts(sequences)) = &result else {
+                break;
+            };
+            (events, delivered) = self.refuse_conflicts(events, delivered, sequences).await;
+        }
+        match result {
             Ok(()) => self.committed(&events, &delivered, started).await,
             Err(StoreError::Permanent(error)) if events.len() > 1 => {
                 tracing::warn!(%error, "batch rejected; applying its events one by one");
@@ -61,6 +79,10 @@ impl Worker {
                     let started = Instant::now();
                     match self.apply(&one).await {
                         Ok(()) => self.committed(&one, &[message], started).await,
+                        Err(StoreError::Conflicts(sequences)) => {
+                            self.refuse_conflicts(Vec::from(one), vec![message], &sequences)
+                                .await;
+                        }
                         Err(error) => self.failed(&message, error).await,
                     }
                 }
@@ -75,7 +97,11 @@ impl Worker {
                         StoreError::Permanent(_) => {
                             self.dead_letter(message, "rejected", &text).await;
                         }
-                        StoreError::Transient(_) => {
+                        // Conflicts that keep appearing round after round: hand back, the next
+                        // delivery sorts them out.
+                        StoreError::Transient(_)
+                        | StoreError::Sequence(_)
+                        | StoreError::Conflicts(_) => {
                             consume::hand_back(&self.js, SERVICE, message, &text).await;
                         }
                     }
@@ -84,15 +110,54 @@ impl Worker {
         }
     }
 
+    /// Dead-letters the creation events at `sequences` (their numbers belong to other creation
+    /// events) and returns the rest of the batch.
+    async fn refuse_conflicts(
+        &self,
+        events: Vec<Sequenced>,
+        delivered: Vec<jetstream::Message>,
+        sequences: &[u64],
+    ) -> (Vec<Sequenced>, Vec<jetstream::Message>) {
+        let mut rest = (Vec::new(), Vec::new());
+        for (event, message) in events.into_iter().zip(delivered) {
+            if !sequences.contains(&event.stream_sequence) {
+                rest.0.push(event);
+                rest.1.push(message);
+                continue;
+            }
+            let kind = match event.envelope.event {
+                confab_core::Event::ChatCreated(_) => "chat",
+                _ => "message",
+            };
+            metrics::NUMBER_CONFLICTS.with_label_values(&[kind]).inc();
+            tracing::error!(
+                kind,
+                stream_sequence = event.stream_sequence,
+                "a creation event claims a number another creation event made; dead-lettered"
+            );
+            let reason = "number_conflict: another creation event already made this number's row";
+            self.dead_letter(&message, "number_conflict", reason).await;
+        }
+        rest
+    }
+
     async fn apply(&self, events: &[Sequenced]) -> Result<(), StoreError> {
         let plan = batch::plan(events);
+        if !plan.conflicts.is_empty() {
+            return Err(StoreError::Conflicts(plan.conflicts));
+        }
         let mut attempt = 1;
         loop {
             let started = std::time::Instant::now();
-            let result = store::apply(&self.db, &plan).await;
+            let mut result = store::apply(&self.db, &plan).await;
             confab_runtime::metrics::observe_mysql("persist_batch", started);
+            if result.is_ok() {
+                result = self.raise_sequences(&plan).await;
+            }
             match result {
-                Err(StoreError::Transient(error)) if attempt < TX_ATTEMPTS => {
+                Err(error @ (StoreError::Transient(_) | StoreError::Sequence(_)))
+                    if attempt < TX_ATTEMPTS =>
+                {
                     tracing::warn!(%error, attempt, "transaction failed, retrying");
                     tokio::time::sleep(Duration::from_millis(50 * u64::from(attempt))).await;
                     attempt += 1;
@@ -100,6 +165,27 @@ impl Worker {
                 other => return other,
             }
         }
+    }
+
+    /// Raises the Redis sequences past the numbers this batch created. Failing here fails the
+    /// batch (it is applied again, idempotently, and raised again): an event must not be acked
+    /// before its number is safe from being handed out again.
+    async fn raise_sequences(&self, plan: &batch::Plan) -> Result<(), StoreError> {
+        let raises: Vec<(String, u64)> = plan
+            .created_maxima()
+            .into_iter()
+            .map(|(sequence, number)| {
+                let key = match sequence {
+                    SequenceOf::Chats(app) => self.keys.chat_sequence(app),
+                    SequenceOf::Messages(app, chat) => self.keys.message_sequence(app, chat),
+                };
+                (key, number)
+            })
+            .collect();
+        let started = Instant::now();
+        let result = sequence::raise(&self.redis, &raises).await;
+        metrics::observe_redis("raise_sequences", started);
+        result.map(drop).map_err(StoreError::Sequence)
     }
 
     async fn committed(
@@ -135,8 +221,8 @@ impl Worker {
                 self.dead_letter(message, "rejected", &error.to_string())
                     .await;
             }
-            StoreError::Transient(error) => {
-                consume::hand_back(&self.js, SERVICE, message, &error.to_string()).await;
+            other => {
+                consume::hand_back(&self.js, SERVICE, message, &other.to_string()).await;
             }
         }
     }

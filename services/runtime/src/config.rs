@@ -4,7 +4,9 @@
 //! process environment variables. Every variable and default is listed in the README.
 
 use std::collections::HashMap;
+use std::fmt::Display;
 use std::net::SocketAddr;
+use std::ops::RangeInclusive;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -40,7 +42,8 @@ pub fn string(env: &Env, name: &str, default: &str) -> String {
         .unwrap_or_else(|| default.to_owned())
 }
 
-/// Reads and parses `name`, falling back to `default`.
+/// Reads and parses `name`, falling back to `default`. For numbers use [`parse_within`], which
+/// also bounds them.
 pub fn parse<T>(env: &Env, name: &'static str, default: T) -> Result<T, ConfigError>
 where
     T: FromStr,
@@ -55,28 +58,89 @@ where
     }
 }
 
-/// Reads a duration given in milliseconds.
+/// Reads and parses a number, refused outside `range`: every numeric setting goes through this,
+/// so a zero batch size or a negative delivery count stops the service at start-up with the
+/// variable's name and allowed range, instead of a panic, a spin or a dead-lettered outage later.
+pub fn parse_within<T>(
+    env: &Env,
+    name: &'static str,
+    default: T,
+    range: RangeInclusive<T>,
+) -> Result<T, ConfigError>
+where
+    T: FromStr + PartialOrd + Display,
+    T::Err: Display,
+{
+    let outside = |value: &dyn Display| ConfigError::Invalid {
+        name,
+        reason: format!("{value} is outside {}..={}", range.start(), range.end()),
+    };
+    let value = match env.get(name).filter(|v| !v.is_empty()) {
+        None => default,
+        Some(raw) => match raw.parse::<T>() {
+            Ok(value) => value,
+            // A whole number the type cannot hold (-1 for a count, 2^64 for a size) is simply
+            // out of range.
+            Err(_) if raw.parse::<i128>().is_ok() => return Err(outside(raw)),
+            Err(e) => {
+                return Err(ConfigError::Invalid {
+                    name,
+                    reason: format!(
+                        "{raw:?} is not a number in {}..={} ({e})",
+                        range.start(),
+                        range.end()
+                    ),
+                })
+            }
+        },
+    };
+    if range.contains(&value) {
+        Ok(value)
+    } else {
+        Err(outside(&value))
+    }
+}
+
+/// Reads a duration given in milliseconds, unbounded; prefer [`millis_within`].
 pub fn millis(env: &Env, name: &'static str, default_ms: u64) -> Result<Duration, ConfigError> {
     parse(env, name, default_ms).map(Duration::from_millis)
 }
 
-/// [`millis`], refused outside `min_ms..=max_ms`.
+/// A duration in milliseconds, refused outside `range_ms` ([`parse_within`]).
 pub fn millis_within(
     env: &Env,
     name: &'static str,
     default_ms: u64,
-    min_ms: u64,
-    max_ms: u64,
+    range_ms: RangeInclusive<u64>,
 ) -> Result<Duration, ConfigError> {
-    let ms: u64 = parse(env, name, default_ms)?;
-    if (min_ms..=max_ms).contains(&ms) {
-        Ok(Duration::from_millis(ms))
-    } else {
-        Err(ConfigError::Invalid {
+    parse_within(env, name, default_ms, range_ms).map(Duration::from_millis)
+}
+
+/// A duration in whole seconds, refused outside `range_secs` ([`parse_within`]).
+pub fn secs_within(
+    env: &Env,
+    name: &'static str,
+    default_secs: u64,
+    range_secs: RangeInclusive<u64>,
+) -> Result<Duration, ConfigError> {
+    parse_within(env, name, default_secs, range_secs).map(Duration::from_secs)
+}
+
+/// A listening address. A configured port 0 (a random port nobody could find) is refused; the
+/// default is the caller's (tests pass port 0 and bind their own listeners).
+pub fn socket_addr(
+    env: &Env,
+    name: &'static str,
+    default: SocketAddr,
+) -> Result<SocketAddr, ConfigError> {
+    let addr = parse(env, name, default)?;
+    if addr.port() == 0 && env.get(name).is_some_and(|v| !v.is_empty()) {
+        return Err(ConfigError::Invalid {
             name,
-            reason: format!("{ms} ms is outside {min_ms}..={max_ms}"),
-        })
+            reason: "port 0 is outside 1..=65535".into(),
+        });
     }
+    Ok(addr)
 }
 
 /// Reads a boolean (`true`/`false`/`1`/`0`).
@@ -98,7 +162,7 @@ pub fn boolean(env: &Env, name: &'static str, default: bool) -> Result<bool, Con
 pub struct CommonConfig {
     /// `DATABASE_URL`, default `mysql://root@127.0.0.1:3306/confab`.
     pub database_url: Secret<String>,
-    /// `CONFAB_DB_MAX_CONNECTIONS`, default 16.
+    /// `CONFAB_DB_MAX_CONNECTIONS`, default 16 (1 to 1000).
     pub db_max_connections: u32,
     /// `REDIS_URL`, default `redis://127.0.0.1:6379`.
     pub redis_url: Secret<String>,
@@ -106,7 +170,8 @@ pub struct CommonConfig {
     pub redis_prefix: String,
     /// `NATS_URL`, default `nats://127.0.0.1:4222`.
     pub nats_url: String,
-    /// `CONFAB_ADMIN_ADDR`: health and metrics; each service has its own default port.
+    /// `CONFAB_ADMIN_ADDR`: health and metrics; each service has its own default port (a
+    /// configured port must be 1 to 65535).
     pub admin_addr: SocketAddr,
     pub stream: StreamConfig,
 }
@@ -120,54 +185,85 @@ pub struct StreamConfig {
     pub dlq_name: String,
     /// `CONFAB_SUBJECT_PREFIX`, default `confab`.
     pub subject_prefix: String,
-    /// `CONFAB_STREAM_REPLICAS`, default 1 (production: 3).
+    /// `CONFAB_STREAM_REPLICAS`, default 1 (production: 3; 1 to 5).
     pub replicas: usize,
-    /// `CONFAB_STREAM_MAX_AGE_SECS`, default 604800 (7 days).
+    /// `CONFAB_STREAM_MAX_AGE_SECS`, default 604800 (7 days; 60 to 315360000).
     pub max_age: Duration,
-    /// `CONFAB_DUPLICATE_WINDOW_SECS`, default 120.
+    /// `CONFAB_DUPLICATE_WINDOW_SECS`, default 120 (1 to 86400, at most the maximum age).
     pub duplicate_window: Duration,
     /// `CONFAB_MAX_DELIVER`, default 1000: deliveries of an event that keeps failing for a
-    /// transient reason before it is dead-lettered (with the 30 s backoff cap, about 8 hours).
+    /// transient reason before it is dead-lettered (with the 30 s backoff cap, about 8 hours;
+    /// 2 to 1000000).
     pub max_deliver: i64,
-    /// `CONFAB_ACK_WAIT_SECS`, default 30.
+    /// `CONFAB_ACK_WAIT_SECS`, default 30 (1 to 3600).
     pub ack_wait: Duration,
-    /// `CONFAB_PUBLISH_TIMEOUT_MS`, default 5000.
+    /// `CONFAB_PUBLISH_TIMEOUT_MS`, default 2000: how long one publish attempt waits for its
+    /// acknowledgement before it is repeated (dedup makes repeating safe).
     pub publish_timeout: Duration,
+    /// `CONFAB_PUBLISH_DEADLINE_MS`, default 8000: how long a publish keeps retrying (a JetStream
+    /// leader election, a reconnect) before the request fails with 503. Keep it below the api's
+    /// `CONFAB_REQUEST_TIMEOUT_MS`.
+    pub publish_deadline: Duration,
 }
 
 impl CommonConfig {
     pub fn from_env(env: &Env, default_admin_port: u16) -> Result<Self, ConfigError> {
-        let admin_default = format!("0.0.0.0:{default_admin_port}");
+        let admin_default = SocketAddr::from(([0, 0, 0, 0], default_admin_port));
+        let stream = StreamConfig::from_env(env)?;
         Ok(Self {
             database_url: Secret::new(string(
                 env,
                 "DATABASE_URL",
                 "mysql://root@127.0.0.1:3306/confab",
             )),
-            db_max_connections: parse(env, "CONFAB_DB_MAX_CONNECTIONS", 16)?,
+            // More than a thousand connections per process is far past what MySQL serves well.
+            db_max_connections: parse_within(env, "CONFAB_DB_MAX_CONNECTIONS", 16, 1..=1000)?,
             redis_url: Secret::new(string(env, "REDIS_URL", "redis://127.0.0.1:6379")),
             redis_prefix: string(env, "CONFAB_REDIS_PREFIX", "confab:"),
             nats_url: string(env, "NATS_URL", "nats://127.0.0.1:4222"),
-            admin_addr: parse(
+            admin_addr: socket_addr(env, "CONFAB_ADMIN_ADDR", admin_default)?,
+            stream,
+        })
+    }
+}
+
+impl StreamConfig {
+    pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        // 0 would mean "keep forever" to JetStream; ten years is the most we accept.
+        let max_age = secs_within(env, "CONFAB_STREAM_MAX_AGE_SECS", 604_800, 60..=315_360_000)?;
+        // 0 would fall back to JetStream's default; longer than a day only costs server memory.
+        let duplicate_window = secs_within(env, "CONFAB_DUPLICATE_WINDOW_SECS", 120, 1..=86_400)?;
+        // JetStream refuses a stream whose duplicate window exceeds its maximum age.
+        if duplicate_window > max_age {
+            return Err(ConfigError::Invalid {
+                name: "CONFAB_DUPLICATE_WINDOW_SECS",
+                reason: format!(
+                    "{} is longer than CONFAB_STREAM_MAX_AGE_SECS ({})",
+                    duplicate_window.as_secs(),
+                    max_age.as_secs()
+                ),
+            });
+        }
+        Ok(Self {
+            name: string(env, "CONFAB_STREAM", "CONFAB_EVENTS"),
+            dlq_name: string(env, "CONFAB_DLQ_STREAM", "CONFAB_DEAD_LETTERS"),
+            subject_prefix: string(env, "CONFAB_SUBJECT_PREFIX", "confab"),
+            // JetStream keeps at most five replicas of a stream.
+            replicas: parse_within(env, "CONFAB_STREAM_REPLICAS", 1, 1..=5)?,
+            max_age,
+            duplicate_window,
+            // 1 would dead-letter every transient failure at its first delivery.
+            max_deliver: parse_within(env, "CONFAB_MAX_DELIVER", 1000, 2..=1_000_000)?,
+            // 0 would fall back to JetStream's default.
+            ack_wait: secs_within(env, "CONFAB_ACK_WAIT_SECS", 30, 1..=3600)?,
+            // 0 would fail every publish.
+            publish_timeout: millis_within(env, "CONFAB_PUBLISH_TIMEOUT_MS", 2000, 100..=60_000)?,
+            publish_deadline: millis_within(
                 env,
-                "CONFAB_ADMIN_ADDR",
-                admin_default.parse().expect("valid"),
+                "CONFAB_PUBLISH_DEADLINE_MS",
+                8000,
+                100..=600_000,
             )?,
-            stream: StreamConfig {
-                name: string(env, "CONFAB_STREAM", "CONFAB_EVENTS"),
-                dlq_name: string(env, "CONFAB_DLQ_STREAM", "CONFAB_DEAD_LETTERS"),
-                subject_prefix: string(env, "CONFAB_SUBJECT_PREFIX", "confab"),
-                replicas: parse(env, "CONFAB_STREAM_REPLICAS", 1)?,
-                max_age: Duration::from_secs(parse(env, "CONFAB_STREAM_MAX_AGE_SECS", 604_800)?),
-                duplicate_window: Duration::from_secs(parse(
-                    env,
-                    "CONFAB_DUPLICATE_WINDOW_SECS",
-                    120,
-                )?),
-                max_deliver: parse(env, "CONFAB_MAX_DELIVER", 1000)?,
-                ack_wait: Duration::from_secs(parse(env, "CONFAB_ACK_WAIT_SECS", 30)?),
-                publish_timeout: millis(env, "CONFAB_PUBLISH_TIMEOUT_MS", 5000)?,
-            },
         })
     }
 }
@@ -193,5 +289,79 @@ mod tests {
         assert!(err.to_string().contains("CONFAB_MAX_DELIVER"));
         assert!(boolean(&env(&[("B", "maybe")]), "B", true).is_err());
         assert!(!boolean(&env(&[("B", "false")]), "B", true).unwrap());
+    }
+
+    #[test]
+    fn parse_within_refuses_zero_negative_and_out_of_range_values_naming_the_range() {
+        let read = |raw: &str| parse_within(&env(&[("N", raw)]), "N", 5u32, 1..=10);
+        assert_eq!(read("").unwrap(), 5, "empty means the default");
+        assert_eq!(read("10").unwrap(), 10);
+        for (raw, reason) in [
+            ("0", "0 is outside 1..=10"),
+            ("-1", "-1 is outside 1..=10"),
+            ("11", "11 is outside 1..=10"),
+            (
+                "99999999999999999999",
+                "99999999999999999999 is outside 1..=10",
+            ),
+        ] {
+            assert_eq!(
+                read(raw).unwrap_err().to_string(),
+                format!("environment variable N has an invalid value: {reason}")
+            );
+        }
+        let error = read("ten").unwrap_err().to_string();
+        assert!(error.contains("N has an invalid value"), "{error}");
+        assert!(
+            error.contains("\"ten\" is not a number in 1..=10"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn every_common_numeric_setting_is_bounded() {
+        for (name, bad) in [
+            ("CONFAB_DB_MAX_CONNECTIONS", "0"),
+            ("CONFAB_DB_MAX_CONNECTIONS", "-4"),
+            ("CONFAB_DB_MAX_CONNECTIONS", "1001"),
+            ("CONFAB_STREAM_REPLICAS", "0"),
+            ("CONFAB_STREAM_REPLICAS", "6"),
+            ("CONFAB_STREAM_MAX_AGE_SECS", "0"),
+            ("CONFAB_STREAM_MAX_AGE_SECS", "-1"),
+            ("CONFAB_DUPLICATE_WINDOW_SECS", "0"),
+            ("CONFAB_DUPLICATE_WINDOW_SECS", "86401"),
+            ("CONFAB_MAX_DELIVER", "0"),
+            ("CONFAB_MAX_DELIVER", "1"),
+            ("CONFAB_MAX_DELIVER", "-1"),
+            ("CONFAB_MAX_DELIVER", "1000001"),
+            ("CONFAB_ACK_WAIT_SECS", "0"),
+            ("CONFAB_ACK_WAIT_SECS", "3601"),
+            ("CONFAB_PUBLISH_TIMEOUT_MS", "0"),
+            ("CONFAB_PUBLISH_TIMEOUT_MS", "60001"),
+            ("CONFAB_PUBLISH_DEADLINE_MS", "0"),
+            ("CONFAB_ADMIN_ADDR", "0.0.0.0:0"),
+        ] {
+            let error = CommonConfig::from_env(&env(&[(name, bad)]), 1)
+                .expect_err(name)
+                .to_string();
+            assert!(error.contains(name), "{name}={bad}: {error}");
+            assert!(error.contains("is outside"), "{name}={bad}: {error}");
+        }
+        let c = CommonConfig::from_env(&env(&[("CONFAB_MAX_DELIVER", "2")]), 1).unwrap();
+        assert_eq!(c.stream.max_deliver, 2);
+    }
+
+    #[test]
+    fn the_duplicate_window_must_fit_in_the_maximum_age() {
+        let error = CommonConfig::from_env(
+            &env(&[
+                ("CONFAB_STREAM_MAX_AGE_SECS", "60"),
+                ("CONFAB_DUPLICATE_WINDOW_SECS", "120"),
+            ]),
+            1,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(error.contains("CONFAB_DUPLICATE_WINDOW_SECS"), "{error}");
     }
 }

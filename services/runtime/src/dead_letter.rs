@@ -15,7 +15,17 @@ pub async fn send(
     reason_class: &'static str,
     reason: &str,
 ) {
-    let mut map = message.headers.clone().unwrap_or_default();
+    // The original headers travel along, except the publish conditions: a creation's "no message
+    // on this subject yet" would refuse the copy of a second service dead-lettering the same event.
+    let mut map = async_nats::HeaderMap::new();
+    for (name, values) in message.headers.iter().flat_map(|h| h.iter()) {
+        if AsRef::<str>::as_ref(name) == headers::EXPECTED_LAST_SUBJECT_SEQUENCE {
+            continue;
+        }
+        for value in values {
+            map.append(name.clone(), value.clone());
+        }
+    }
     map.insert(headers::DLQ_REASON, reason);
     map.insert(headers::DLQ_SERVICE, service);
     if let Ok(info) = message.info() {

@@ -50,13 +50,23 @@ pub struct JetStream {
     pub config: StreamConfig,
 }
 
+/// The servers of a `NATS_URL`: one URL or a comma-separated list, as every NATS client takes
+/// it (`nats://a:4222,nats://b:4222`); the client connects to any and fails over to the others.
+pub fn server_list(url: &str) -> Vec<String> {
+    url.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
 /// Connects and makes sure both streams exist with the configured settings.
 pub async fn connect(url: &str, service: &str, config: &StreamConfig) -> Result<JetStream, Error> {
     let client = async_nats::ConnectOptions::new()
         .name(service)
         .connection_timeout(Duration::from_secs(5))
         .retry_on_initial_connect()
-        .connect(url)
+        .connect(server_list(url).as_slice())
         .await?;
     let mut context = jetstream::new(client.clone());
     context.set_timeout(config.publish_timeout);
@@ -116,6 +126,41 @@ pub fn dead_letter_stream_config(config: &StreamConfig, subjects: &Subjects) -> 
         num_replicas: config.replicas,
         ..Default::default()
     }
+}
+
+/// The stream of the api's idempotency records (`CONFAB_IDEMPOTENCY_STREAM`) over
+/// `p.idem.>`: one record per subject (`max_msgs_per_subject` 1, so a replaced record replaces
+/// its predecessor), kept `ttl`, with this deployment's storage and replicas. Records are written
+/// with `Nats-Expected-Last-Subject-Sequence`, which makes "create if absent" and "replace if
+/// unchanged" atomic.
+pub async fn records_stream(
+    js: &JetStream,
+    name: &str,
+    ttl: Duration,
+) -> Result<stream::Stream, Error> {
+    ensure_stream(
+        &js.context,
+        stream::Config {
+            name: name.to_owned(),
+            subjects: vec![js.subjects.all_idempotency_records()],
+            storage: stream::StorageType::File,
+            retention: stream::RetentionPolicy::Limits,
+            discard: stream::DiscardPolicy::Old,
+            max_age: ttl,
+            max_messages_per_subject: 1,
+            num_replicas: js.config.replicas,
+            allow_direct: true,
+            ..Default::default()
+        },
+    )
+    .await?;
+    js.context
+        .get_stream(name)
+        .await
+        .map_err(|source| Error::GetStream {
+            name: name.to_owned(),
+            source,
+        })
 }
 
 /// A durable pull consumer's configuration.
@@ -186,6 +231,15 @@ mod tests {
         assert!(s.allow_direct);
         let d = dead_letter_stream_config(&c, &Subjects::new("confab"));
         assert_eq!(d.subjects, vec!["confab.dlq.>".to_string()]);
+    }
+
+    #[test]
+    fn nats_url_takes_a_list_of_servers() {
+        assert_eq!(server_list("nats://a:1"), vec!["nats://a:1"]);
+        assert_eq!(
+            server_list("nats://a:1, nats://b:2,,nats://c:3"),
+            vec!["nats://a:1", "nats://b:2", "nats://c:3"]
+        );
     }
 
     #[test]

@@ -19,6 +19,7 @@ pub mod dead_letter;
 pub mod jetstream;
 pub mod metrics;
 pub mod secret;
+pub mod sequence;
 pub mod shutdown;
 pub mod telemetry;
 pub mod trace;

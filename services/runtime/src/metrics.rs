@@ -68,6 +68,37 @@ pub static SEQUENCE_RESEEDS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 
+pub static PUBLISH_RETRIES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "confab_publish_retries_total",
+        "Publish attempts repeated after a failure inside the request's deadline (a lost \
+         acknowledgement, a JetStream leader election), by event type.",
+        &["type"]
+    )
+    .expect("metric registers once")
+});
+
+pub static IDEMPOTENT_REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "confab_idempotent_requests_total",
+        "Requests whose Idempotency-Key was seen before: replayed (answered as the first), or \
+         mismatch (another body, 422).",
+        &["outcome"]
+    )
+    .expect("metric registers once")
+});
+
+pub static NUMBER_CONFLICTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "confab_number_conflicts_total",
+        "Creation events refused by the persister because another creation event already made \
+         the row of their number (dead-lettered with reason number_conflict), by kind (chat, \
+         message). Any increase means a number was handed out twice.",
+        &["kind"]
+    )
+    .expect("metric registers once")
+});
+
 pub static EVENTS_CONSUMED: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
         "confab_events_consumed_total",
@@ -318,14 +349,24 @@ pub fn initialize(service: &str) {
                 for outcome in ["stored", "retried", "collision", "error"] {
                     EVENTS_PUBLISHED.with_label_values(&[kind, outcome]);
                 }
+                PUBLISH_RETRIES.with_label_values(&[kind]);
+            }
+            for outcome in ["replayed", "mismatch"] {
+                IDEMPOTENT_REQUESTS.with_label_values(&[outcome]);
             }
         }
         "confab-persister" | "confab-indexer" => {
             let short = service.trim_start_matches("confab-");
             EVENTS_ACKED.with_label_values(&[short]);
             EVENTS_REDELIVERED.with_label_values(&[short]);
-            for reason in ["undecodable", "rejected"] {
+            for reason in ["undecodable", "rejected", "exhausted"] {
                 EVENTS_DEAD_LETTERED.with_label_values(&[short, reason]);
+            }
+            if short == "persister" {
+                EVENTS_DEAD_LETTERED.with_label_values(&[short, "number_conflict"]);
+                for kind in ["chat", "message"] {
+                    NUMBER_CONFLICTS.with_label_values(&[kind]);
+                }
             }
             for outcome in ["ok", "error"] {
                 BATCH_DURATION.with_label_values(&[short, outcome]);

@@ -1,34 +1,66 @@
 //! `/applications`: written to MySQL synchronously (a rare operation).
 
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 use confab_core::Token;
 
 use crate::error::{ApiError, ErrorBody, Result};
 use crate::extract::{self, JsonObject, Page, PageQuery};
+use crate::idempotency::{IdempotencyKey, Record};
 use crate::repo;
 use crate::state::AppState;
 use crate::views::{ApplicationInput, ApplicationView};
 
 #[utoipa::path(post, path = "/api/v1/applications", tag = "applications",
     request_body = ApplicationInput,
+    params(("Idempotency-Key" = Option<String>, Header, description = "Makes a retry safe: the \
+        same key with the same body within 24 h answers what the first request answered (the same \
+        application); with another body, 422 idempotency_key_reused.")),
     responses(
         (status = 201, body = ApplicationView),
-        (status = 400, body = ErrorBody), (status = 422, body = ErrorBody)))]
+        (status = 400, body = ErrorBody),
+        (status = 422, description = "a blank name, or the Idempotency-Key was used with another body",
+            body = ErrorBody),
+        (status = 503, body = ErrorBody)))]
 #[tracing::instrument(level = "debug", skip_all)]
 pub async fn create(
     State(state): State<AppState>,
+    headers: HeaderMap,
     body: JsonObject,
 ) -> Result<(StatusCode, Json<ApplicationView>)> {
     let name = state.limits.name(body.string("application", "name")?)?;
+    let external_key = match IdempotencyKey::from_request(&headers, "applications", &body.0)? {
+        Some(key) => Some(application_key(&state, &key).await?),
+        None => None,
+    };
     let token = Token::generate();
-    let row = repo::insert_application(&state.db, &name, token.expose()).await?;
+    let row =
+        repo::insert_application(&state.db, &name, token.expose(), external_key.as_deref()).await?;
     state
         .tokens
         .insert(row.token.clone(), state.tenant_of(&row));
     tracing::info!("application created");
     Ok((StatusCode::CREATED, Json(row.into())))
+}
+
+/// The key the application of an idempotent request is inserted under: the one an earlier
+/// request with the same key recorded, or a new one recorded now.
+async fn application_key(state: &AppState, key: &IdempotencyKey) -> Result<String> {
+    for _ in 0..3 {
+        if let Some((record, _)) = state.idempotency.lookup(key).await? {
+            return record.application_key.ok_or(ApiError::IdempotencyMismatch);
+        }
+        let application_key = format!("idempotency:{}", uuid::Uuid::new_v4());
+        let record = Record::for_application(key, application_key.clone());
+        if state.idempotency.create(key, &record).await?.is_some() {
+            return Ok(application_key);
+        }
+        // Another request with this key recorded first: use its record.
+    }
+    Err(ApiError::Unavailable(
+        "idempotency record changed concurrently".to_owned(),
+    ))
 }
 
 #[utoipa::path(get, path = "/api/v1/applications", tag = "applications",

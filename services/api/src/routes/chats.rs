@@ -2,7 +2,7 @@
 //! with no MySQL write; reads come from MySQL.
 
 use axum::extract::{Extension, Path, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 use confab_core::event::{ChatCreated, Event};
 use confab_core::trace::TraceParent;
@@ -10,24 +10,30 @@ use confab_core::trace::TraceParent;
 use crate::allocate::Sequence;
 use crate::error::{ApiError, ErrorBody, Result};
 use crate::extract::{self, JsonObject, Page, PageQuery};
+use crate::idempotency::IdempotencyKey;
 use crate::numbering::Admission;
 use crate::repo;
 use crate::state::AppState;
 use crate::views::ChatView;
 
 #[utoipa::path(post, path = "/api/v1/applications/{token}/chats", tag = "chats",
-    params(("token" = String, Path)),
+    params(("token" = String, Path),
+        ("Idempotency-Key" = Option<String>, Header, description = "Makes a retry safe: the same key \
+         with the same body within 24 h answers what the first request answered; with another \
+         body, 422 idempotency_key_reused.")),
     responses(
         (status = 201, body = ChatView), (status = 404, body = ErrorBody),
         (status = 400, body = ErrorBody),
         (status = 409, description = "the application's chat limit is reached", body = ErrorBody),
+        (status = 422, description = "the Idempotency-Key was used with another body", body = ErrorBody),
         (status = 503, body = ErrorBody)))]
 #[tracing::instrument(level = "debug", skip_all)]
 pub async fn create(
     State(state): State<AppState>,
     Extension(trace): Extension<TraceParent>,
     Path(token): Path<String>,
-    _body: JsonObject,
+    headers: HeaderMap,
+    body: JsonObject,
 ) -> Result<(StatusCode, Json<ChatView>)> {
     let token = extract::token(&token)?;
     let tenant = state.tenant(&token).await?;
@@ -35,13 +41,14 @@ pub async fn create(
     let sequence = Sequence {
         kind: "chat",
         key: state.keys.chat_sequence(app),
-        subject: state.publisher.jetstream().subjects.chat_created(app),
+        subjects: state.publisher.jetstream().subjects.chats_created(app),
         persisted_max: || repo::max_chat_number(&state.db, app),
         admission: Admission {
             cap: tenant.quotas.chat_cap(),
             rate: None,
         },
         trace: &trace,
+        idempotency: IdempotencyKey::from_request(&headers, &format!("chats {app}"), &body.0)?,
     };
     let (number, envelope) = state
         .publish_numbered(sequence, |number| {

@@ -2,7 +2,7 @@
 //! JetStream (no MySQL write); reads come from MySQL.
 
 use axum::extract::{Extension, Path, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 use confab_core::event::{Event, MessageWritten};
 use confab_core::trace::TraceParent;
@@ -11,6 +11,7 @@ use confab_core::Envelope;
 use crate::allocate::Sequence;
 use crate::error::{ApiError, ErrorBody, Result};
 use crate::extract::{self, JsonObject, Page, PageQuery};
+use crate::idempotency::IdempotencyKey;
 use crate::numbering::Admission;
 use crate::repo;
 use crate::state::{AppState, Tenant};
@@ -41,11 +42,16 @@ fn checked_body(state: &AppState, tenant: &Tenant, body: &JsonObject) -> Result<
 }
 
 #[utoipa::path(post, path = "/api/v1/applications/{token}/chats/{number}/messages", tag = "messages",
-    params(("token" = String, Path), ("number" = u64, Path)), request_body = MessageInput,
+    params(("token" = String, Path), ("number" = u64, Path),
+        ("Idempotency-Key" = Option<String>, Header, description = "Makes a retry safe: the same key \
+         with the same body within 24 h answers what the first request answered (the same \
+         number); with another body, 422 idempotency_key_reused.")),
+    request_body = MessageInput,
     responses(
         (status = 201, body = MessageView), (status = 404, body = ErrorBody),
         (status = 400, body = ErrorBody), (status = 413, body = ErrorBody),
-        (status = 422, body = ErrorBody),
+        (status = 422, description = "a blank body, or the Idempotency-Key was used with another body",
+            body = ErrorBody),
         (status = 429, description = "the application's message rate is exceeded; see `Retry-After`",
             body = ErrorBody),
         (status = 503, body = ErrorBody)))]
@@ -54,19 +60,20 @@ pub async fn create(
     State(state): State<AppState>,
     Extension(trace): Extension<TraceParent>,
     Path((token, chat)): Path<(String, String)>,
-    body: JsonObject,
+    headers: HeaderMap,
+    input: JsonObject,
 ) -> Result<(StatusCode, Json<MessageView>)> {
     let (tenant, chat) = chat_of(&state, &token, &chat).await?;
     let app = tenant.id;
-    let body = checked_body(&state, &tenant, &body)?;
+    let body = checked_body(&state, &tenant, &input)?;
     let sequence = Sequence {
         kind: "message",
         key: state.keys.message_sequence(app, chat),
-        subject: state
+        subjects: state
             .publisher
             .jetstream()
             .subjects
-            .message_created(app, chat),
+            .messages_created(app, chat),
         persisted_max: || repo::max_message_number(&state.db, app, chat),
         admission: Admission {
             cap: 0,
@@ -76,6 +83,11 @@ pub async fn create(
                 .map(|params| (state.keys.message_rate(app), params)),
         },
         trace: &trace,
+        idempotency: IdempotencyKey::from_request(
+            &headers,
+            &format!("messages {app} {chat}"),
+            &input.0,
+        )?,
     };
     let (number, envelope) = state
         .publish_numbered(sequence, |number| {
@@ -87,6 +99,7 @@ pub async fn create(
             })
         })
         .await?;
+    // A replay answers with the recorded body, which equals this one (same fingerprint).
     let view = MessageView {
         number,
         body,
