@@ -256,9 +256,13 @@ fn chart_ports_and_probe_paths_are_the_services_own() {
         operator.admin_addr.port()
     );
 
-    // Every HTTP path a chart probes or scrapes is one the admin server serves.
-    let served = read(&repo().join("services/runtime/src/admin.rs"));
+    // Every HTTP path a chart probes or scrapes is one the admin server serves (the operator
+    // adds `/livez`, its watch-progress check, to the shared routes).
     for name in CHARTS {
+        let mut served = read(&repo().join("services/runtime/src/admin.rs"));
+        if name == "confab-operator" {
+            served.push_str(&read(&repo().join("services/operator/src/lib.rs")));
+        }
         let templates = repo().join("charts").join(name).join("templates");
         for file in files(&templates, &["yaml", "tpl"]) {
             for line in read(&file).lines() {

@@ -23,6 +23,10 @@ pub struct OperatorConfig {
     /// `CONFAB_OPERATOR_RESYNC_SECS`, default 300 (1 to 86400): how often a Ready resource is reconciled
     /// anyway (refreshes `status.chatsCount`, repairs drift the watches missed).
     pub resync: Duration,
+    /// `CONFAB_OPERATOR_RELIST_SECS`, default 300 (10 to 86400): how often the watch of
+    /// `Application`s starts over with a fresh list. `/livez` fails when neither the watch nor a
+    /// reconcile made progress for three times this long.
+    pub relist: Duration,
     /// `CONFAB_OPERATOR_HTTP_TIMEOUT_MS`, default 10000 (100 to 300000): timeout of each admin
     /// API call.
     pub http_timeout: Duration,
@@ -50,6 +54,8 @@ impl OperatorConfig {
             token_grace_secs: parse_within(env, "CONFAB_TOKEN_GRACE_SECS", 3600, 0..=2_592_000)?,
             // 0 would requeue every Ready resource at once, forever.
             resync: secs_within(env, "CONFAB_OPERATOR_RESYNC_SECS", 300, 1..=86_400)?,
+            // Below 10 s the lists themselves would be most of the operator's work.
+            relist: secs_within(env, "CONFAB_OPERATOR_RELIST_SECS", 300, 10..=86_400)?,
             // 0 would fail every admin API call.
             http_timeout: millis_within(
                 env,
@@ -63,6 +69,14 @@ impl OperatorConfig {
                 SocketAddr::from(([0, 0, 0, 0], 9094)),
             )?,
         })
+    }
+}
+
+impl OperatorConfig {
+    /// How long the watch and the reconciles may make no progress before `/livez` fails: three
+    /// relist periods, so one slow or failed list is not a restart.
+    pub fn stall_limit(&self) -> Duration {
+        self.relist * 3
     }
 }
 
@@ -80,6 +94,8 @@ mod tests {
         assert_eq!(c.watch_namespace, None);
         assert_eq!(c.token_grace_secs, 3600);
         assert_eq!(c.admin_addr.port(), 9094);
+        assert_eq!(c.relist, Duration::from_secs(300));
+        assert_eq!(c.stall_limit(), Duration::from_secs(900));
     }
 
     #[test]
@@ -90,6 +106,8 @@ mod tests {
             ("CONFAB_OPERATOR_RESYNC_SECS", "0"),
             ("CONFAB_OPERATOR_RESYNC_SECS", "-300"),
             ("CONFAB_OPERATOR_RESYNC_SECS", "86401"),
+            ("CONFAB_OPERATOR_RELIST_SECS", "9"),
+            ("CONFAB_OPERATOR_RELIST_SECS", "86401"),
             ("CONFAB_OPERATOR_HTTP_TIMEOUT_MS", "0"),
             ("CONFAB_OPERATOR_HTTP_TIMEOUT_MS", "300001"),
             ("CONFAB_ADMIN_ADDR", "0.0.0.0:0"),

@@ -6,7 +6,9 @@
 //! requested (idempotent by its request id), server-side apply the Secret, server-side apply the
 //! status. An api failure is reported as `Ready=False` and retried with exponential backoff.
 //! Deletion applies the policy: `Delete` deletes the application; `Retain` keeps it and orphans
-//! the Secret so tenants keep their token.
+//! the Secret so tenants keep their token. Each step that changes something is told as a
+//! Kubernetes Event ([`crate::events`]). A resource with the pause annotation is left alone
+//! (finalizer and deletion included) and says so in its `Synced` condition.
 //!
 //! Run one replica (the Deployment uses the `Recreate` strategy): every step is idempotent, so a
 //! brief overlap during a rollout is harmless, but there is no leader election.
@@ -16,11 +18,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use confab_core::admin::AdminApplication;
+use confab_core::admin::{AdminApplication, RotateRequest};
 use confab_runtime::metrics;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
+use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::finalizer::{finalizer, Event as FinalizerEvent};
 use kube::{Api, Client, ResourceExt};
 use serde_json::json;
@@ -28,7 +31,9 @@ use serde_json::json;
 use crate::admin_client::{AdminClient, ClientError};
 use crate::config::OperatorConfig;
 use crate::crd::{Application, ApplicationStatus, DeletionPolicy};
-use crate::desired::{self, Readiness};
+use crate::desired::{self, reason, Outcome};
+use crate::events::{self, Notice};
+use crate::watch::Heartbeat;
 
 /// The finalizer that lets the operator apply the deletion policy.
 pub const FINALIZER: &str = "confab.dev/application";
@@ -54,6 +59,10 @@ pub struct Context {
     pub client: Client,
     pub admin: AdminClient,
     pub config: OperatorConfig,
+    /// The one event recorder of the controller (it folds repeated events into series).
+    pub recorder: Recorder,
+    /// Progress of the watch and the reconciles, for the liveness probe.
+    pub heartbeat: Arc<Heartbeat>,
     /// Consecutive failures per resource (`namespace/name`), for the backoff.
     failures: Mutex<HashMap<String, u32>>,
     /// Readiness per resource, for the `confab_operator_applications` gauge.
@@ -68,6 +77,8 @@ impl Context {
                 config.admin_token.clone(),
                 config.http_timeout,
             )?,
+            recorder: Recorder::new(client.clone(), Reporter::from(FIELD_MANAGER)),
+            heartbeat: Arc::default(),
             client,
             config,
             failures: Mutex::default(),
@@ -127,17 +138,22 @@ pub async fn reconcile(app: Arc<Application>, ctx: Arc<Context>) -> Result<Actio
     let started = Instant::now();
     let ns = app.namespace().ok_or(Error::Missing("namespace"))?;
     let api: Api<Application> = Api::namespaced(ctx.client.clone(), &ns);
-    let result = finalizer(&api, FINALIZER, app.clone(), |event| {
-        let ctx = ctx.clone();
-        async move {
-            match event {
-                FinalizerEvent::Apply(app) => apply(&app, &ctx).await,
-                FinalizerEvent::Cleanup(app) => cleanup(&app, &ctx).await,
+    let result = if app.paused() {
+        pause(&app, &ctx).await
+    } else {
+        finalizer(&api, FINALIZER, app.clone(), |event| {
+            let ctx = ctx.clone();
+            async move {
+                match event {
+                    FinalizerEvent::Apply(app) => apply(&app, &ctx).await,
+                    FinalizerEvent::Cleanup(app) => cleanup(&app, &ctx).await,
+                }
             }
-        }
-    })
-    .await
-    .map_err(|error| Error::Finalizer(Box::new(error)));
+        })
+        .await
+        .map_err(|error| Error::Finalizer(Box::new(error)))
+    };
+    ctx.heartbeat.beat();
     metrics::OPERATOR_RECONCILE_DURATION.observe(started.elapsed().as_secs_f64());
     let outcome = if result.is_ok() { "ok" } else { "error" };
     metrics::OPERATOR_RECONCILIATIONS
@@ -156,21 +172,32 @@ pub fn error_policy(app: Arc<Application>, error: &Error, ctx: Arc<Context>) -> 
     Action::requeue(delay)
 }
 
+/// The pause annotation is set: only report it. No finalizer is added or removed, so a paused
+/// resource being deleted waits for the pause to end (Crossplane's and Strimzi's behaviour), and
+/// nothing is requeued: removing the annotation is a change that wakes the controller.
+async fn pause(app: &Application, ctx: &Context) -> Result<Action, Error> {
+    let status = desired::status(app, &Outcome::Paused, Utc::now());
+    let notices = events::after_reconcile(app, &status, None);
+    patch_status(app, ctx, status).await?;
+    events::publish(&ctx.recorder, app, notices).await;
+    tracing::info!("reconciliation paused");
+    Ok(Action::await_change())
+}
+
 async fn apply(app: &Application, ctx: &Context) -> Result<Action, Error> {
     let key = app.uid().ok_or(Error::Missing("uid"))?;
-    let registered = match register(app, &key, ctx).await {
-        Ok(registered) => registered,
+    let (registered, rotated) = match register(app, &key, ctx).await {
+        Ok(done) => done,
         Err(error) => {
-            let readiness = Readiness {
-                ready: false,
+            let outcome = Outcome::Failed {
                 reason: match error {
-                    ClientError::Unavailable(_) => "ApiUnavailable",
-                    ClientError::Rejected { .. } => "Rejected",
+                    ClientError::Unavailable(_) => reason::API_UNAVAILABLE,
+                    ClientError::Rejected { .. } => reason::REJECTED,
                 },
                 message: error.to_string(),
             };
-            patch_status(app, ctx, desired::status(app, None, &readiness, Utc::now())).await?;
-            ctx.record(app, Some(false));
+            let status = desired::status(app, &outcome, Utc::now());
+            finish(app, ctx, status, None).await?;
             return Err(error.into());
         }
     };
@@ -183,67 +210,93 @@ async fn apply(app: &Application, ctx: &Context) -> Result<Action, Error> {
             &Patch::Apply(&secret),
         )
         .await?;
-    let readiness = Readiness {
-        ready: true,
-        reason: "Registered",
-        message: format!(
-            "registered with the api; token in Secret {}",
-            desired::secret_name(app)
-        ),
-    };
-    let status = desired::status(app, Some(&registered), &readiness, Utc::now());
-    patch_status(app, ctx, status).await?;
-    ctx.record(app, Some(true));
+    let status = desired::status(app, &Outcome::Synced(&registered), Utc::now());
+    finish(app, ctx, status, rotated.as_ref()).await?;
     Ok(Action::requeue(ctx.config.resync))
 }
 
-/// Registers (creates or updates) the application, then rotates its token if that is due.
+/// Writes the status, tells what changed as events and updates the readiness gauge.
+async fn finish(
+    app: &Application,
+    ctx: &Context,
+    status: ApplicationStatus,
+    rotated: Option<&RotateRequest>,
+) -> Result<(), Error> {
+    let notices = events::after_reconcile(app, &status, rotated);
+    let ready = desired::find(Some(&status), reason::READY).is_some_and(|c| c.status == "True");
+    patch_status(app, ctx, status).await?;
+    events::publish(&ctx.recorder, app, notices).await;
+    ctx.record(app, Some(ready));
+    Ok(())
+}
+
+/// Registers (creates or updates) the application, then rotates its token if that is due;
+/// returns the application and the rotation performed.
 async fn register(
     app: &Application,
     key: &str,
     ctx: &Context,
-) -> Result<AdminApplication, ClientError> {
+) -> Result<(AdminApplication, Option<RotateRequest>), ClientError> {
     let registered = ctx.admin.put(key, &app.spec.admin_spec()).await?;
     match desired::rotation(app, &registered, ctx.config.token_grace_secs) {
         Some(request) => {
             let rotated = ctx.admin.rotate(key, &request).await?;
             metrics::OPERATOR_TOKEN_ROTATIONS.inc();
             tracing::info!("token rotated");
-            Ok(rotated)
+            Ok((rotated, Some(request)))
         }
-        None => Ok(registered),
+        None => Ok((registered, None)),
     }
 }
 
 async fn cleanup(app: &Application, ctx: &Context) -> Result<Action, Error> {
-    match app.spec.deletion_policy {
+    let notice = match app.spec.deletion_policy {
         DeletionPolicy::Delete => {
             ctx.admin
                 .delete(&app.uid().ok_or(Error::Missing("uid"))?)
                 .await?;
             tracing::info!("application deleted");
+            Notice::normal(
+                events::DELETED,
+                "application deleted with its chats and messages; its tokens no longer work".into(),
+            )
         }
         DeletionPolicy::Retain => {
-            // Orphan the Secret, so deleting the resource does not take the token with it.
-            let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace(app)?);
-            let orphan = json!({ "metadata": { "ownerReferences": null } });
-            match secrets
-                .patch(
-                    &desired::secret_name(app),
-                    &PatchParams::default(),
-                    &Patch::Merge(&orphan),
-                )
-                .await
-            {
-                Ok(_) => {}
-                Err(kube::Error::Api(status)) if status.code == 404 => {}
-                Err(other) => return Err(other.into()),
-            }
+            orphan_secret(app, ctx).await?;
             tracing::info!("application retained");
+            Notice::normal(
+                events::RETAINED,
+                format!(
+                    "application kept; Secret {} no longer belongs to this resource and stays",
+                    desired::secret_name(app)
+                ),
+            )
         }
-    }
+    };
+    events::publish(&ctx.recorder, app, vec![notice]).await;
     ctx.record(app, None);
     Ok(Action::await_change())
+}
+
+/// Removes the Secret's owner reference. This must succeed before the finalizer goes: once the
+/// resource is gone, Kubernetes' garbage collector deletes every object that still names it as
+/// owner, whatever the deletion policy says. An error here keeps the finalizer (the reconcile
+/// fails and is retried).
+async fn orphan_secret(app: &Application, ctx: &Context) -> Result<(), Error> {
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace(app)?);
+    let orphan = json!({ "metadata": { "ownerReferences": null } });
+    match secrets
+        .patch(
+            &desired::secret_name(app),
+            &PatchParams::default(),
+            &Patch::Merge(&orphan),
+        )
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
+        Err(other) => Err(other.into()),
+    }
 }
 
 async fn patch_status(

@@ -2,17 +2,34 @@
 //! the YAML in `crds/` is generated from it (`confab-operator crdgen`) and a test fails when the
 //! two drift apart.
 //!
+//! Every field's doc comment is its description in the CRD (what `kubectl explain` prints).
+//! Validation lives in the schema too, so the API server refuses a bad object at `kubectl apply`
+//! instead of the operator failing on it later: bounds, patterns and enums as OpenAPI keywords,
+//! and what those cannot say (immutability, reserved keys, cross-field rules) as CEL rules
+//! (`x-kubernetes-validations`). The unit tests in `crd_tests.rs` evaluate both against good and
+//! bad objects.
+//!
 //! The short names are `capp` and `confabapp`: Argo CD's `Application` owns `app` and `apps`.
 
 use std::collections::BTreeMap;
 
-use kube::CustomResource;
+use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-/// A tenant application of Confab, with its quotas; the operator registers it with the api and
-/// keeps its token in a Secret.
-#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+/// Setting this annotation to `"true"` stops the operator from reconciling the resource (no
+/// admin API call, no Secret write, no deletion handling) until it is removed or set otherwise.
+pub const PAUSE_ANNOTATION: &str = "confab.dev/pause-reconciliation";
+
+/// Bounds shared with the api (its `CONFAB_DEFAULT_*` and admin API limits).
+pub const MAX_CHATS_LIMIT: u64 = (1 << 53) - 1;
+pub const RATE_LIMIT: u32 = 10_000_000;
+pub const BODY_BYTES_LIMIT: u32 = 8 * 1024 * 1024;
+pub const GRACE_SECONDS_LIMIT: u64 = 2_592_000;
+
+/// The spec of an Application: a tenant application of Confab with its quotas. The operator
+/// registers it with the api's admin API and keeps its token in a Secret.
+#[derive(CustomResource, KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "confab.dev",
     version = "v1alpha1",
@@ -24,20 +41,34 @@ use serde::{Deserialize, Serialize};
     category = "confab",
     namespaced,
     status = "ApplicationStatus",
+    doc = "A tenant application of Confab. The confab-operator registers it with the api, keeps \
+           its token in a Secret in the same namespace and reports its state in `status`.",
+    // The name is the value of the token Secret's `confab.dev/application` label, and label
+    // values are at most 63 characters: a longer name would make every Secret write fail.
+    validation = Rule::new("self.metadata.name.size() <= 63")
+        .message("metadata.name must be at most 63 characters (it labels the token Secret)"),
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Synced","type":"string","jsonPath":".status.conditions[?(@.type==\"Synced\")].status"}"#,
     printcolumn = r#"{"name":"Chats","type":"integer","jsonPath":".status.chatsCount"}"#,
     printcolumn = r#"{"name":"Secret","type":"string","jsonPath":".status.secretName","priority":1}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
+// A Secret cannot be renamed in place: tenants' pods mount it by name, and the old one would be
+// left behind. So the name is fixed once the resource exists (set or unset alike).
+#[x_kube(validation = Rule::new(
+    "(has(self.secretTemplate) && has(self.secretTemplate.name) ? self.secretTemplate.name : '') == \
+     (has(oldSelf.secretTemplate) && has(oldSelf.secretTemplate.name) ? oldSelf.secretTemplate.name : '')"
+).message("spec.secretTemplate.name cannot be changed: delete and recreate the Application to move its token Secret"))]
 pub struct ApplicationSpec {
-    /// The application's display name (1 to 255 characters).
+    /// The application's display name, as the api shows it (1 to 255 characters).
     #[schemars(length(min = 1, max = 255))]
     pub display_name: String,
-    /// Limits the api enforces; a missing field takes the api's default.
+    /// Limits the api enforces for this application. A missing field takes the api's default
+    /// (its `CONFAB_DEFAULT_*` settings), and follows that default when it changes.
     #[serde(default)]
     pub quotas: QuotaSpec,
-    /// Set, or change, `requestId` to rotate the token.
+    /// Token rotation: set `requestId`, or change it, to replace the token once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token_rotation: Option<TokenRotation>,
     /// What deleting this resource does to the application: `Retain` (default) keeps the
@@ -45,86 +76,153 @@ pub struct ApplicationSpec {
     /// chats and messages, and the Secret with the resource.
     #[serde(default)]
     pub deletion_policy: DeletionPolicy,
+    /// Name, labels and annotations of the token Secret the operator writes (for example the
+    /// labels a secret-replication or backup tool selects on).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_template: Option<SecretTemplate>,
 }
 
+/// The application's quotas. Bounds are the api's own, so any value the API server accepts is
+/// one the api accepts.
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct QuotaSpec {
-    /// Most chats the application may create; 0 means no limit.
+    /// Most chats the application may create; 0 means no limit. At most 2^53 - 1.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 0))]
+    #[schemars(range(min = 0, max = MAX_CHATS_LIMIT))]
     pub max_chats: Option<u64>,
-    /// Sustained message creations per second; 0 means no limit.
+    /// Sustained message creations per second, across every api replica; 0 means no limit. At
+    /// most 10,000,000.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 0))]
+    #[schemars(range(min = 0, max = RATE_LIMIT))]
     pub messages_per_second: Option<u32>,
-    /// Message creations allowed at once on top of the sustained rate.
+    /// Message creations an idle application may make at once (the rate limiter's bucket);
+    /// 1 to 10,000,000.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1))]
+    #[schemars(range(min = 1, max = RATE_LIMIT))]
     pub message_burst: Option<u32>,
-    /// Largest message body in bytes (at most the api's `CONFAB_MAX_BODY_BYTES`).
+    /// Largest message body in bytes of UTF-8, 1 to 8,388,608; the api also caps it at its
+    /// `CONFAB_MAX_BODY_BYTES` and reports the cap in `status.quotas`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1))]
+    #[schemars(range(min = 1, max = BODY_BYTES_LIMIT))]
     pub max_body_bytes: Option<u32>,
 }
 
-#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+/// A request to replace the application's token.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
+// The grace period belongs to the rotation its requestId names, which has happened by the time
+// anyone edits it: a new grace alone would change nothing.
+#[x_kube(validation = Rule::new(
+    "self.requestId != oldSelf.requestId || \
+     (has(self.graceSeconds) ? self.graceSeconds : -1) == (has(oldSelf.graceSeconds) ? oldSelf.graceSeconds : -1)"
+).message("graceSeconds applies to the rotation requestId names: change requestId to rotate again with another grace period"))]
 pub struct TokenRotation {
-    /// Any new value rotates the token once (for example a date).
+    /// Any new value rotates the token once (for example a date); the same value never rotates
+    /// twice. 1 to 63 of `A-Z a-z 0-9 . _ : -`.
     #[schemars(length(min = 1, max = 63), regex(pattern = r"^[A-Za-z0-9._:-]+$"))]
     pub request_id: String,
-    /// How long the replaced token keeps working; default from the operator's
-    /// `CONFAB_TOKEN_GRACE_SECS` (3600). 0 revokes it at once.
+    /// Seconds the replaced token keeps working (0 revokes it at once; at most 30 days).
+    /// Default: the operator's `CONFAB_TOKEN_GRACE_SECS` (3600).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 0, max = 2_592_000))]
+    #[schemars(range(min = 0, max = GRACE_SECONDS_LIMIT))]
     pub grace_seconds: Option<u64>,
 }
 
+/// What deleting the resource does to the application.
 #[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
 pub enum DeletionPolicy {
+    /// Keep the application, its data and the token Secret (no longer owned by anything).
     #[default]
     Retain,
+    /// Delete the application with its chats and messages; the Secret goes with the resource.
     Delete,
 }
 
-#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+/// The token Secret's name and metadata, after Strimzi's `template.secret` and cert-manager's
+/// `secretTemplate`.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretTemplate {
+    /// Name of the Secret; default `<resource name>-confab-token`. Fixed once the resource
+    /// exists.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+    )]
+    pub name: Option<String>,
+    /// Labels added to the Secret. `app.kubernetes.io/managed-by` and `confab.dev/application`
+    /// are the operator's (it finds its Secrets by them) and cannot be set here.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[x_kube(validation = Rule::new(
+        "!('app.kubernetes.io/managed-by' in self) && !('confab.dev/application' in self)"
+    ).message("the labels app.kubernetes.io/managed-by and confab.dev/application are set by the operator"))]
+    pub labels: BTreeMap<String, String>,
+    /// Annotations added to the Secret.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// What the operator last observed and did.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ApplicationStatus {
-    /// `Ready`, following Kubernetes conventions.
+    /// `Ready` (the application is registered and its token is in the Secret) and `Synced` (the
+    /// last reconcile succeeded; `False` with reason `ReconciliationPaused` while paused), as
+    /// Kubernetes defines conditions.
     #[serde(default)]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
     pub conditions: Vec<Condition>,
-    /// The `metadata.generation` the status describes.
+    /// The `metadata.generation` the operator last acted on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// The Secret holding `token` and `apiUrl`.
+    /// The Secret holding the keys `token` and `apiUrl`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_name: Option<String>,
-    /// Persisted chats, as last read from the api.
+    /// Persisted chats of the application, as last read from the api (refreshed every resync).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub chats_count: Option<u64>,
     /// The last token rotation applied (`spec.tokenRotation.requestId`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_rotation: Option<String>,
-    /// The quotas in force, defaults filled in.
+    /// The quotas in force, the api's defaults filled in (`maxChats`, `messagesPerSecond`,
+    /// `messageBurst`, `maxBodyBytes`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quotas: Option<BTreeMap<String, u64>>,
 }
 
-/// A status condition (the shape of `metav1.Condition`).
+/// A status condition, the shape of `metav1.Condition`.
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Condition {
+    /// The condition's type: `Ready` or `Synced`.
     #[serde(rename = "type")]
     pub type_: String,
     /// `True`, `False` or `Unknown`.
     pub status: String,
+    /// Why the condition is in this status, in CamelCase: `Registered`, `ReconcileSuccess`,
+    /// `ApiUnavailable`, `Rejected`, `ReconciliationPaused`.
     pub reason: String,
+    /// What happened, for people.
     pub message: String,
-    /// RFC 3339; changes only when `status` changes.
+    /// When `status` last changed (RFC 3339); a reconcile that leaves the status as it was
+    /// leaves this too.
     pub last_transition_time: String,
+    /// The `metadata.generation` this condition was set for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+}
+
+impl Application {
+    /// Whether the pause annotation is set to `"true"`.
+    pub fn paused(&self) -> bool {
+        self.metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(PAUSE_ANNOTATION))
+            .is_some_and(|v| v == "true")
+    }
 }
 
 impl ApplicationSpec {
@@ -150,40 +248,5 @@ pub fn crd_yaml() -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const CHECKED_IN: &str = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../crds/applications.confab.dev.yaml"
-    );
-
-    /// `crds/` is what `kubectl apply` and the operator chart install: it must be exactly what
-    /// the Rust types generate. Regenerate with
-    /// `cargo run -p confab-operator -- crdgen > crds/applications.confab.dev.yaml`.
-    #[test]
-    fn checked_in_crd_matches_the_rust_types() {
-        let on_disk = std::fs::read_to_string(CHECKED_IN).expect("crds/ holds the CRD");
-        assert!(
-            on_disk == crd_yaml(),
-            "crds/applications.confab.dev.yaml drifted from services/operator/src/crd.rs; \
-             regenerate it with `cargo run -p confab-operator -- crdgen`"
-        );
-    }
-
-    #[test]
-    fn the_schema_requires_a_name_and_enforces_minimums() {
-        let crd = serde_json::to_value(<Application as kube::CustomResourceExt>::crd()).unwrap();
-        let spec = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"];
-        assert_eq!(spec["required"], serde_json::json!(["displayName"]));
-        assert_eq!(spec["properties"]["displayName"]["minLength"], 1);
-        let quotas = &spec["properties"]["quotas"]["properties"];
-        assert_eq!(quotas["messageBurst"]["minimum"], 1.0);
-        assert_eq!(
-            spec["properties"]["deletionPolicy"]["enum"],
-            serde_json::json!(["Retain", "Delete"])
-        );
-        let names = &crd["spec"]["names"];
-        assert!(!names["shortNames"].to_string().contains("\"app\""));
-    }
-}
+#[path = "crd_tests.rs"]
+mod tests;

@@ -18,22 +18,30 @@ pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "confab-op
 pub const TOKEN_KEY: &str = "token";
 pub const API_URL_KEY: &str = "apiUrl";
 
-/// The Secret that holds an application's token: `<resource name>-confab-token`.
+/// The Secret that holds an application's token: `spec.secretTemplate.name`, else
+/// `<resource name>-confab-token`.
 pub fn secret_name(app: &Application) -> String {
-    format!("{}-confab-token", app.name_any())
+    app.spec
+        .secret_template
+        .as_ref()
+        .and_then(|t| t.name.clone())
+        .unwrap_or_else(|| format!("{}-confab-token", app.name_any()))
 }
 
 /// The token Secret, owned by the resource (so it is deleted with it and its changes wake the
-/// controller).
+/// controller), with the template's labels and annotations. The operator's own labels win over
+/// the template's (the CRD refuses them there anyway): the controller finds its Secrets by them.
 pub fn secret(app: &Application, registered: &AdminApplication, api_url: &str) -> Secret {
+    let template = app.spec.secret_template.clone().unwrap_or_default();
+    let mut labels = template.labels;
+    labels.insert(MANAGED_BY.0.to_owned(), MANAGED_BY.1.to_owned());
+    labels.insert("confab.dev/application".to_owned(), app.name_any());
     Secret {
         metadata: ObjectMeta {
             name: Some(secret_name(app)),
             namespace: app.namespace(),
-            labels: Some(BTreeMap::from([
-                (MANAGED_BY.0.to_owned(), MANAGED_BY.1.to_owned()),
-                ("confab.dev/application".to_owned(), app.name_any()),
-            ])),
+            labels: Some(labels),
+            annotations: Some(template.annotations).filter(|a| !a.is_empty()),
             owner_references: app.controller_owner_ref(&()).map(|r| vec![r]),
             ..ObjectMeta::default()
         },
@@ -65,42 +73,92 @@ pub fn rotation(
     })
 }
 
-/// Why a resource is or is not Ready.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Readiness {
-    pub ready: bool,
-    pub reason: &'static str,
-    pub message: String,
+/// Condition types and reasons (CamelCase, as Kubernetes defines them).
+pub mod reason {
+    pub const READY: &str = "Ready";
+    pub const SYNCED: &str = "Synced";
+    pub const REGISTERED: &str = "Registered";
+    pub const RECONCILE_SUCCESS: &str = "ReconcileSuccess";
+    pub const API_UNAVAILABLE: &str = "ApiUnavailable";
+    pub const REJECTED: &str = "Rejected";
+    pub const PAUSED: &str = "ReconciliationPaused";
 }
 
-/// The status after a reconcile. `registered` is `None` when the api could not be asked; what
-/// the previous status said about the application is then kept.
-pub fn status(
-    app: &Application,
-    registered: Option<&AdminApplication>,
-    readiness: &Readiness,
-    now: DateTime<Utc>,
-) -> ApplicationStatus {
+/// How a reconcile ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome<'a> {
+    /// The api registered the application (and rotated its token if due); the Secret holds it.
+    Synced(&'a AdminApplication),
+    /// The api could not be asked (`ApiUnavailable`) or refused (`Rejected`).
+    Failed {
+        reason: &'static str,
+        message: String,
+    },
+    /// The pause annotation is set: nothing was done.
+    Paused,
+}
+
+/// The status after a reconcile, as Crossplane reports managed resources: `Synced` says whether
+/// this reconcile succeeded, `Ready` whether the token works. A failed or paused reconcile does
+/// not know better than before, so it keeps `Ready` (and what was known about the application)
+/// as it was; only a resource that was never registered is `Ready=False` (or `Unknown` while
+/// paused).
+pub fn status(app: &Application, outcome: &Outcome<'_>, now: DateTime<Utc>) -> ApplicationStatus {
     let previous = app.status.clone().unwrap_or_default();
     let generation = app.metadata.generation;
-    let status = if readiness.ready { "True" } else { "False" };
-    let last_transition_time = previous
+    let at = |type_: &str, status: &str, reason: &str, message: String| {
+        condition(&previous, type_, status, reason, message, generation, now)
+    };
+    let previous_ready = previous
         .conditions
         .iter()
-        .find(|c| c.type_ == "Ready" && c.status == status)
-        .map(|c| c.last_transition_time.clone())
-        .unwrap_or_else(|| now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
-    let ready = Condition {
-        type_: "Ready".to_owned(),
-        status: status.to_owned(),
-        reason: readiness.reason.to_owned(),
-        message: readiness.message.clone(),
-        last_transition_time,
-        observed_generation: generation,
+        .find(|c| c.type_ == reason::READY && c.status == "True")
+        .cloned();
+    let (ready, synced) = match outcome {
+        Outcome::Synced(_) => (
+            at(
+                reason::READY,
+                "True",
+                reason::REGISTERED,
+                format!(
+                    "registered with the api; token in Secret {}",
+                    secret_name(app)
+                ),
+            ),
+            at(
+                reason::SYNCED,
+                "True",
+                reason::RECONCILE_SUCCESS,
+                "the application, its Secret and its quotas match the spec".to_owned(),
+            ),
+        ),
+        Outcome::Failed { reason, message } => (
+            previous_ready.unwrap_or_else(|| at(reason::READY, "False", reason, message.clone())),
+            at(reason::SYNCED, "False", reason, message.clone()),
+        ),
+        Outcome::Paused => {
+            let message = format!(
+                "reconciliation is paused by the annotation {}=true",
+                crate::crd::PAUSE_ANNOTATION
+            );
+            (
+                previous_ready.unwrap_or_else(|| {
+                    at(reason::READY, "Unknown", reason::PAUSED, message.clone())
+                }),
+                at(reason::SYNCED, "False", reason::PAUSED, message),
+            )
+        }
+    };
+    let registered = match outcome {
+        Outcome::Synced(registered) => Some(*registered),
+        _ => None,
     };
     ApplicationStatus {
-        conditions: vec![ready],
-        observed_generation: generation,
+        conditions: vec![ready, synced],
+        observed_generation: match outcome {
+            Outcome::Paused => previous.observed_generation,
+            _ => generation,
+        },
         secret_name: registered
             .map(|_| secret_name(app))
             .or(previous.secret_name),
@@ -108,29 +166,60 @@ pub fn status(
         last_rotation: registered
             .and_then(|r| r.rotation_id.clone())
             .or(previous.last_rotation),
-        quotas: registered
-            .map(|r| {
-                BTreeMap::from([
-                    ("maxChats".to_owned(), r.quotas.max_chats),
-                    (
-                        "messagesPerSecond".to_owned(),
-                        u64::from(r.quotas.messages_per_second),
-                    ),
-                    ("messageBurst".to_owned(), u64::from(r.quotas.message_burst)),
-                    (
-                        "maxBodyBytes".to_owned(),
-                        u64::from(r.quotas.max_body_bytes),
-                    ),
-                ])
-            })
-            .or(previous.quotas),
+        quotas: registered.map(quotas_in_force).or(previous.quotas),
     }
+}
+
+/// A condition of `type_`; its `lastTransitionTime` moves only when its status changes.
+fn condition(
+    previous: &ApplicationStatus,
+    type_: &str,
+    status: &str,
+    reason: &str,
+    message: String,
+    generation: Option<i64>,
+    now: DateTime<Utc>,
+) -> Condition {
+    let last_transition_time = previous
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_ && c.status == status)
+        .map(|c| c.last_transition_time.clone())
+        .unwrap_or_else(|| now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
+    Condition {
+        type_: type_.to_owned(),
+        status: status.to_owned(),
+        reason: reason.to_owned(),
+        message,
+        last_transition_time,
+        observed_generation: generation,
+    }
+}
+
+fn quotas_in_force(r: &AdminApplication) -> BTreeMap<String, u64> {
+    BTreeMap::from([
+        ("maxChats".to_owned(), r.quotas.max_chats),
+        (
+            "messagesPerSecond".to_owned(),
+            u64::from(r.quotas.messages_per_second),
+        ),
+        ("messageBurst".to_owned(), u64::from(r.quotas.message_burst)),
+        (
+            "maxBodyBytes".to_owned(),
+            u64::from(r.quotas.max_body_bytes),
+        ),
+    ])
+}
+
+/// The condition of `type_` in `status`, if any.
+pub fn find<'a>(status: Option<&'a ApplicationStatus>, type_: &str) -> Option<&'a Condition> {
+    status?.conditions.iter().find(|c| c.type_ == type_)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::crd::{ApplicationSpec, TokenRotation};
+    use crate::crd::{ApplicationSpec, SecretTemplate, TokenRotation, PAUSE_ANNOTATION};
     use confab_core::quota::{QuotaRequest, Quotas};
 
     fn app() -> Application {
@@ -141,6 +230,7 @@ mod tests {
                 quotas: Default::default(),
                 token_rotation: None,
                 deletion_policy: Default::default(),
+                secret_template: None,
             },
         );
         app.metadata.namespace = Some("team-a".into());
@@ -198,36 +288,118 @@ mod tests {
         assert_eq!(rotation(&a, &applied, 60), None);
     }
 
+    fn conditions(status: &ApplicationStatus) -> Vec<(&str, &str, &str)> {
+        status
+            .conditions
+            .iter()
+            .map(|c| (c.type_.as_str(), c.status.as_str(), c.reason.as_str()))
+            .collect()
+    }
+
     #[test]
-    fn status_keeps_transition_time_while_readiness_holds() {
-        let t0 = Utc::now() - chrono::Duration::hours(1);
-        let ok = Readiness {
-            ready: true,
-            reason: "Registered",
-            message: "ok".into(),
-        };
+    fn the_secret_template_names_and_labels_the_secret_but_not_over_the_operators_labels() {
         let mut a = app();
-        let first = status(&a, Some(&registered()), &ok, t0);
+        a.spec.secret_template = Some(SecretTemplate {
+            name: Some("shop-credentials".into()),
+            labels: BTreeMap::from([
+                ("backup".into(), "daily".into()),
+                (MANAGED_BY.0.into(), "someone-else".into()),
+            ]),
+            annotations: BTreeMap::from([("team".into(), "payments".into())]),
+        });
+        let s = secret(&a, &registered(), "http://api");
+        assert_eq!(s.metadata.name.as_deref(), Some("shop-credentials"));
+        assert_eq!(secret_name(&a), "shop-credentials");
+        let labels = s.metadata.labels.unwrap();
+        assert_eq!(labels["backup"], "daily");
+        assert_eq!(labels[MANAGED_BY.0], MANAGED_BY.1);
+        assert_eq!(labels["confab.dev/application"], "shop");
+        assert_eq!(s.metadata.annotations.unwrap()["team"], "payments");
+        // Without a template: the default name, no annotations at all.
+        let plain = secret(&app(), &registered(), "http://api");
+        assert_eq!(plain.metadata.annotations, None);
+    }
+
+    #[test]
+    fn conditions_change_their_transition_time_only_when_their_status_flips() {
+        let t0 = Utc::now() - chrono::Duration::hours(1);
+        let mut a = app();
+        let first = status(&a, &Outcome::Synced(&registered()), t0);
+        assert_eq!(
+            conditions(&first),
+            [
+                ("Ready", "True", "Registered"),
+                ("Synced", "True", "ReconcileSuccess")
+            ]
+        );
         assert_eq!(first.chats_count, Some(7));
         assert_eq!(first.observed_generation, Some(3));
+        assert!(first
+            .conditions
+            .iter()
+            .all(|c| c.observed_generation == Some(3)));
         a.status = Some(first.clone());
-        let again = status(&a, Some(&registered()), &ok, Utc::now());
+        a.metadata.generation = Some(4);
+        let again = status(&a, &Outcome::Synced(&registered()), Utc::now());
         assert_eq!(
             again.conditions[0].last_transition_time,
             first.conditions[0].last_transition_time
         );
-        let down = Readiness {
-            ready: false,
-            reason: "ApiUnavailable",
+        assert_eq!(again.conditions[1].observed_generation, Some(4));
+
+        // The api goes away: not Synced (a new transition), still Ready (the token still
+        // works as far as anyone knows), and what was known is kept.
+        let down = Outcome::Failed {
+            reason: reason::API_UNAVAILABLE,
             message: "x".into(),
         };
-        let failed = status(&a, None, &down, Utc::now());
-        assert_eq!(failed.conditions[0].status, "False");
+        let failed = status(&a, &down, Utc::now());
+        assert_eq!(
+            conditions(&failed),
+            [
+                ("Ready", "True", "Registered"),
+                ("Synced", "False", "ApiUnavailable")
+            ]
+        );
+        assert_eq!(failed.conditions[0], first.conditions[0]);
         assert_ne!(
-            failed.conditions[0].last_transition_time,
-            first.conditions[0].last_transition_time
+            failed.conditions[1].last_transition_time,
+            first.conditions[1].last_transition_time
         );
         assert_eq!(failed.chats_count, Some(7), "what was known is kept");
         assert_eq!(failed.secret_name.as_deref(), Some("shop-confab-token"));
+
+        // A resource that was never registered is not Ready.
+        let never = status(&app(), &down, Utc::now());
+        assert_eq!(
+            conditions(&never),
+            [
+                ("Ready", "False", "ApiUnavailable"),
+                ("Synced", "False", "ApiUnavailable")
+            ]
+        );
+    }
+
+    #[test]
+    fn a_paused_resource_reports_it_and_keeps_what_it_knew() {
+        let mut a = app();
+        let paused = status(&a, &Outcome::Paused, Utc::now());
+        assert_eq!(
+            conditions(&paused),
+            [
+                ("Ready", "Unknown", "ReconciliationPaused"),
+                ("Synced", "False", "ReconciliationPaused")
+            ]
+        );
+        assert!(paused.conditions[1].message.contains(PAUSE_ANNOTATION));
+        assert_eq!(
+            paused.observed_generation, None,
+            "the spec was not acted on"
+        );
+        a.status = Some(status(&a, &Outcome::Synced(&registered()), Utc::now()));
+        let paused = status(&a, &Outcome::Paused, Utc::now());
+        assert_eq!(paused.conditions[0].status, "True");
+        assert_eq!(paused.observed_generation, Some(3));
+        assert_eq!(paused.quotas, a.status.unwrap().quotas);
     }
 }

@@ -8,6 +8,8 @@
 //!
 //! - [`crd`]: the resource's Rust types, from which `crds/` is generated.
 //! - [`desired`]: pure decisions (the Secret, the status, whether a rotation is due).
+//! - [`events`]: which Kubernetes Events a reconcile tells, and publishing them.
+//! - [`watch`]: what wakes the controller, the relisting watch and the liveness heartbeat.
 //! - [`admin_client`]: the admin API client.
 //! - [`controller`]: the reconcile loop, finalizer, backoff and metrics.
 
@@ -16,15 +18,20 @@ pub mod config;
 pub mod controller;
 pub mod crd;
 pub mod desired;
+pub mod events;
+pub mod watch;
 
 use std::future::Future;
 use std::sync::Arc;
 
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::Router;
 use confab_runtime::admin::{self, Readiness};
 use confab_runtime::shutdown::{self, Shutdown};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
-use kube::runtime::{watcher, Controller};
+use kube::runtime::{reflector, watcher, Controller, PredicateConfig, WatchStreamExt};
 use kube::{Api, Client};
 use tokio::net::TcpListener;
 
@@ -74,11 +81,31 @@ pub async fn run_with_client(
             async move { client.apiserver_version().await.is_ok() }
         }
     });
-    let admin = tokio::spawn(admin::serve(admin_listener, readiness, shutdown.wait()));
     let ctx = Arc::new(controller::Context::new(client, config)?);
+    let admin = tokio::spawn({
+        let router = admin_router(readiness, ctx.clone());
+        let stop = shutdown.wait();
+        async move {
+            axum::serve(admin_listener, router)
+                .with_graceful_shutdown(stop)
+                .await
+        }
+    });
     let owned = format!("{}={}", desired::MANAGED_BY.0, desired::MANAGED_BY.1);
+    let (store, writer) = reflector::store();
+    let heartbeat = ctx.heartbeat.clone();
+    let applications = watch::relisting(apps, watcher::Config::default(), ctx.config.relist)
+        .inspect(move |event| {
+            if event.is_ok() {
+                heartbeat.beat();
+            }
+        })
+        .default_backoff()
+        .reflect(writer)
+        .applied_objects()
+        .predicate_filter(watch::reconcile_trigger, PredicateConfig::default());
     tracing::info!("operator watching applications");
-    Controller::new(apps, watcher::Config::default())
+    Controller::for_stream(applications, store)
         .owns(secrets, watcher::Config::default().labels(&owned))
         .graceful_shutdown_on(shutdown.wait())
         .run(controller::reconcile, controller::error_policy, ctx)
@@ -91,4 +118,30 @@ pub async fn run_with_client(
     shutdown::drain(&shutdown, None, vec![admin]).await?;
     tracing::info!("operator stopped");
     Ok(())
+}
+
+/// The shared admin routes (`/healthz`, `/readyz`, `/metrics`) plus `/livez`: 200 while the
+/// watch or a reconcile made progress within [`OperatorConfig::stall_limit`], else 503 (the
+/// chart's liveness probe), so a stuck watch restarts the pod.
+pub fn admin_router(readiness: Readiness, ctx: Arc<controller::Context>) -> Router {
+    admin::router(readiness).route(
+        "/livez",
+        get(move || {
+            let ctx = ctx.clone();
+            async move {
+                let silence = ctx.heartbeat.silence();
+                if ctx.heartbeat.alive(ctx.config.stall_limit()) {
+                    (
+                        StatusCode::OK,
+                        format!("ok: last progress {}s ago\n", silence.as_secs()),
+                    )
+                } else {
+                    (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        format!("stalled: no watch progress for {}s\n", silence.as_secs()),
+                    )
+                }
+            }
+        }),
+    )
 }

@@ -1,0 +1,339 @@
+//! Tests of the CRD: the checked-in YAML is what the types generate, every field is described,
+//! and the schema's validation (OpenAPI keywords and CEL rules) accepts good objects and refuses
+//! bad ones.
+//!
+//! CEL rules are evaluated by kube's client-side CEL support (`kube::core::cel`, the `kube-cel`
+//! crate with the Kubernetes CEL library), the OpenAPI keywords (bounds, patterns, enums) by a
+//! JSON Schema validator over the same schema: together, what the API server checks at admission
+//! for these objects.
+
+#![allow(clippy::unwrap_used)]
+
+use kube::core::cel::{compile_schema, CompiledSchema, Validator};
+use serde_json::{json, Value};
+
+use super::*;
+
+const CHECKED_IN: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../crds/applications.confab.dev.yaml"
+);
+
+fn crd() -> Value {
+    serde_json::to_value(<Application as kube::CustomResourceExt>::crd()).unwrap()
+}
+
+fn schema() -> Value {
+    crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"].clone()
+}
+
+/// `crds/` is what `kubectl apply` and the operator chart install: it must be exactly what
+/// the Rust types generate. Regenerate with
+/// `cargo run -p confab-operator -- crdgen > crds/applications.confab.dev.yaml`.
+#[test]
+fn checked_in_crd_matches_the_rust_types() {
+    let on_disk = std::fs::read_to_string(CHECKED_IN).expect("crds/ holds the CRD");
+    assert!(
+        on_disk == crd_yaml(),
+        "crds/applications.confab.dev.yaml drifted from services/operator/src/crd.rs; \
+         regenerate it with `cargo run -p confab-operator -- crdgen`"
+    );
+}
+
+#[test]
+fn the_schema_requires_a_name_and_keeps_its_names_and_columns() {
+    let crd = crd();
+    let spec = &schema()["properties"]["spec"];
+    assert_eq!(spec["required"], json!(["displayName"]));
+    assert_eq!(
+        spec["properties"]["deletionPolicy"]["enum"],
+        json!(["Retain", "Delete"])
+    );
+    let names = &crd["spec"]["names"];
+    assert!(!names["shortNames"].to_string().contains("\"app\""));
+    let columns: Vec<&str> = crd["spec"]["versions"][0]["additionalPrinterColumns"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(columns, ["Ready", "Synced", "Chats", "Secret", "Age"]);
+    let conditions = &schema()["properties"]["status"]["properties"]["conditions"];
+    assert_eq!(conditions["x-kubernetes-list-type"], "map");
+    assert_eq!(conditions["x-kubernetes-list-map-keys"], json!(["type"]));
+}
+
+/// `kubectl explain application.spec.quotas.maxChats` (and every other field) has something to
+/// say.
+#[test]
+fn every_field_has_a_description() {
+    fn walk(path: &str, node: &Value, missing: &mut Vec<String>) {
+        let text = node["description"].as_str().unwrap_or_default();
+        if text.trim().is_empty() || text.starts_with("Auto-generated") {
+            missing.push(path.to_owned());
+        }
+        if let Some(properties) = node["properties"].as_object() {
+            for (name, child) in properties {
+                walk(&format!("{path}.{name}"), child, missing);
+            }
+        }
+        for key in ["items", "additionalProperties"] {
+            if node[key]["properties"].is_object() {
+                for (name, child) in node[key]["properties"].as_object().unwrap() {
+                    walk(&format!("{path}[].{name}"), child, missing);
+                }
+            }
+        }
+    }
+    let mut missing = Vec::new();
+    walk("application", &schema(), &mut missing);
+    assert!(
+        missing.is_empty(),
+        "fields without a description: {missing:#?}"
+    );
+}
+
+/// Every CEL rule compiles (a typo would otherwise surface only when a cluster refuses the CRD).
+#[test]
+fn every_cel_rule_compiles() {
+    fn count(node: &CompiledSchema, errors: &mut Vec<String>) -> usize {
+        errors.extend(node.compilation_errors().iter().map(|e| e.to_string()));
+        let children = node
+            .properties
+            .values()
+            .chain(node.items.as_deref())
+            .chain(node.additional_properties.as_deref());
+        node.validations.len() + children.map(|c| count(c, errors)).sum::<usize>()
+    }
+    let mut errors = Vec::new();
+    let rules = count(&compile_schema(&schema()), &mut errors);
+    assert!(errors.is_empty(), "{errors:#?}");
+    assert_eq!(rules, 4, "the four rules of crd.rs");
+}
+
+/// Everything the API server would say about `object` (given the `old` one on an update).
+fn refusals(object: &Value, old: Option<&Value>) -> Vec<String> {
+    let schema = schema();
+    let validator = jsonschema::validator_for(&schema).unwrap();
+    let mut out: Vec<String> = validator
+        .iter_errors(object)
+        .map(|e| format!("{}: {e}", e.instance_path()))
+        .collect();
+    if let Err(errors) = Validator::new().validate(&schema, object, old) {
+        out.extend(errors.iter().map(ToString::to_string));
+    }
+    out
+}
+
+fn object(name: &str, spec: Value) -> Value {
+    json!({
+        "apiVersion": "confab.dev/v1alpha1",
+        "kind": "Application",
+        "metadata": {"name": name, "namespace": "team-a"},
+        "spec": spec,
+    })
+}
+
+fn full_spec() -> Value {
+    json!({
+        "displayName": "Shop",
+        "quotas": {
+            "maxChats": MAX_CHATS_LIMIT,
+            "messagesPerSecond": RATE_LIMIT,
+            "messageBurst": 1,
+            "maxBodyBytes": BODY_BYTES_LIMIT,
+        },
+        "tokenRotation": {"requestId": "2026-11-26", "graceSeconds": GRACE_SECONDS_LIMIT},
+        "deletionPolicy": "Delete",
+        "secretTemplate": {
+            "name": "shop.token",
+            "labels": {"backup": "daily"},
+            "annotations": {"reflector.v1.k8s.emberstack.com/reflection-allowed": "true"},
+        },
+    })
+}
+
+/// `spec` with the JSON pointer `at` set to `value`.
+fn with(mut spec: Value, at: &str, value: Value) -> Value {
+    let (parent, key) = at.rsplit_once('/').unwrap();
+    spec.pointer_mut(parent).unwrap()[key] = value;
+    spec
+}
+
+#[test]
+fn good_objects_are_accepted() {
+    for spec in [
+        json!({"displayName": "Shop"}),
+        full_spec(),
+        with(full_spec(), "/quotas/maxChats", json!(0)),
+        with(full_spec(), "/quotas/messagesPerSecond", json!(0)),
+        with(full_spec(), "/tokenRotation/graceSeconds", json!(0)),
+    ] {
+        let refused = refusals(&object("shop", spec.clone()), None);
+        assert!(refused.is_empty(), "{spec}: {refused:#?}");
+    }
+    let long_but_legal = "a".repeat(63);
+    assert!(refusals(&object(&long_but_legal, full_spec()), None).is_empty());
+}
+
+#[test]
+fn bad_objects_are_refused_with_a_reason() {
+    let too_long = "x".repeat(256);
+    let cases: Vec<(Value, &str)> = vec![
+        (
+            with(full_spec(), "/displayName", json!("")),
+            "/spec/displayName",
+        ),
+        (
+            with(full_spec(), "/displayName", json!(too_long)),
+            "/spec/displayName",
+        ),
+        (with(full_spec(), "/quotas/maxChats", json!(-1)), "maxChats"),
+        (
+            with(full_spec(), "/quotas/maxChats", json!(MAX_CHATS_LIMIT + 1)),
+            "maxChats",
+        ),
+        (
+            with(full_spec(), "/quotas/messagesPerSecond", json!(-1)),
+            "messagesPerSecond",
+        ),
+        (
+            with(
+                full_spec(),
+                "/quotas/messagesPerSecond",
+                json!(RATE_LIMIT + 1),
+            ),
+            "messagesPerSecond",
+        ),
+        (
+            with(full_spec(), "/quotas/messageBurst", json!(0)),
+            "messageBurst",
+        ),
+        (
+            with(full_spec(), "/quotas/messageBurst", json!(RATE_LIMIT + 1)),
+            "messageBurst",
+        ),
+        (
+            with(full_spec(), "/quotas/maxBodyBytes", json!(0)),
+            "maxBodyBytes",
+        ),
+        (
+            with(
+                full_spec(),
+                "/quotas/maxBodyBytes",
+                json!(BODY_BYTES_LIMIT + 1),
+            ),
+            "maxBodyBytes",
+        ),
+        (
+            with(full_spec(), "/tokenRotation/graceSeconds", json!(-1)),
+            "graceSeconds",
+        ),
+        (
+            with(
+                full_spec(),
+                "/tokenRotation/graceSeconds",
+                json!(GRACE_SECONDS_LIMIT + 1),
+            ),
+            "graceSeconds",
+        ),
+        (
+            with(full_spec(), "/tokenRotation/requestId", json!("a b")),
+            "requestId",
+        ),
+        (
+            with(full_spec(), "/tokenRotation/requestId", json!("")),
+            "requestId",
+        ),
+        (
+            with(full_spec(), "/deletionPolicy", json!("Orphan")),
+            "deletionPolicy",
+        ),
+        (
+            with(full_spec(), "/secretTemplate/name", json!("Bad_Name")),
+            "secretTemplate/name",
+        ),
+        (
+            with(
+                full_spec(),
+                "/secretTemplate/labels",
+                json!({"app.kubernetes.io/managed-by": "me"}),
+            ),
+            "set by the operator",
+        ),
+        (
+            with(
+                full_spec(),
+                "/secretTemplate/labels",
+                json!({"confab.dev/application": "x"}),
+            ),
+            "set by the operator",
+        ),
+    ];
+    for (spec, expected) in cases {
+        let refused = refusals(&object("shop", spec.clone()), None);
+        assert!(
+            refused.iter().any(|r| r.contains(expected)),
+            "{spec} should be refused about {expected}: {refused:#?}"
+        );
+    }
+    let refused = refusals(&object(&"a".repeat(64), full_spec()), None);
+    assert!(
+        refused.iter().any(|r| r.contains("at most 63 characters")),
+        "{refused:#?}"
+    );
+}
+
+#[test]
+fn changes_that_cannot_be_honoured_are_refused_on_update() {
+    let old = object("shop", full_spec());
+    let unset = |mut spec: Value, field: &str| {
+        spec.as_object_mut().unwrap().remove(field);
+        spec
+    };
+    let refused_updates = [
+        (
+            with(full_spec(), "/secretTemplate/name", json!("other")),
+            "secretTemplate.name cannot be changed",
+        ),
+        (
+            unset(full_spec(), "secretTemplate"),
+            "secretTemplate.name cannot be changed",
+        ),
+        (
+            with(full_spec(), "/tokenRotation/graceSeconds", json!(60)),
+            "graceSeconds applies",
+        ),
+    ];
+    for (spec, expected) in refused_updates {
+        let refused = refusals(&object("shop", spec.clone()), Some(&old));
+        assert!(
+            refused.iter().any(|r| r.contains(expected)),
+            "{spec} should be refused about {expected}: {refused:#?}"
+        );
+    }
+    // Naming a Secret after creation is a change too.
+    let unnamed = object("shop", json!({"displayName": "Shop"}));
+    let named = object("shop", full_spec());
+    assert!(!refusals(&named, Some(&unnamed)).is_empty());
+
+    let allowed_updates = [
+        with(full_spec(), "/displayName", json!("Shop 2")),
+        with(full_spec(), "/quotas/maxChats", json!(5)),
+        with(full_spec(), "/deletionPolicy", json!("Retain")),
+        with(
+            full_spec(),
+            "/secretTemplate/labels",
+            json!({"backup": "weekly"}),
+        ),
+        with(
+            with(full_spec(), "/tokenRotation/requestId", json!("2026-12-01")),
+            "/tokenRotation/graceSeconds",
+            json!(0),
+        ),
+    ];
+    for spec in allowed_updates {
+        let refused = refusals(&object("shop", spec.clone()), Some(&old));
+        assert!(refused.is_empty(), "{spec}: {refused:#?}");
+    }
+}
