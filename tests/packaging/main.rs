@@ -2,9 +2,15 @@
 //! every chart's values (and its `ci/` value files) validate against its `values.schema.json`
 //! and the schema rejects known-bad values; the copies the charts carry (CRDs, dashboards, alert
 //! rules) are byte-identical to their sources; every environment variable the charts set is one
-//! the services read; the ports and probe paths the charts use are the services' own.
+//! the services read; the ports and probe paths the charts use are the services' own; pods are
+//! restricted (`security`); the NetworkPolicies and the internal token (`network`); the
+//! `helm test` script makes a real round trip (`helm_test`).
 
 #![allow(clippy::unwrap_used)]
+
+mod helm_test;
+mod network;
+mod security;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};

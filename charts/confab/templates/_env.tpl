@@ -15,6 +15,7 @@ null in the values is not set at all, so the service's documented default applie
 {{- include "confab.optionalEnv" (list (list "CONFAB_REDIS_PREFIX" .Values.redis.keyPrefix)) }}
 {{- include "confab.env.nats" . }}
 {{- include "confab.env.apiSearch" . }}
+{{- include "confab.env.internalToken" . }}
 {{- if .Values.adminToken.enabled }}
 - name: CONFAB_ADMIN_TOKEN
   valueFrom:
@@ -65,6 +66,7 @@ null in the values is not set at all, so the service's documented default applie
 - name: CONFAB_INDEX_DIR
   value: "/var/lib/confab/index"
 {{- end }}
+{{- include "confab.env.internalToken" . }}
 {{- include "confab.env.database" . }}
 {{- include "confab.env.nats" . }}
 {{- include "confab.optionalEnv" (list

@@ -115,6 +115,29 @@ admin-token
 {{- end }}
 {{- end }}
 
+{{- define "confab.internalTokenSecretName" -}}
+{{- .Values.internalToken.existingSecret | default (printf "%s-internal-token" (include "confab.fullname" .)) }}
+{{- end }}
+
+{{- define "confab.internalTokenSecretKey" -}}
+{{- if .Values.internalToken.existingSecret }}
+{{- .Values.internalToken.existingSecretKey }}
+{{- else -}}
+internal-token
+{{- end }}
+{{- end }}
+
+{{/* CONFAB_INTERNAL_TOKEN, when enabled: the api and the indexer share it. */}}
+{{- define "confab.env.internalToken" -}}
+{{- if .Values.internalToken.enabled }}
+- name: CONFAB_INTERNAL_TOKEN
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "confab.internalTokenSecretName" . | quote }}
+      key: {{ include "confab.internalTokenSecretKey" . | quote }}
+{{- end }}
+{{- end }}
+
 {{/* "true" when the search backend is Elasticsearch, else empty. */}}
 {{- define "confab.elasticsearch" -}}
 {{- if or .Values.search.elasticsearch.url .Values.search.elasticsearch.existingSecret }}true{{ end }}

@@ -50,6 +50,9 @@ pub struct ApiConfig {
     pub idempotency_stream: String,
     /// `CONFAB_IDEMPOTENCY_TTL_SECS`, default 86400 (1 to 2592000): how long a key is remembered.
     pub idempotency_ttl: Duration,
+    /// `CONFAB_INTERNAL_TOKEN`, default unset: the bearer token sent to the indexer's internal
+    /// endpoint, which refuses queries without it when it has one (the same value on both).
+    pub internal_token: Option<Secret<String>>,
 }
 
 /// Where search queries go.
@@ -82,6 +85,9 @@ impl ApiConfig {
             1..=10_000,
         )?;
         Ok(Self {
+            internal_token: Some(string(env, "CONFAB_INTERNAL_TOKEN", ""))
+                .filter(|t| !t.is_empty())
+                .map(Secret::new),
             idempotency_stream: string(
                 env,
                 "CONFAB_IDEMPOTENCY_STREAM",
@@ -242,5 +248,8 @@ mod tests {
         let defaults = ApiConfig::from_env(&env(&[])).unwrap();
         assert_eq!(defaults.limits.page(None, None).unwrap(), (50, 0));
         assert_eq!(defaults.search_timeout, Duration::from_secs(2));
+        assert!(defaults.internal_token.is_none());
+        let with_token = ApiConfig::from_env(&env(&[("CONFAB_INTERNAL_TOKEN", "s3cret")])).unwrap();
+        assert_eq!(with_token.internal_token.unwrap().expose(), "s3cret");
     }
 }

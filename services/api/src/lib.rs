@@ -109,7 +109,10 @@ fn search_backend(config: &ApiConfig) -> Result<(Arc<dyn SearchBackend>, &'stati
             "elasticsearch",
         ),
         config::SearchConfig::Indexer { url } => (
-            Arc::new(Remote::new(url, config.search_timeout)?),
+            Arc::new(
+                Remote::new(url, config.search_timeout)?
+                    .with_token(config.internal_token.as_ref().map(|t| t.expose().clone())),
+            ),
             "embedded",
         ),
     })

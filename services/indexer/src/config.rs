@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use confab_runtime::config::{millis_within, parse_within, socket_addr, string};
-use confab_runtime::{CommonConfig, ConfigError, Env};
+use confab_runtime::{CommonConfig, ConfigError, Env, Secret};
 
 #[derive(Debug, Clone)]
 pub struct IndexerConfig {
@@ -28,6 +28,10 @@ pub struct IndexerConfig {
     /// purged again until one purge began this long after its deletion (longer than the
     /// backend takes to make a write visible, plus clock skew between api and indexer).
     pub purge_grace: Duration,
+    /// `CONFAB_INTERNAL_TOKEN`, default unset: the bearer token `/internal/*` (search and
+    /// reindex) requires, shared with the api and `confab-indexer reindex`. A second lock behind
+    /// the network policy: the endpoint addresses chats by internal ids. Unset: no check.
+    pub internal_token: Option<Secret<String>>,
 }
 
 #[derive(Debug, Clone)]
@@ -106,6 +110,9 @@ impl IndexerConfig {
                 60_000,
                 0..=86_400_000,
             )?,
+            internal_token: Some(string(env, "CONFAB_INTERNAL_TOKEN", ""))
+                .filter(|t| !t.is_empty())
+                .map(Secret::new),
         })
     }
 }
@@ -161,6 +168,16 @@ mod tests {
             "environment variable CONFAB_INDEX_BATCH_SIZE has an invalid value: 0 is outside \
              1..=10000"
         );
+    }
+
+    #[test]
+    fn the_internal_token_is_optional() {
+        assert!(IndexerConfig::from_env(&env(&[]))
+            .unwrap()
+            .internal_token
+            .is_none());
+        let config = IndexerConfig::from_env(&env(&[("CONFAB_INTERNAL_TOKEN", "s3cret")])).unwrap();
+        assert_eq!(config.internal_token.unwrap().expose(), "s3cret");
     }
 
     #[test]

@@ -3,17 +3,22 @@
 //! - `GET /internal/search?application_id=&chat_number=&q=&limit=&offset=`: query the index;
 //! - `POST /internal/reindex`: start a rebuild from MySQL (202; 409 if one is running);
 //! - `GET /internal/reindex`: the rebuild's progress.
+//!
+//! With `CONFAB_INTERNAL_TOKEN` set, every route requires it as `Authorization: Bearer` (401
+//! otherwise): the endpoint has no tenant credential and addresses chats by internal ids, so
+//! besides the network policy that admits only the api, a caller must know the shared secret.
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{Query, State};
-use axum::http::StatusCode;
+use axum::extract::{Query, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
-use confab_runtime::metrics;
+use confab_runtime::{metrics, Secret};
 use confab_search::remote::RemoteQuery;
 use confab_search::{QueryError, SearchBackend};
 use serde_json::json;
@@ -27,13 +32,57 @@ pub struct SearchState {
     pub backend_label: &'static str,
     pub db: MySqlPool,
     pub progress: Arc<Progress>,
+    /// `CONFAB_INTERNAL_TOKEN`: required of every caller when set.
+    pub internal_token: Option<Secret<String>>,
 }
 
 pub fn router(state: SearchState) -> Router {
+    if state.internal_token.is_none() {
+        tracing::warn!(
+            "the internal endpoints accept any caller: set CONFAB_INTERNAL_TOKEN on the indexer and the api"
+        );
+    }
     Router::new()
         .route("/internal/search", get(search))
         .route("/internal/reindex", get(reindex_status).post(reindex_start))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_token))
         .with_state(state)
+}
+
+/// Refuses a request without the internal token, when one is configured.
+async fn require_token(
+    State(s): State<SearchState>,
+    request: Request,
+    next: Next,
+) -> axum::response::Response {
+    let Some(expected) = &s.internal_token else {
+        return next.run(request).await;
+    };
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    if same(expected.expose().as_bytes(), presented.as_bytes()) {
+        return next.run(request).await;
+    }
+    let mut response = error(
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+        "the internal endpoints require the internal token".into(),
+    );
+    response.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        header::HeaderValue::from_static("Bearer"),
+    );
+    response
+}
+
+/// Equality whose time does not depend on where the inputs differ (only on their lengths), so
+/// the token cannot be guessed byte by byte from response times.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 fn error(status: StatusCode, code: &str, message: String) -> axum::response::Response {
@@ -130,6 +179,10 @@ mod tests {
     /// Serves the internal endpoints on a free port, with MySQL down (nothing listens on port
     /// 1); returns the base URL.
     async fn serve() -> String {
+        serve_with(None).await
+    }
+
+    async fn serve_with(token: Option<&str>) -> String {
         let db = MySqlPoolOptions::new()
             .acquire_timeout(Duration::from_secs(2))
             .connect_lazy("mysql://root@127.0.0.1:1/confab")
@@ -139,6 +192,7 @@ mod tests {
             backend_label: "embedded",
             db,
             progress: Arc::default(),
+            internal_token: token.map(|t| Secret::new(t.to_owned())),
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
@@ -188,7 +242,7 @@ mod tests {
     #[tokio::test]
     async fn a_failed_reindex_is_reported_as_an_error() {
         let base = serve().await;
-        let outcome = crate::reindex::through_indexer(&base, Duration::from_millis(50)).await;
+        let outcome = crate::reindex::through_indexer(&base, None, Duration::from_millis(50)).await;
         let error = outcome
             .expect_err("MySQL is down, so the reindex fails")
             .to_string();
@@ -202,5 +256,52 @@ mod tests {
             .unwrap();
         assert_eq!(status["running"], false);
         assert!(status["error"].is_string(), "{status}");
+    }
+
+    #[tokio::test]
+    async fn with_a_token_every_internal_route_refuses_callers_without_it() {
+        let base = serve_with(Some("s3cret")).await;
+        let http = reqwest::Client::new();
+        let search = format!(
+            "{base}/internal/search?application_id=1&chat_number=2&q=hello&limit=10&offset=0"
+        );
+        let reindex = format!("{base}/internal/reindex");
+        for credential in [None, Some("wrong"), Some("s3cret2"), Some("")] {
+            for request in [http.get(&search), http.get(&reindex), http.post(&reindex)] {
+                let request = match credential {
+                    Some(token) => request.bearer_auth(token),
+                    None => request,
+                };
+                let response = request.send().await.unwrap();
+                assert_eq!(response.status().as_u16(), 401, "{credential:?}");
+                assert_eq!(response.headers()["www-authenticate"], "Bearer");
+            }
+        }
+        // The api's client and `confab-indexer reindex` send it.
+        let remote = confab_search::remote::Remote::new(&base, Duration::from_secs(5)).unwrap();
+        let request = SearchRequest::new(1, 2, "hello", 10, 0).unwrap();
+        let refused = remote.search(&request).await.unwrap_err().to_string();
+        assert!(refused.contains("401"), "{refused}");
+        let remote = remote.with_token(Some("s3cret".into()));
+        assert_eq!(remote.search(&request).await.unwrap(), Vec::new());
+        let token = Secret::new("s3cret".to_owned());
+        let outcome =
+            crate::reindex::through_indexer(&base, Some(&token), Duration::from_millis(50)).await;
+        let error = outcome.expect_err("MySQL is down").to_string();
+        assert!(
+            error.contains("reindex failed"),
+            "past the token check: {error}"
+        );
+        let outcome = crate::reindex::through_indexer(&base, None, Duration::from_millis(50)).await;
+        let error = outcome.expect_err("no token").to_string();
+        assert!(error.contains("401"), "{error}");
+    }
+
+    #[test]
+    fn tokens_compare_equal_only_when_identical() {
+        assert!(same(b"abc", b"abc"));
+        assert!(!same(b"abc", b"abd"));
+        assert!(!same(b"abc", b"ab"));
+        assert!(!same(b"", b"a"));
     }
 }

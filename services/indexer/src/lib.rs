@@ -118,6 +118,7 @@ pub async fn run(
         backend_label: label,
         db: db.clone(),
         progress: Arc::default(),
+        internal_token: config.internal_token.clone(),
     };
     let search = tokio::spawn({
         let stop = shutdown.wait();

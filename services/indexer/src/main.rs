@@ -49,7 +49,8 @@ async fn reindex_command(config: &IndexerConfig, env: &config::Env) -> anyhow::R
     }
     // The embedded index belongs to the running indexer: ask it, then follow its progress.
     let base = config::string(env, "CONFAB_SEARCH_URL", "http://127.0.0.1:8081");
-    let n = reindex::through_indexer(&base, Duration::from_secs(1)).await?;
+    let token = config.internal_token.as_ref();
+    let n = reindex::through_indexer(&base, token, Duration::from_secs(1)).await?;
     tracing::info!(indexed = n, "reindex finished");
     Ok(())
 }

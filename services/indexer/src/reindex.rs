@@ -127,14 +127,27 @@ pub fn start(db: MySqlPool, backend: Arc<dyn SearchBackend>, progress: Arc<Progr
     true
 }
 
-/// Rebuilds the embedded index through the running indexer at `base` (its search address):
-/// starts a rebuild, follows its progress every `poll`, and returns how many documents it
-/// indexed — or why it failed, so `confab-indexer reindex` exits non-zero.
-pub async fn through_indexer(base: &str, poll: Duration) -> Result<u64, Error> {
+/// Rebuilds the embedded index through the running indexer at `base` (its search address),
+/// presenting `token` (`CONFAB_INTERNAL_TOKEN`) when set: starts a rebuild, follows its progress
+/// every `poll`, and returns how many documents it indexed — or why it failed, so
+/// `confab-indexer reindex` exits non-zero.
+pub async fn through_indexer(
+    base: &str,
+    token: Option<&confab_runtime::Secret<String>>,
+    poll: Duration,
+) -> Result<u64, Error> {
     let url = format!("{}/internal/reindex", base.trim_end_matches('/'));
     let failed = |what: &str, e: reqwest::Error| Error::Reindex(format!("{what}: {e}"));
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(token) = token {
+        let value = format!("Bearer {}", token.expose()).parse().map_err(|_| {
+            Error::Reindex("CONFAB_INTERNAL_TOKEN is not a valid header value".into())
+        })?;
+        headers.insert(reqwest::header::AUTHORIZATION, value);
+    }
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
+        .default_headers(headers)
         .build()
         .map_err(|e| failed("building the http client", e))?;
     let response = http

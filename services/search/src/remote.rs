@@ -1,5 +1,6 @@
 //! The api's view of the embedded backend: the indexer process owns the tantivy index and serves
-//! `GET /internal/search`; this backend forwards queries there.
+//! `GET /internal/search`; this backend forwards queries there, with the shared internal token
+//! (`CONFAB_INTERNAL_TOKEN`) as a bearer credential when one is configured.
 
 use std::time::Duration;
 
@@ -43,6 +44,8 @@ impl RemoteQuery {
 pub struct Remote {
     http: reqwest::Client,
     url: String,
+    /// The indexer's internal token; not `Debug` (the struct is not), never logged.
+    token: Option<String>,
 }
 
 impl Remote {
@@ -55,7 +58,15 @@ impl Remote {
         Ok(Self {
             http,
             url: format!("{}/internal/search", base.trim_end_matches('/')),
+            token: None,
         })
+    }
+
+    /// Sends `token` as `Authorization: Bearer` (the indexer refuses queries without it when it
+    /// has one configured).
+    pub fn with_token(mut self, token: Option<String>) -> Self {
+        self.token = token.filter(|t| !t.is_empty());
+        self
     }
 }
 
@@ -70,10 +81,14 @@ impl SearchBackend for Remote {
 
     fn search<'a>(&'a self, request: &'a SearchRequest) -> BoxFuture<'a, Result<Vec<Hit>>> {
         Box::pin(async move {
-            let response = self
+            let mut call = self
                 .http
                 .get(&self.url)
-                .query(&RemoteQuery::from_request(request))
+                .query(&RemoteQuery::from_request(request));
+            if let Some(token) = &self.token {
+                call = call.bearer_auth(token);
+            }
+            let response = call
                 .send()
                 .await
                 .map_err(|e| Error::Unavailable(e.to_string()))?;
