@@ -69,7 +69,9 @@ pub async fn connect(url: &str, service: &str, config: &StreamConfig) -> Result<
         .connect(server_list(url).as_slice())
         .await?;
     let mut context = jetstream::new(client.clone());
-    context.set_timeout(config.publish_timeout);
+    // The JetStream API's own timeout (stream and consumer management, direct gets). Publishes
+    // are bounded more tightly by the api (`CONFAB_PUBLISH_TIMEOUT_MS` per attempt).
+    context.set_timeout(API_TIMEOUT.max(config.publish_timeout));
     let subjects = Subjects::new(config.subject_prefix.clone());
     ensure_stream(&context, events_stream_config(config, &subjects)).await?;
     ensure_stream(&context, dead_letter_stream_config(config, &subjects)).await?;
@@ -89,13 +91,33 @@ pub async fn connect(url: &str, service: &str, config: &StreamConfig) -> Result<
     })
 }
 
+/// Timeout of JetStream API requests.
+const API_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long start-up keeps trying to create or update a stream.
+const ENSURE_DEADLINE: Duration = Duration::from_secs(90);
+
+/// Creates or updates a stream, retrying for a while: a cluster that is electing a leader, or
+/// nats-server 2.9 meeting several services creating the same replicated stream at once
+/// (nats-io/nats-server#3677), answers with timeouts that a later attempt does not meet.
 async fn ensure_stream(context: &jetstream::Context, config: stream::Config) -> Result<(), Error> {
-    let name = config.name.clone();
-    context
-        .create_or_update_stream(config)
-        .await
-        .map_err(|source| Error::Stream { name, source })?;
-    Ok(())
+    let started = std::time::Instant::now();
+    let mut pause = Duration::from_millis(250);
+    loop {
+        match context.create_or_update_stream(config.clone()).await {
+            Ok(_) => return Ok(()),
+            Err(source) if started.elapsed() + pause < ENSURE_DEADLINE => {
+                tracing::warn!(stream = %config.name, error = %source, "cannot set up stream yet, retrying");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(5));
+            }
+            Err(source) => {
+                return Err(Error::Stream {
+                    name: config.name.clone(),
+                    source,
+                })
+            }
+        }
+    }
 }
 
 /// The events stream's configuration (pure, so it can be checked in a unit test).
