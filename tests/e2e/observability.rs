@@ -1,6 +1,11 @@
 //! Observability checked against a real run: one trace across JetStream (spans collected
 //! in-process), every PromQL expression in `dashboards/` and the alert rules refers only to
-//! metrics the services really export, and promtool accepts the rules and their unit tests.
+//! metrics the services really export, promtool accepts the rules and their unit tests, and
+//! (`dashboards`) every panel query shows data on a real Prometheus scraping the services.
+
+mod dashboards;
+mod hosts;
+mod operator_host;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};

@@ -9,7 +9,7 @@
 //! The real-cluster test at the bottom runs only with `CONFAB_TEST_KUBECONFIG`.
 
 mod lifecycle;
-mod mock;
+pub(crate) mod mock;
 
 use std::sync::Arc;
 use std::time::Duration;
