@@ -31,7 +31,8 @@ async fn main() -> anyhow::Result<()> {
             .await
             .with_context(|| format!("binding {}", config.search_addr))?,
     };
-    let result = confab_indexer::run(config, listeners, shutdown::signal()).await;
+    // Boxed: the indexer's whole run is a large future (clippy::large_futures).
+    let result = Box::pin(confab_indexer::run(config, listeners, shutdown::signal())).await;
     if let Err(error) = &result {
         tracing::error!(%error, "indexer failed");
     }
