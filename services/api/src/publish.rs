@@ -176,20 +176,21 @@ impl Publisher {
         }
     }
 
-    /// The payload of the last event on `subject` (wildcards allowed), if any.
+    /// The payload of the last event on `subject` (wildcards allowed), if any. Bounded like one
+    /// publish attempt, so a lookup during a leader election fails fast instead of holding the
+    /// request for the JetStream API's whole timeout.
     async fn last_on(&self, subject: &str) -> Result<Option<bytes::Bytes>> {
         use async_nats::jetstream::stream::LastRawMessageErrorKind;
-        match self
-            .js
-            .events
-            .get_last_raw_message_by_subject(subject)
-            .await
-        {
-            Ok(message) => Ok(Some(message.payload)),
-            Err(error) if error.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(None),
-            Err(error) => Err(ApiError::Unavailable(format!(
+        let lookup = self.js.events.get_last_raw_message_by_subject(subject);
+        match tokio::time::timeout(self.js.config.publish_timeout, lookup).await {
+            Ok(Ok(message)) => Ok(Some(message.payload)),
+            Ok(Err(error)) if error.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(None),
+            Ok(Err(error)) => Err(ApiError::Unavailable(format!(
                 "jetstream last message lookup: {error}"
             ))),
+            Err(_) => Err(ApiError::Unavailable(
+                "jetstream last message lookup timed out".to_owned(),
+            )),
         }
     }
 
