@@ -90,9 +90,10 @@ async fn the_helm_test_script_makes_a_round_trip_through_the_platform_and_cleans
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_helm_test_script_fails_when_search_never_finds_the_message() {
     let env = TestEnv::new().await;
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let nowhere = format!("http://{}", closed.local_addr().unwrap());
-    drop(closed);
+    // A search endpoint that never answers: bound (so no other test can take the port) but
+    // never accepting; the api's queries time out.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let nowhere = format!("http://{}", silent.local_addr().unwrap());
     let api = env
         .spawn_api_with(&[("CONFAB_SEARCH_URL", nowhere.as_str())])
         .await;
@@ -112,6 +113,7 @@ async fn the_helm_test_script_fails_when_search_never_finds_the_message() {
         said.contains("FAIL: finding the message by search"),
         "{said}"
     );
+    drop(silent);
     persister.stop().await.unwrap();
     api.stop().await.unwrap();
     env.cleanup().await;

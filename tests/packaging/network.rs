@@ -1,8 +1,8 @@
-//! The platform chart's NetworkPolicies and the api–indexer shared secret, checked over the
-//! templates and values (no helm here): on by default; the indexer's search port admits the
-//! api's pods and nothing else; every admin port admits only the configured metrics sources;
-//! the only rule open to any source is the api's tenant port; and the api and the indexer get
-//! the same `CONFAB_INTERNAL_TOKEN`.
+//! The charts' NetworkPolicies and the api–indexer shared secret, checked over the templates and
+//! values (no helm here): on by default; the indexer's search port admits the api's pods and
+//! nothing else; every admin port (the operator's too) admits only the configured metrics
+//! sources; the only rule open to any source is the api's tenant port; and the api and the
+//! indexer get the same `CONFAB_INTERNAL_TOKEN`.
 
 use serde_json::Value;
 
@@ -129,5 +129,26 @@ fn the_api_and_the_indexer_share_the_internal_token() {
     assert!(
         secret.contains("lookup \"v1\" \"Secret\""),
         "kept across upgrades"
+    );
+}
+
+#[test]
+fn the_operator_admits_only_prometheus_to_its_admin_port() {
+    let chart = repo().join("charts/confab-operator");
+    let values = yaml(&chart.join("values.yaml"));
+    assert_eq!(values["networkPolicy"]["enabled"], true, "on by default");
+    assert!(values["networkPolicy"]["metricsFrom"]
+        .as_array()
+        .is_some_and(|peers| !peers.is_empty()));
+    let text = read(&chart.join("templates/networkpolicy.yaml"));
+    assert!(text.contains("{{- if .Values.networkPolicy.enabled }}"));
+    assert!(text.contains("{{- include \"confab-operator.selectorLabels\" . | nindent 6 }}"));
+    let rules = rules(&text);
+    assert_eq!(rules.len(), 1, "{rules:#?}");
+    assert!(rules[0].contains("port: admin"));
+    assert!(
+        rules[0].contains("from:\n        {{- toYaml .Values.networkPolicy.metricsFrom"),
+        "{}",
+        rules[0]
     );
 }
