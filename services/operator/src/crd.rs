@@ -42,7 +42,8 @@ pub const GRACE_SECONDS_LIMIT: u64 = 2_592_000;
     namespaced,
     status = "ApplicationStatus",
     doc = "A tenant application of Confab. The confab-operator registers it with the api, keeps \
-           its token in a Secret in the same namespace and reports its state in `status`.",
+           its token in a Secret in the same namespace and reports its state in `status` and as \
+           Events. The annotation `confab.dev/pause-reconciliation: \"true\"` pauses it.",
     // The name is the value of the token Secret's `confab.dev/application` label, and label
     // values are at most 63 characters: a longer name would make every Secret write fail.
     validation = Rule::new("self.metadata.name.size() <= 63")
