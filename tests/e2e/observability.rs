@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use confab_tests::{eventually, Client, TestEnv};
-use opentelemetry::trace::{SpanId, TraceId};
+use opentelemetry::trace::{SpanId, SpanKind, TraceId};
 use opentelemetry_sdk::trace::{InMemorySpanExporter, SpanData};
 use reqwest::StatusCode;
 use serde_json::Value;
@@ -89,6 +89,24 @@ async fn one_trace_spans_the_request_the_persister_and_the_indexer() {
         request.parent_span_id,
         SpanId::from_hex("00f067aa0ba902b7").unwrap()
     );
+    // The OpenTelemetry messaging conventions: a PRODUCER span per publish, child of the
+    // request; CONSUMER spans per event (children of the publish) and per batch.
+    let publish = spans
+        .iter()
+        .find(|s| s.name == "publish message.created")
+        .expect("a publish span in the request's trace");
+    assert_eq!(publish.span_kind, SpanKind::Producer);
+    assert_eq!(publish.parent_span_id, request.span_context.span_id());
+    assert_eq!(
+        attribute(publish, "messaging.system").as_deref(),
+        Some("nats")
+    );
+    assert_eq!(
+        attribute(publish, "messaging.operation.type").as_deref(),
+        Some("publish")
+    );
+    let subject = attribute(publish, "messaging.destination.name").unwrap();
+    assert!(subject.contains(".v1.message.created."), "{subject}");
     for service in ["persister", "indexer"] {
         let spans = spans_of(service);
         let consumed = spans
@@ -97,13 +115,37 @@ async fn one_trace_spans_the_request_the_persister_and_the_indexer() {
             .unwrap_or_else(|| panic!("{service} consumed the event in the request's trace"));
         assert_eq!(
             consumed.parent_span_id,
-            request.span_context.span_id(),
-            "{service}'s span is a child of the request span, across JetStream"
+            publish.span_context.span_id(),
+            "{service}'s span is a child of the publish span, across JetStream"
+        );
+        assert_eq!(consumed.span_kind, SpanKind::Consumer);
+        assert_eq!(
+            attribute(consumed, "messaging.system").as_deref(),
+            Some("nats")
+        );
+        assert_eq!(
+            attribute(consumed, "messaging.operation.type").as_deref(),
+            Some("process")
+        );
+        assert_eq!(
+            attribute(consumed, "messaging.destination.name"),
+            Some(subject.clone())
+        );
+        assert_eq!(
+            attribute(consumed, "messaging.consumer.group.name").as_deref(),
+            Some(format!("confab-{service}").as_str())
         );
         assert!(
-            spans.iter().any(|s| s.name == "apply_batch"),
-            "{service}'s write is in the trace"
+            attribute(consumed, "messaging.message.id").is_some_and(|id| id.starts_with("msg:")),
+            "{:?}",
+            attribute(consumed, "messaging.message.id")
         );
+        let batch = spans
+            .iter()
+            .find(|s| s.name == "apply_batch")
+            .unwrap_or_else(|| panic!("{service}'s write is in the trace"));
+        assert_eq!(batch.span_kind, SpanKind::Consumer);
+        assert!(attribute(batch, "messaging.batch.message_count").is_some());
     }
     let _ = provider.shutdown();
     indexer.stop().await.unwrap();

@@ -17,9 +17,10 @@ use crate::idempotency::{IdempotencyKey, Record};
 use crate::numbering::Admission;
 use crate::state::AppState;
 
-/// Numbers taken before giving up when every one collides. A collision raises the sequence to
-/// the last number in the stream, so more than a few in a row means something else is wrong.
-const MAX_NUMBER_ATTEMPTS: usize = 5;
+/// Numbers taken before giving up when every one collides. A collision raises the sequence past
+/// the collided number and the last number in the stream, so more than a few in a row (numbers
+/// taken before a Redis loss and stored after it) means something else is wrong.
+const MAX_NUMBER_ATTEMPTS: usize = 8;
 
 /// What a numbered creation needs to know about its parent.
 pub struct Sequence<'a, P> {
@@ -68,11 +69,13 @@ impl AppState {
             };
         }
         let mut raise = matches!(recorded, Recorded::Stale(_));
+        // The highest number seen taken: the sequence is raised at least past it.
+        let mut taken = 0;
         for _ in 0..MAX_NUMBER_ATTEMPTS {
             let seed = async {
                 let persisted = (sequence.persisted_max)().await?;
                 let in_flight = self.publisher.last_number_on(&sequence.subjects).await?;
-                Ok(reseed_value(persisted, in_flight))
+                Ok(reseed_value(persisted, in_flight).max(taken))
             };
             let number = self
                 .numbering
@@ -115,6 +118,7 @@ impl AppState {
                         "number already taken, raising the sequence and taking another"
                     );
                     raise = true;
+                    taken = taken.max(number);
                 }
             }
         }

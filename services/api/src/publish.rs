@@ -24,6 +24,7 @@ use confab_core::Envelope;
 use confab_runtime::jetstream::JetStream;
 use confab_runtime::metrics;
 use rand::Rng;
+use tracing::Instrument;
 
 use crate::error::{ApiError, Result};
 
@@ -52,7 +53,6 @@ impl Publisher {
         &self.js
     }
 
-    #[tracing::instrument(level = "debug", skip_all, fields(event_type = envelope.event.kind().as_str()))]
     pub async fn publish(
         &self,
         envelope: &Envelope,
@@ -67,7 +67,10 @@ impl Publisher {
             headers::EVENT_VERSION,
             envelope.version.to_string().as_str(),
         );
-        map.insert(headers::TRACEPARENT, trace.header_value().as_str());
+        // The PRODUCER span of this publish; the event carries its context.
+        let span = confab_runtime::trace::publish_span(kind, &subject, &envelope.dedup_id());
+        let parent = confab_runtime::trace::continue_trace(&span, Some(trace));
+        map.insert(headers::TRACEPARENT, parent.header_value().as_str());
         if envelope.event.created_number().is_some() {
             map.insert(headers::EXPECTED_LAST_SUBJECT_SEQUENCE, "0");
         }
@@ -76,47 +79,51 @@ impl Publisher {
         let deadline = started + self.js.config.publish_deadline;
         let mut pause = BACKOFF_FIRST;
         let mut attempt = 1u32;
-        loop {
-            let remaining = deadline.saturating_duration_since(Instant::now());
-            let why = match tokio::time::timeout(
-                remaining.min(self.js.config.publish_timeout),
-                self.attempt(&subject, &map, &payload, envelope),
-            )
-            .await
-            {
-                Ok(Attempt::Outcome(outcome)) => {
-                    let label = match outcome {
-                        PublishOutcome::Stored => "stored",
-                        PublishOutcome::RetriedOwn => "retried",
-                        PublishOutcome::Collision => "collision",
-                    };
+        let retries = async {
+            loop {
+                let remaining = deadline.saturating_duration_since(Instant::now());
+                let why = match tokio::time::timeout(
+                    remaining.min(self.js.config.publish_timeout),
+                    self.attempt(&subject, &map, &payload, envelope),
+                )
+                .await
+                {
+                    Ok(Attempt::Outcome(outcome)) => {
+                        let label = match outcome {
+                            PublishOutcome::Stored => "stored",
+                            PublishOutcome::RetriedOwn => "retried",
+                            PublishOutcome::Collision => "collision",
+                        };
+                        metrics::EVENTS_PUBLISHED
+                            .with_label_values(&[kind, label])
+                            .inc();
+                        metrics::PUBLISH_DURATION
+                            .with_label_values(&[kind])
+                            .observe(started.elapsed().as_secs_f64());
+                        return Ok(outcome);
+                    }
+                    Ok(Attempt::Retry(why)) => why,
+                    Err(_) => "no acknowledgement in time".to_owned(),
+                };
+                // Full jitter: replicas that failed together do not come back together.
+                let sleep = rand::rng().random_range(Duration::ZERO..=pause);
+                if Instant::now() + sleep >= deadline {
                     metrics::EVENTS_PUBLISHED
-                        .with_label_values(&[kind, label])
+                        .with_label_values(&[kind, "error"])
                         .inc();
-                    metrics::PUBLISH_DURATION
-                        .with_label_values(&[kind])
-                        .observe(started.elapsed().as_secs_f64());
-                    return Ok(outcome);
+                    return Err(ApiError::Unavailable(format!(
+                        "jetstream publish after {attempt} attempts: {why}"
+                    )));
                 }
-                Ok(Attempt::Retry(why)) => why,
-                Err(_) => "no acknowledgement in time".to_owned(),
-            };
-            // Full jitter: replicas that failed together do not come back together.
-            let sleep = rand::rng().random_range(Duration::ZERO..=pause);
-            if Instant::now() + sleep >= deadline {
-                metrics::EVENTS_PUBLISHED
-                    .with_label_values(&[kind, "error"])
-                    .inc();
-                return Err(ApiError::Unavailable(format!(
-                    "jetstream publish after {attempt} attempts: {why}"
-                )));
+                tracing::debug!(attempt, error = %why, "publish failed, repeating");
+                metrics::PUBLISH_RETRIES.with_label_values(&[kind]).inc();
+                tokio::time::sleep(sleep).await;
+                pause = (pause * 2).min(BACKOFF_MAX);
+                attempt += 1;
             }
-            tracing::debug!(attempt, error = %why, "publish failed, repeating");
-            metrics::PUBLISH_RETRIES.with_label_values(&[kind]).inc();
-            tokio::time::sleep(sleep).await;
-            pause = (pause * 2).min(BACKOFF_MAX);
-            attempt += 1;
         }
+        .instrument(span);
+        retries.await
     }
 
     async fn attempt(

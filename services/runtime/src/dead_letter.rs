@@ -19,7 +19,8 @@ pub async fn send(
     // on this subject yet" would refuse the copy of a second service dead-lettering the same event.
     let mut map = async_nats::HeaderMap::new();
     for (name, values) in message.headers.iter().flat_map(|h| h.iter()) {
-        if AsRef::<str>::as_ref(name) == headers::EXPECTED_LAST_SUBJECT_SEQUENCE {
+        if AsRef::<str>::as_ref(name).eq_ignore_ascii_case(headers::EXPECTED_LAST_SUBJECT_SEQUENCE)
+        {
             continue;
         }
         for value in values {

@@ -4,6 +4,12 @@
 //! first event's context and which links to every event's, so the MySQL or search write joins
 //! the request's trace.
 //!
+//! Spans follow the OpenTelemetry messaging conventions: the api's publish span is of kind
+//! PRODUCER (see [`publish_span`]), `consume_event` and `apply_batch` are of kind CONSUMER, and
+//! all carry `messaging.system = "nats"`, `messaging.operation.type`, and where they apply
+//! `messaging.destination.name` (the subject), `messaging.consumer.group.name` (the durable
+//! consumer), `messaging.message.id` and `messaging.batch.message_count`.
+//!
 //! Without an OpenTelemetry layer (no `OTEL_EXPORTER_OTLP_ENDPOINT`) the same W3C context is
 //! still generated, propagated and logged; only nothing is exported.
 
@@ -56,16 +62,59 @@ pub fn event_parent(message: &jetstream::Message) -> Option<TraceParent> {
     TraceParent::parse(value.as_str())
 }
 
+/// The PRODUCER span of one publish (a child of the current request span); the event's
+/// `traceparent` is this span's context, so consumers' spans are its children.
+pub fn publish_span(event_type: &str, subject: &str, message_id: &str) -> Span {
+    tracing::info_span!(
+        "publish",
+        otel.name = %format!("publish {event_type}"),
+        otel.kind = "producer",
+        messaging.system = "nats",
+        messaging.operation.type = "publish",
+        messaging.destination.name = %subject,
+        messaging.message.id = %message_id,
+    )
+}
+
 /// The span a batch is applied in: its parent is the first event's trace, and it links to
 /// every event's; each event also gets a short `consume_event` span in its own trace.
 pub fn batch_span(service: &'static str, messages: &[jetstream::Message]) -> Span {
-    let batch = tracing::info_span!("apply_batch", service, size = messages.len());
+    let group = messages
+        .first()
+        .and_then(|m| m.info().ok().map(|i| i.consumer.to_owned()))
+        .unwrap_or_default();
+    let batch = tracing::info_span!(
+        "apply_batch",
+        service,
+        size = messages.len(),
+        otel.kind = "consumer",
+        messaging.system = "nats",
+        messaging.operation.type = "process",
+        messaging.consumer.group.name = %group,
+        messaging.batch.message_count = messages.len(),
+    );
     let mut first = true;
     for message in messages {
         let Some(parent) = event_parent(message) else {
             continue;
         };
-        let event = tracing::info_span!("consume_event", service, subject = %message.subject);
+        let id = message
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(async_nats::header::NATS_MESSAGE_ID))
+            .map(|v| v.as_str().to_owned())
+            .unwrap_or_default();
+        let event = tracing::info_span!(
+            "consume_event",
+            service,
+            subject = %message.subject,
+            otel.kind = "consumer",
+            messaging.system = "nats",
+            messaging.operation.type = "process",
+            messaging.destination.name = %message.subject,
+            messaging.consumer.group.name = %group,
+            messaging.message.id = %id,
+        );
         continue_trace(&event, Some(&parent));
         drop(event);
         if first {
