@@ -114,6 +114,8 @@ async def main_async(opts: Options, names: List[str], tmp_root: Path) -> int:
     for name in names:
         if not await run_scenario(name, opts, tmp_root):
             failed.append(name)
+    # A closing line in the plain "N passed, N failed" form that CI runners read.
+    print(f"chaos: {len(names) - len(failed)} passed, {len(failed)} failed", flush=True)
     if failed:
         log(f"FAILED: {', '.join(failed)}")
         return 1

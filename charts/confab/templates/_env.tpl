@@ -45,6 +45,9 @@ null in the values is not set at all, so the service's documented default applie
 {{- $v := .Values.persister }}
 {{- include "confab.env.common" (dict "root" . "component" "persister" "values" $v) }}
 {{- include "confab.env.database" . }}
+{{- /* The persister raises the api's Redis sequences past the numbers it committed. */}}
+{{- include "confab.secretEnv" (dict "root" . "name" "REDIS_URL" "setting" .Values.redis "value" .Values.redis.url "key" "redis-url") }}
+{{- include "confab.optionalEnv" (list (list "CONFAB_REDIS_PREFIX" .Values.redis.keyPrefix)) }}
 {{- include "confab.env.nats" . }}
 {{- include "confab.optionalEnv" (list
   (list "CONFAB_PERSISTER_CONSUMER" $v.config.consumer)
