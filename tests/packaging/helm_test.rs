@@ -17,26 +17,20 @@ fn script() -> std::path::PathBuf {
     repo().join("charts/confab/files/helm-test.sh")
 }
 
-/// `sh helm-test.sh` with `env`, off the runtime's threads; `None` when curl is missing here.
-async fn run(env: Vec<(&'static str, String)>) -> Option<Output> {
-    if Command::new("curl").arg("--version").output().is_err() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "curl is required in CI (the helm test script uses it)"
-        );
-        eprintln!("skipped: curl not installed");
-        return None;
-    }
+/// `sh helm-test.sh` with `env`, off the runtime's threads.
+async fn run(env: Vec<(&'static str, String)>) -> Output {
+    assert!(
+        Command::new("curl").arg("--version").output().is_ok(),
+        "curl is required (the helm test script uses it; scripts/dev test installs it)"
+    );
     let script = script();
     let output = tokio::task::spawn_blocking(move || {
         Command::new("sh").arg(&script).envs(env).output().unwrap()
     });
-    Some(
-        tokio::time::timeout(Duration::from_secs(120), output)
-            .await
-            .unwrap()
-            .unwrap(),
-    )
+    tokio::time::timeout(Duration::from_secs(120), output)
+        .await
+        .unwrap()
+        .unwrap()
 }
 
 fn text(output: &Output) -> String {
@@ -58,15 +52,12 @@ async fn the_helm_test_script_makes_a_round_trip_through_the_platform_and_cleans
     let api = env
         .spawn_api_with(&[("CONFAB_SEARCH_URL", indexer.base.as_str())])
         .await;
-    let Some(output) = run(vec![
+    let output = run(vec![
         ("CONFAB_API_URL", api.base.clone()),
         ("CONFAB_ADMIN_TOKEN", ADMIN_TOKEN.into()),
         ("CONFAB_TEST_TIMEOUT_SECONDS", "60".into()),
     ])
-    .await
-    else {
-        return;
-    };
+    .await;
     let said = text(&output);
     assert!(output.status.success(), "{said}");
     for step in ["message read back", "message found by search", "PASS"] {
@@ -98,14 +89,11 @@ async fn the_helm_test_script_fails_when_search_never_finds_the_message() {
         .spawn_api_with(&[("CONFAB_SEARCH_URL", nowhere.as_str())])
         .await;
     let persister = env.spawn_persister().await;
-    let Some(output) = run(vec![
+    let output = run(vec![
         ("CONFAB_API_URL", api.base.clone()),
         ("CONFAB_TEST_TIMEOUT_SECONDS", "5".into()),
     ])
-    .await
-    else {
-        return;
-    };
+    .await;
     let said = text(&output);
     assert!(!output.status.success(), "{said}");
     assert!(said.contains("message read back"), "{said}");
