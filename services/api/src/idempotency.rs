@@ -192,15 +192,13 @@ impl Idempotency {
             expected.to_string().as_str(),
         );
         let payload = serde_json::to_vec(record).expect("a record always serializes");
-        let ack = match self
-            .js
-            .context
-            .publish_with_headers(self.subject(key), map, payload.into())
-            .await
-        {
-            Ok(future) => future.await,
-            Err(error) => Err(error),
-        };
+        let ack = confab_runtime::jetstream::publish_acked(
+            &self.js,
+            self.subject(key),
+            map,
+            payload.into(),
+        )
+        .await;
         match ack {
             Ok(ack) => Ok(Some(ack.sequence)),
             Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => Ok(None),

@@ -60,15 +60,16 @@ impl Publisher {
     ) -> Result<PublishOutcome> {
         let kind = envelope.event.kind().as_str();
         let subject = self.js.subjects.for_event(&envelope.event);
+        let dedup_id = envelope.dedup_id();
         let mut map = HeaderMap::new();
-        map.insert(headers::MSG_ID, envelope.dedup_id().as_str());
+        map.insert(headers::MSG_ID, dedup_id.as_str());
         map.insert(headers::EVENT_TYPE, kind);
         map.insert(
             headers::EVENT_VERSION,
             envelope.version.to_string().as_str(),
         );
         // The PRODUCER span of this publish; the event carries its context.
-        let span = confab_runtime::trace::publish_span(kind, &subject, &envelope.dedup_id());
+        let span = confab_runtime::trace::publish_span(kind, &subject, &dedup_id);
         let parent = confab_runtime::trace::continue_trace(&span, Some(trace));
         map.insert(headers::TRACEPARENT, parent.header_value().as_str());
         if envelope.event.created_number().is_some() {
@@ -134,15 +135,13 @@ impl Publisher {
         envelope: &Envelope,
     ) -> Attempt {
         let own = envelope.id.to_string();
-        let ack = match self
-            .js
-            .context
-            .publish_with_headers(subject.to_owned(), map.clone(), payload.clone())
-            .await
-        {
-            Ok(future) => future.await,
-            Err(error) => Err(error),
-        };
+        let ack = confab_runtime::jetstream::publish_acked(
+            &self.js,
+            subject.to_owned(),
+            map.clone(),
+            payload.clone(),
+        )
+        .await;
         let stored = match ack {
             Ok(ack) if !ack.duplicate => return Attempt::Outcome(PublishOutcome::Stored),
             // The dedup window knows this id: read the event it stored.

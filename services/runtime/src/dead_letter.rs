@@ -48,14 +48,9 @@ pub async fn send(
         .as_str(),
     );
     let subject = js.subjects.dead_letter(&message.subject);
-    let stored = match js
-        .context
-        .publish_with_headers(subject, map, message.payload.clone())
+    let stored = crate::jetstream::publish_acked(js, subject, map, message.payload.clone())
         .await
-    {
-        Ok(ack) => ack.await.map(|_| ()),
-        Err(error) => Err(error),
-    };
+        .map(|_| ());
     match stored {
         Ok(()) => {
             metrics::EVENTS_DEAD_LETTERED

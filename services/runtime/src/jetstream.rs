@@ -233,6 +233,19 @@ pub async fn connect_consumer(
     Ok((js, consumer))
 }
 
+/// Publishes and waits for the stream's acknowledgement: the one way every service publishes.
+pub async fn publish_acked(
+    js: &JetStream,
+    subject: String,
+    headers: async_nats::HeaderMap,
+    payload: bytes::Bytes,
+) -> Result<jetstream::publish::PublishAck, jetstream::context::PublishError> {
+    js.context
+        .publish_with_headers(subject, headers, payload)
+        .await?
+        .await
+}
+
 /// Whether the NATS connection is up, for `/readyz`.
 pub fn connected(client: &async_nats::Client) -> bool {
     client.connection_state() == async_nats::connection::State::Connected
