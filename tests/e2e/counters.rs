@@ -5,7 +5,6 @@ use std::time::Duration;
 
 use confab_counter_reconciler::reconcile::{self, CHATS};
 use confab_counter_reconciler::repair;
-use confab_runtime::metrics::COUNTER_ROWS_RECOUNTED;
 use confab_tests::{eventually, Client, TestEnv};
 use futures::StreamExt;
 
@@ -142,7 +141,6 @@ async fn two_reconcilers_at_once_split_the_work() {
     persister.stop().await.unwrap();
     let dirty = env.count("SELECT COUNT(*) FROM counter_dirty_chats").await as u64;
     assert_eq!(dirty, 300);
-    let before = COUNTER_ROWS_RECOUNTED.with_label_values(&["chat"]).get();
 
     // Small batches so both replicas get a share.
     let opts = &[
@@ -158,7 +156,8 @@ async fn two_reconcilers_at_once_split_the_work() {
     })
     .await;
     // Every dirty chat was recounted exactly once between the two of them.
-    let recounted = COUNTER_ROWS_RECOUNTED.with_label_values(&["chat"]).get() - before;
+    let series = r#"confab_counter_rows_recounted_total{kind="chat"}"#;
+    let recounted = (a.metric(series).await + b.metric(series).await) as u64;
     assert_eq!(recounted, dirty);
 
     a.stop().await.unwrap();
@@ -196,7 +195,9 @@ async fn a_reconcile_after_100_messages_touches_only_the_changed_chats() {
     )
     .await;
 
-    let stats = reconcile::run_once(&env.reconciler_pool(), 500)
+    let metrics =
+        confab_counter_reconciler::metrics::Metrics::register(&confab_runtime::metrics::registry());
+    let stats = reconcile::run_once(&env.reconciler_pool(), &metrics, 500)
         .await
         .unwrap();
     assert_eq!(stats.chats_recounted, chats_hit.len() as u64);

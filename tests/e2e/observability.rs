@@ -236,8 +236,6 @@ async fn dashboards_and_alerts_query_only_metrics_the_services_export() {
     let reconciler = env
         .spawn_reconciler_with(&[("CONFAB_RECONCILE_INTERVAL_MS", "100")])
         .await;
-    // The operator needs a cluster; its series are the ones it creates at start-up.
-    confab_runtime::metrics::initialize("confab-operator");
     let c = Client::new(&api.base);
     let token = c.create_app("scraped").await;
     let chat = c.create_chat(&token).await;
@@ -264,6 +262,10 @@ async fn dashboards_and_alerts_query_only_metrics_the_services_export() {
         assert!(!text.contains(&token), "a token reached the metrics");
         exported.extend(exported_names(&text));
     }
+    // The operator needs a cluster; its series are the ones its registry holds at start-up.
+    let operator = confab_runtime::metrics::registry();
+    confab_operator::metrics::Metrics::register(&operator);
+    exported.extend(exported_names(&confab_runtime::metrics::render(&operator)));
     for series in [
         "confab_jetstream_consumer_pending_messages",
         "confab_redis_command_duration_seconds_bucket",

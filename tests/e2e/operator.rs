@@ -269,8 +269,34 @@ async fn an_api_outage_is_a_not_synced_condition_a_warning_and_a_retry_with_back
     let app = Arc::new(app);
     let first = controller::error_policy(app.clone(), &error, ctx.clone());
     let second = controller::error_policy(app, &error, ctx);
-    assert_eq!(first, Action::requeue(Duration::from_secs(1)));
-    assert_eq!(second, Action::requeue(Duration::from_secs(2)));
+    // Jittered: between half and all of 1 s, then of 2 s.
+    let within = |action: &Action, ceiling: Duration| {
+        (ceiling / 2..=ceiling).contains(&requeue_after(action))
+    };
+    assert!(within(&first, Duration::from_secs(1)), "{first:?}");
+    assert!(within(&second, Duration::from_secs(2)), "{second:?}");
+}
+
+/// The delay of a requeue `Action` (kube keeps the field private; its `Debug` shows it as
+/// `Action { requeue_after: Some(1.5s) }`).
+fn requeue_after(action: &Action) -> Duration {
+    let text = format!("{action:?}");
+    let value = text
+        .split_once("Some(")
+        .and_then(|(_, rest)| rest.split_once(')'))
+        .map(|(value, _)| value)
+        .unwrap_or_else(|| panic!("not a requeue: {text}"));
+    let (number, unit) =
+        value.split_at(value.find(|c: char| c.is_alphabetic() || c == 'µ').unwrap());
+    let number: f64 = number.parse().unwrap();
+    let seconds = match unit {
+        "s" => number,
+        "ms" => number / 1e3,
+        "µs" => number / 1e6,
+        "ns" => number / 1e9,
+        other => panic!("unit {other} in {text}"),
+    };
+    Duration::from_secs_f64(seconds)
 }
 
 /// Needs a cluster with the CRD installed (`kubectl apply -f crds/`), the api reachable from this

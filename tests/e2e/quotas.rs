@@ -89,9 +89,8 @@ async fn message_rate_holds_across_two_replicas_allows_bursts_and_says_when_to_r
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let (status, body) = cb.try_create_message(&token, chat, "later").await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
-    let rejected = confab_runtime::metrics::QUOTA_REJECTIONS
-        .with_label_values(&["message_rate"])
-        .get();
+    let series = r#"confab_quota_rejections_total{quota="message_rate"}"#;
+    let rejected = a.metric(series).await + b.metric(series).await;
     assert_eq!(
         rejected as usize,
         30 - created,

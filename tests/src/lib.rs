@@ -367,6 +367,23 @@ impl Service {
         .await;
     }
 
+    /// The value of one series (`name{label="value",...}` exactly as exposed, or a bare name)
+    /// on this service's `/metrics`; fails when the service does not export it.
+    pub async fn metric(&self, series: &str) -> f64 {
+        let text = reqwest::get(format!("{}/metrics", self.admin))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+            .unwrap_or_else(|| panic!("{series} is not exported by {}", self.admin))
+            .trim()
+            .parse()
+            .unwrap()
+    }
+
     /// Graceful shutdown (as on SIGTERM); returns how the service ended.
     pub async fn stop(mut self) -> Result<(), String> {
         if let Some(tx) = self.stop.take() {

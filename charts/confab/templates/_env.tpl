@@ -90,5 +90,7 @@ null in the values is not set at all, so the service's documented default applie
   (list "CONFAB_RECONCILE_INTERVAL_MS" $v.config.intervalMs)
   (list "CONFAB_RECONCILE_BATCH" $v.config.batch)
   (list "CONFAB_REPAIR_CHUNK" $v.config.repairChunk)
+  (list "CONFAB_MYSQL_PURGE_INTERVAL_MS" $v.config.purgeIntervalMs)
+  (list "CONFAB_MYSQL_PURGE_CHUNK" $v.config.purgeChunk)
 ) }}
 {{- end }}

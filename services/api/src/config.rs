@@ -9,6 +9,7 @@ use confab_runtime::config::{
     boolean, millis_within, parse_within, secs_within, socket_addr, string,
 };
 use confab_runtime::{CommonConfig, ConfigError, Env, Secret};
+use confab_search::config::ElasticsearchConfig;
 
 #[derive(Debug, Clone)]
 pub struct ApiConfig {
@@ -59,7 +60,7 @@ pub struct ApiConfig {
 #[derive(Debug, Clone)]
 pub enum SearchConfig {
     /// `ELASTICSEARCH_URL` and `CONFAB_ELASTICSEARCH_INDEX` (default `confab-messages`).
-    Elasticsearch { url: String, index: String },
+    Elasticsearch(ElasticsearchConfig),
     /// Otherwise the indexer's internal endpoint, `CONFAB_SEARCH_URL` (default
     /// `http://127.0.0.1:8081`), which serves the embedded index.
     Indexer { url: String },
@@ -128,11 +129,8 @@ impl ApiConfig {
             // 0 turns the cache off; the cache refuses a TTL of a thousand years and more.
             token_cache_ttl: millis_within(env, "CONFAB_TOKEN_CACHE_TTL_MS", 5_000, 0..=3_600_000)?,
             in_flight_ttl: secs_within(env, "CONFAB_IN_FLIGHT_TTL_SECS", 3600, 1..=604_800)?,
-            search: match env.get("ELASTICSEARCH_URL").filter(|u| !u.is_empty()) {
-                Some(url) => SearchConfig::Elasticsearch {
-                    url: url.clone(),
-                    index: string(env, "CONFAB_ELASTICSEARCH_INDEX", "confab-messages"),
-                },
+            search: match ElasticsearchConfig::from_env(env) {
+                Some(elasticsearch) => SearchConfig::Elasticsearch(elasticsearch),
                 None => SearchConfig::Indexer {
                     url: string(env, "CONFAB_SEARCH_URL", "http://127.0.0.1:8081"),
                 },

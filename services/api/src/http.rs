@@ -7,7 +7,6 @@
 //! carries the token, which must never reach logs or metric labels.
 
 use std::any::Any;
-use std::sync::LazyLock;
 use std::time::{Duration, Instant};
 
 use axum::extract::{MatchedPath, Request, State};
@@ -16,32 +15,34 @@ use axum::response::{IntoResponse, Response};
 use axum::Router;
 use confab_core::event::headers;
 use confab_core::trace::TraceParent;
-use confab_runtime::metrics;
-use prometheus::{register_int_counter, IntCounter};
+use confab_runtime::metrics::status_class;
 use tower_http::catch_panic::CatchPanicLayer;
 use tracing::Instrument;
 
 use crate::error::{ApiError, Internal};
+use crate::metrics::Metrics;
 
-/// Requests whose handler panicked. The api's own counter, in the process-wide registry that
-/// `confab_runtime::metrics` renders, next to the metrics defined there.
-pub static HTTP_PANICS: LazyLock<IntCounter> = LazyLock::new(|| {
-    register_int_counter!(
-        "confab_http_panics_total",
-        "HTTP requests whose handler panicked (answered 500 internal)."
-    )
-    .expect("metric registers once")
-});
+/// What [`observe`] needs besides the request.
+#[derive(Clone)]
+pub struct Observe {
+    timeout: Duration,
+    metrics: Metrics,
+}
 
 /// Wraps every route of `router` in the panic net (inside) and [`observe`] (outside), so a
 /// panicking request is still timed, logged and counted as a 5xx.
-pub fn layers(router: Router, request_timeout: Duration) -> Router {
-    // The counter exists at 0 from the start, so `increase()` sees the first panic.
-    LazyLock::force(&HTTP_PANICS);
+pub fn layers(router: Router, request_timeout: Duration, metrics: Metrics) -> Router {
+    let panics = metrics.http_panics.clone();
     router
-        .layer(CatchPanicLayer::custom(panicked))
+        .layer(CatchPanicLayer::custom(move |panic| {
+            panics.inc();
+            panicked(panic)
+        }))
         .layer(axum::middleware::from_fn_with_state(
-            request_timeout,
+            Observe {
+                timeout: request_timeout,
+                metrics,
+            },
             observe,
         ))
 }
@@ -49,7 +50,6 @@ pub fn layers(router: Router, request_timeout: Duration) -> Router {
 /// The answer to a panicked handler: the standard `500 internal` body; the panic message goes to
 /// the log only.
 fn panicked(panic: Box<dyn Any + Send + 'static>) -> Response {
-    HTTP_PANICS.inc();
     let message = panic
         .downcast_ref::<&str>()
         .map(|s| (*s).to_owned())
@@ -59,7 +59,7 @@ fn panicked(panic: Box<dyn Any + Send + 'static>) -> Response {
 }
 
 pub async fn observe(
-    State(timeout): State<Duration>,
+    State(Observe { timeout, metrics }): State<Observe>,
     matched: Option<MatchedPath>,
     mut req: Request,
     next: Next,
@@ -92,10 +92,12 @@ pub async fn observe(
     };
     let status = response.status().as_u16();
     let elapsed = started.elapsed();
-    metrics::HTTP_REQUESTS
-        .with_label_values(&[&route, &method, metrics::status_class(status)])
+    metrics
+        .http_requests
+        .with_label_values(&[&route, &method, status_class(status)])
         .inc();
-    metrics::HTTP_DURATION
+    metrics
+        .http_duration
         .with_label_values(&[&route, &method])
         .observe(elapsed.as_secs_f64());
     span.in_scope(|| {
@@ -126,11 +128,14 @@ mod tests {
 
     #[tokio::test]
     async fn a_panicking_handler_answers_500_internal_and_is_counted() {
+        let registry = confab_runtime::metrics::registry();
+        let metrics = Metrics::register(&registry);
         let router = layers(
             Router::new().route("/boom", get(boom)),
             Duration::from_secs(5),
+            metrics.clone(),
         );
-        let before = HTTP_PANICS.get();
+        assert!(confab_runtime::metrics::render(&registry).contains("confab_http_panics_total 0"));
         let response = router
             .oneshot(Request::get("/boom").body(Body::empty()).unwrap())
             .await
@@ -141,7 +146,7 @@ mod tests {
             serde_json::from_slice::<Value>(&body).unwrap(),
             json!({"error": {"code": "internal", "message": "internal error"}})
         );
-        assert!(HTTP_PANICS.get() > before);
-        assert!(metrics::render().contains("confab_http_panics_total "));
+        assert_eq!(metrics.http_panics.get(), 1);
+        assert!(confab_runtime::metrics::render(&registry).contains("confab_http_panics_total 1"));
     }
 }

@@ -25,6 +25,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::error::{ApiError, Result};
+use crate::metrics::Metrics;
 
 pub const HEADER: &str = "idempotency-key";
 /// Longest key accepted (Stripe's limit).
@@ -118,9 +119,6 @@ impl Record {
         if self.fingerprint == key.fingerprint {
             Ok(self)
         } else {
-            confab_runtime::metrics::IDEMPOTENT_REQUESTS
-                .with_label_values(&["mismatch"])
-                .inc();
             Err(ApiError::IdempotencyMismatch)
         }
     }
@@ -131,11 +129,16 @@ impl Record {
 pub struct Idempotency {
     js: JetStream,
     records: stream::Stream,
+    metrics: Metrics,
 }
 
 impl Idempotency {
-    pub fn new(js: JetStream, records: stream::Stream) -> Self {
-        Self { js, records }
+    pub fn new(js: JetStream, records: stream::Stream, metrics: Metrics) -> Self {
+        Self {
+            js,
+            records,
+            metrics,
+        }
     }
 
     fn subject(&self, key: &IdempotencyKey) -> String {
@@ -155,8 +158,14 @@ impl Idempotency {
         };
         let record: Record = serde_json::from_slice(&message.payload)
             .map_err(|e| ApiError::Unavailable(format!("idempotency record unreadable: {e}")))?;
-        let record = record.matching(key)?;
-        confab_runtime::metrics::IDEMPOTENT_REQUESTS
+        let record = record.matching(key).inspect_err(|_| {
+            self.metrics
+                .idempotent_requests
+                .with_label_values(&["mismatch"])
+                .inc();
+        })?;
+        self.metrics
+            .idempotent_requests
             .with_label_values(&["replayed"])
             .inc();
         Ok(Some((record, message.sequence)))

@@ -15,6 +15,7 @@ pub mod error;
 pub mod extract;
 pub mod http;
 pub mod idempotency;
+pub mod metrics;
 pub mod numbering;
 pub mod openapi;
 pub mod publish;
@@ -66,11 +67,12 @@ pub struct Listeners {
 /// The full tenant router for a state, with the panic net and the observation and timeout
 /// layers.
 pub fn app(state: AppState, request_timeout: std::time::Duration) -> Router {
-    http::layers(routes::router(state), request_timeout)
+    let metrics = state.metrics.clone();
+    http::layers(routes::router(state), request_timeout, metrics)
 }
 
-/// Connects to MySQL, Redis and NATS, and builds the state.
-pub async fn connect(config: &ApiConfig) -> Result<AppState, Error> {
+/// Connects to MySQL, Redis and NATS, and builds the state; its parts record into `metrics`.
+pub async fn connect(config: &ApiConfig, metrics: metrics::Metrics) -> Result<AppState, Error> {
     let db = db::pool(&config.common)?;
     if config.migrate {
         db::migrate(&db).await?;
@@ -84,8 +86,9 @@ pub async fn connect(config: &ApiConfig) -> Result<AppState, Error> {
     Ok(AppState::new(StateParts {
         db,
         redis,
-        publisher: publish::Publisher::new(js.clone()),
-        idempotency: idempotency::Idempotency::new(js, records),
+        publisher: publish::Publisher::new(js.clone(), metrics.clone()),
+        idempotency: idempotency::Idempotency::new(js, records, metrics.clone()),
+        metrics,
         keys: Keys::new(config.common.redis_prefix.clone()),
         limits: config.limits.clone(),
         max_request_bytes: config.max_request_bytes(),
@@ -104,8 +107,8 @@ pub async fn connect(config: &ApiConfig) -> Result<AppState, Error> {
 fn search_backend(config: &ApiConfig) -> Result<(Arc<dyn SearchBackend>, &'static str), Error> {
     Ok(match &config.search {
         // The search timeout bounds Elasticsearch queries as it bounds the indexer's endpoint.
-        config::SearchConfig::Elasticsearch { url, index } => (
-            Arc::new(Elastic::new(url, index, config.search_timeout)?),
+        config::SearchConfig::Elasticsearch(es) => (
+            Arc::new(Elastic::new(&es.url, &es.index, config.search_timeout)?),
             "elasticsearch",
         ),
         config::SearchConfig::Indexer { url } => (
@@ -125,12 +128,13 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
     let shutdown = Shutdown::new(shutdown);
-    confab_runtime::metrics::initialize("confab-api");
-    let state = connect(&config).await?;
+    let registry = confab_runtime::metrics::registry();
+    let state = connect(&config, metrics::Metrics::register(&registry)).await?;
     let readiness = readiness(&state);
     let admin = tokio::spawn(admin_server::serve(
         listeners.admin,
         readiness,
+        registry,
         shutdown.wait(),
     ));
     tracing::info!(addr = %listeners.http.local_addr()?, "api listening");

@@ -17,11 +17,11 @@ use std::future::Future;
 use std::sync::LazyLock;
 
 use confab_core::quota::{retry_after_secs, RateParams};
-use confab_runtime::metrics;
 use redis::aio::ConnectionManager;
 use redis::Script;
 
 use crate::error::{ApiError, Result};
+use crate::metrics::Metrics;
 
 /// Shared by both scripts: `check()` returns a rejection `{2, 0}` (cap reached) or `{3, wait_us}`
 /// (rate exceeded), or nil after recording the admission. KEYS[1] is the sequence, KEYS[2] the
@@ -89,11 +89,12 @@ const SEEDED: u8 = 4;
 #[derive(Clone)]
 pub struct Numbering {
     redis: ConnectionManager,
+    metrics: Metrics,
 }
 
 impl Numbering {
-    pub fn new(redis: ConnectionManager) -> Self {
-        Self { redis }
+    pub fn new(redis: ConnectionManager, metrics: Metrics) -> Self {
+        Self { redis, metrics }
     }
 
     /// The next number of the sequence at `key`, if `admission` allows one. `seed` is awaited
@@ -116,9 +117,9 @@ impl Numbering {
             let answer: (u8, u64) = invocation(&INCR_EXISTING, key, admission)
                 .invoke_async(&mut conn)
                 .await?;
-            metrics::observe_redis("next_number", started);
+            self.metrics.dependencies.redis("next_number", started);
             if answer.0 != 1 {
-                return decide(answer, kind, admission);
+                return decide(answer, kind, admission, &self.metrics);
             }
         }
         let seed = seed.await?;
@@ -129,11 +130,14 @@ impl Numbering {
         if answer.0 == SEEDED {
             // Only the replica whose value moved the key counts; the others found it at least as
             // high and incremented.
-            metrics::SEQUENCE_RESEEDS.with_label_values(&[kind]).inc();
+            self.metrics
+                .sequence_reseeds
+                .with_label_values(&[kind])
+                .inc();
             tracing::info!(kind, seed, "sequence seeded");
             return Ok(answer.1);
         }
-        decide(answer, kind, admission)
+        decide(answer, kind, admission, &self.metrics)
     }
 }
 
@@ -159,17 +163,21 @@ fn invocation<'a>(
 }
 
 /// The script's `{status, value}` answer as a number or a quota error.
-fn decide((status, value): (u8, u64), kind: &'static str, admission: &Admission) -> Result<u64> {
+fn decide(
+    (status, value): (u8, u64),
+    kind: &'static str,
+    admission: &Admission,
+    metrics: &Metrics,
+) -> Result<u64> {
     match status {
         0 => Ok(value),
         2 => {
-            metrics::QUOTA_REJECTIONS
-                .with_label_values(&["chats"])
-                .inc();
+            metrics.quota_rejections.with_label_values(&["chats"]).inc();
             Err(ApiError::ChatLimit(admission.cap))
         }
         3 => {
-            metrics::QUOTA_REJECTIONS
+            metrics
+                .quota_rejections
                 .with_label_values(&["message_rate"])
                 .inc();
             Err(ApiError::RateLimited {

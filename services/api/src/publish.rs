@@ -21,20 +21,20 @@ use confab_core::event::headers;
 use confab_core::sequence::{classify_publish, PublishOutcome};
 use confab_core::trace::TraceParent;
 use confab_core::Envelope;
+use confab_runtime::backoff::Backoff;
 use confab_runtime::jetstream::JetStream;
-use confab_runtime::metrics;
-use rand::Rng;
 use tracing::Instrument;
 
 use crate::error::{ApiError, Result};
+use crate::metrics::Metrics;
 
-/// First and largest pause between publish attempts.
-const BACKOFF_FIRST: Duration = Duration::from_millis(20);
-const BACKOFF_MAX: Duration = Duration::from_millis(500);
+/// Pauses between publish attempts: from 20 ms, doubling, at most 500 ms, jittered.
+const RETRY: Backoff = Backoff::new(Duration::from_millis(20), Duration::from_millis(500));
 
 #[derive(Clone)]
 pub struct Publisher {
     js: JetStream,
+    metrics: Metrics,
 }
 
 /// One attempt's result, before classification.
@@ -45,8 +45,8 @@ enum Attempt {
 }
 
 impl Publisher {
-    pub fn new(js: JetStream) -> Self {
-        Self { js }
+    pub fn new(js: JetStream, metrics: Metrics) -> Self {
+        Self { js, metrics }
     }
 
     pub fn jetstream(&self) -> &JetStream {
@@ -78,7 +78,6 @@ impl Publisher {
         let payload = bytes::Bytes::from(envelope.encode());
         let started = Instant::now();
         let deadline = started + self.js.config.publish_deadline;
-        let mut pause = BACKOFF_FIRST;
         let mut attempt = 1u32;
         let retries = async {
             loop {
@@ -95,10 +94,12 @@ impl Publisher {
                             PublishOutcome::RetriedOwn => "retried",
                             PublishOutcome::Collision => "collision",
                         };
-                        metrics::EVENTS_PUBLISHED
+                        self.metrics
+                            .events_published
                             .with_label_values(&[kind, label])
                             .inc();
-                        metrics::PUBLISH_DURATION
+                        self.metrics
+                            .publish_duration
                             .with_label_values(&[kind])
                             .observe(started.elapsed().as_secs_f64());
                         return Ok(outcome);
@@ -106,10 +107,11 @@ impl Publisher {
                     Ok(Attempt::Retry(why)) => why,
                     Err(_) => "no acknowledgement in time".to_owned(),
                 };
-                // Full jitter: replicas that failed together do not come back together.
-                let sleep = rand::rng().random_range(Duration::ZERO..=pause);
+                // Jittered: replicas that failed together do not come back together.
+                let sleep = RETRY.delay(attempt);
                 if Instant::now() + sleep >= deadline {
-                    metrics::EVENTS_PUBLISHED
+                    self.metrics
+                        .events_published
                         .with_label_values(&[kind, "error"])
                         .inc();
                     return Err(ApiError::Unavailable(format!(
@@ -117,9 +119,11 @@ impl Publisher {
                     )));
                 }
                 tracing::debug!(attempt, error = %why, "publish failed, repeating");
-                metrics::PUBLISH_RETRIES.with_label_values(&[kind]).inc();
+                self.metrics
+                    .publish_retries
+                    .with_label_values(&[kind])
+                    .inc();
                 tokio::time::sleep(sleep).await;
-                pause = (pause * 2).min(BACKOFF_MAX);
                 attempt += 1;
             }
         }

@@ -10,7 +10,6 @@ use redis::AsyncCommands;
 use crate::error::{ApiError, Result};
 use crate::repo;
 use crate::state::{AppState, Tenant};
-use confab_runtime::metrics;
 
 impl AppState {
     /// The application a token belongs to, with the quotas in force.
@@ -20,7 +19,9 @@ impl AppState {
         }
         let started = std::time::Instant::now();
         let row = repo::application_by_token(&self.db, token.expose()).await?;
-        metrics::observe_mysql("application_by_token", started);
+        self.metrics
+            .dependencies
+            .mysql("application_by_token", started);
         let row = row.ok_or(ApiError::NotFound("application"))?;
         let tenant = self.tenant_of(&row);
         self.tokens.insert(token.expose().to_owned(), tenant);
@@ -51,7 +52,7 @@ impl AppState {
         let in_flight: bool = redis
             .exists(self.keys.chat_in_flight(application_id, number))
             .await?;
-        metrics::observe_redis("chat_in_flight", started);
+        self.metrics.dependencies.redis("chat_in_flight", started);
         let exists = in_flight
             || repo::chat(&self.db, application_id, number)
                 .await?
@@ -80,7 +81,9 @@ impl AppState {
         let () = redis
             .set_ex(self.keys.chat_in_flight(application_id, number), 1u8, ttl)
             .await?;
-        metrics::observe_redis("mark_chat_in_flight", started);
+        self.metrics
+            .dependencies
+            .redis("mark_chat_in_flight", started);
         self.known_chats.insert((application_id, number), ());
         Ok(())
     }

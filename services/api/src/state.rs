@@ -12,6 +12,7 @@ use redis::aio::ConnectionManager;
 use sqlx::MySqlPool;
 
 use crate::idempotency::Idempotency;
+use crate::metrics::Metrics;
 use crate::numbering::Numbering;
 use crate::publish::Publisher;
 
@@ -56,6 +57,7 @@ pub struct Shared {
     pub quota_defaults: Quotas,
     /// `CONFAB_MAX_BODY_BYTES` as a quota bound.
     pub hard_max_body_bytes: u32,
+    pub metrics: Metrics,
 }
 
 /// An application as a tenant request sees it: its id and the quotas in force.
@@ -81,12 +83,13 @@ pub struct StateParts {
     pub admin_token: Option<Secret<String>>,
     pub quota_defaults: Quotas,
     pub hard_max_body_bytes: u32,
+    pub metrics: Metrics,
 }
 
 impl AppState {
     pub fn new(parts: StateParts) -> Self {
         Self(Arc::new(Shared {
-            numbering: Numbering::new(parts.redis.clone()),
+            numbering: Numbering::new(parts.redis.clone(), parts.metrics.clone()),
             db: parts.db,
             redis: parts.redis,
             keys: parts.keys,
@@ -106,6 +109,7 @@ impl AppState {
             admin_token: parts.admin_token,
             quota_defaults: parts.quota_defaults,
             hard_max_body_bytes: parts.hard_max_body_bytes,
+            metrics: parts.metrics,
         }))
     }
 }

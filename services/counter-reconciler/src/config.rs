@@ -15,6 +15,12 @@ pub struct ReconcilerConfig {
     pub batch: u32,
     /// `CONFAB_REPAIR_CHUNK`, default 1000 (1 to 1000000): id range per statement in `repair`.
     pub repair_chunk: u64,
+    /// `CONFAB_MYSQL_PURGE_INTERVAL_MS`, default 5000 (100 to 3600000): pause between passes of
+    /// the purge task, which deletes the rows of deleted applications.
+    pub purge_interval: Duration,
+    /// `CONFAB_MYSQL_PURGE_CHUNK`, default 1000 (1 to 100000): rows deleted per statement by the
+    /// purge task.
+    pub purge_chunk: u32,
 }
 
 /// The admin port default of the counter reconciler.
@@ -31,6 +37,15 @@ impl ReconcilerConfig {
             batch: parse_within(env, "CONFAB_RECONCILE_BATCH", 500, 1..=10_000)?,
             // Each chunk is one statement; a million ids at once is already a long one.
             repair_chunk: parse_within(env, "CONFAB_REPAIR_CHUNK", 1000, 1..=1_000_000)?,
+            purge_interval: millis_within(
+                env,
+                "CONFAB_MYSQL_PURGE_INTERVAL_MS",
+                5000,
+                100..=3_600_000,
+            )?,
+            // Each chunk is one statement holding its locks: bounded, so counting and the
+            // persister never wait behind a million-row delete.
+            purge_chunk: parse_within(env, "CONFAB_MYSQL_PURGE_CHUNK", 1000, 1..=100_000)?,
         })
     }
 }
@@ -46,6 +61,8 @@ mod tests {
         assert_eq!(config.interval, Duration::from_millis(500));
         assert_eq!(config.batch, 500);
         assert_eq!(config.repair_chunk, 1000);
+        assert_eq!(config.purge_interval, Duration::from_secs(5));
+        assert_eq!(config.purge_chunk, 1000);
         for (name, bad) in [
             ("CONFAB_RECONCILE_BATCH", "0"),
             ("CONFAB_RECONCILE_BATCH", "-1"),
@@ -55,6 +72,9 @@ mod tests {
             ("CONFAB_RECONCILE_INTERVAL_MS", "3600001"),
             ("CONFAB_REPAIR_CHUNK", "0"),
             ("CONFAB_REPAIR_CHUNK", "-1000"),
+            ("CONFAB_MYSQL_PURGE_CHUNK", "0"),
+            ("CONFAB_MYSQL_PURGE_CHUNK", "100001"),
+            ("CONFAB_MYSQL_PURGE_INTERVAL_MS", "99"),
             ("CONFAB_MAX_DELIVER", "0"),
         ] {
             let error = ReconcilerConfig::from_env(&env(&[(name, bad)]))

@@ -9,6 +9,7 @@
 //! recomputes everything in bounded chunks ([`repair`]).
 
 pub mod config;
+pub mod metrics;
 pub mod purge;
 pub mod reconcile;
 pub mod repair;
@@ -17,6 +18,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use confab_runtime::admin::{self, Readiness};
+use confab_runtime::backoff::Backoff;
 use confab_runtime::shutdown::{self, Shutdown};
 use confab_runtime::{db, CommonConfig};
 use sqlx::mysql::MySqlPool;
@@ -38,14 +40,6 @@ pub fn pool(config: &CommonConfig) -> Result<MySqlPool, sqlx::Error> {
     db::pool(config)
 }
 
-/// MySQL's deadlock (1213) and lock wait timeout (1205).
-fn is_lock_conflict(error: &sqlx::Error) -> bool {
-    error
-        .as_database_error()
-        .and_then(|e| e.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>())
-        .is_some_and(|e| matches!(e.number(), 1213 | 1205))
-}
-
 /// Runs the reconcile loop until `shutdown` resolves; the run in progress is finished first.
 pub async fn run(
     config: ReconcilerConfig,
@@ -53,10 +47,23 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
     let shutdown = Shutdown::new(shutdown);
-    confab_runtime::metrics::initialize("confab-counter-reconciler");
+    let registry = confab_runtime::metrics::registry();
+    let metrics = metrics::Metrics::register(&registry);
     let pool = pool(&config.common)?;
     let readiness = Readiness::default().mysql(&pool);
-    let admin = tokio::spawn(admin::serve(admin_listener, readiness, shutdown.wait()));
+    let admin = tokio::spawn(admin::serve(
+        admin_listener,
+        readiness,
+        registry,
+        shutdown.wait(),
+    ));
+    let purge = tokio::spawn(purge::run(
+        pool.clone(),
+        metrics.clone(),
+        config.purge_interval,
+        config.purge_chunk,
+        shutdown.wait(),
+    ));
     tracing::info!(
         interval_ms = config.interval.as_millis() as u64,
         "counter reconciler running"
@@ -65,7 +72,7 @@ pub async fn run(
     tokio::pin!(stop);
     let mut failures = 0u32;
     loop {
-        let pause = match reconcile::run_once(&pool, config.batch).await {
+        let pause = match reconcile::run_once(&pool, &metrics, config.batch).await {
             Ok(stats) => {
                 failures = 0;
                 if stats != reconcile::RunStats::default() {
@@ -75,30 +82,30 @@ pub async fn run(
                         "counts reconciled"
                     );
                 }
-                if let Err(error) = reconcile::observe_lag(&pool).await {
+                if let Err(error) = reconcile::observe_lag(&pool, &metrics).await {
                     tracing::warn!(%error, "cannot read counter lag");
-                }
-                if let Err(error) = purge::purge_deleted(&pool, config.batch).await {
-                    tracing::warn!(%error, "cannot purge deleted applications");
                 }
                 config.interval
             }
             // A deadlock or lock wait timeout is InnoDB resolving contention with the persister:
             // the transaction was rolled back whole, so retry at once.
-            Err(error) if is_lock_conflict(&error) => {
+            Err(error) if db::classify(&error) == db::Failure::LockConflict => {
                 tracing::debug!(%error, "reconcile run lost a lock conflict; retrying");
                 Duration::ZERO
             }
             Err(error) => {
                 failures += 1;
                 tracing::warn!(%error, failures, "reconcile run failed; retrying");
-                (config.interval * 2u32.pow(failures.min(5))).min(Duration::from_secs(30))
+                Backoff::new(config.interval, Duration::from_secs(30)).delay(failures)
             }
         };
         tokio::select! {
             () = &mut stop => break,
             () = tokio::time::sleep(pause) => {}
         }
+    }
+    if let Err(error) = purge.await {
+        tracing::warn!(%error, "purge task failed");
     }
     shutdown::drain(&shutdown, None, vec![admin]).await?;
     tracing::info!("counter reconciler stopped");

@@ -1,19 +1,57 @@
-//! Purging deleted applications' data.
+//! Purging deleted applications' rows from MySQL (step 3 of [`confab_runtime::deletion`]).
 //!
 //! The admin API deletes an application by turning its row into a tombstone (tokens revoked at
-//! once) and answering; the data goes here, in bounded statements, on every reconciler pass. So a
-//! deletion survives a crash or timeout of the request that asked for it, and chats that events
-//! still in flight created after the deletion (the persister drops them, but one that raced the
-//! tombstone may land) are purged on a later pass.
+//! once) and answering; the data goes here. The purge is its own task, apart from the reconcile
+//! loop, with its own schedule (`CONFAB_MYSQL_PURGE_INTERVAL_MS`) and statement size
+//! (`CONFAB_MYSQL_PURGE_CHUNK`): a million-row application never holds up counting, and each
+//! statement's locks stay small. It checks for shutdown between statements, so SIGTERM waits for
+//! at most one chunk. A deletion survives a crash or timeout of the request that asked for it,
+//! and chats that events still in flight created after the deletion (the persister drops them,
+//! but one that raced the tombstone may land) are purged on a later pass.
+
+use std::future::Future;
+use std::time::Duration;
 
 use sqlx::MySqlPool;
+
+use crate::metrics::Metrics;
 
 /// Tombstoned applications handled per pass.
 const APPLICATIONS_PER_PASS: u32 = 10;
 
+/// Runs purge passes every `interval` until `stop` resolves.
+pub async fn run(
+    db: MySqlPool,
+    metrics: Metrics,
+    interval: Duration,
+    chunk: u32,
+    stop: impl Future<Output = ()>,
+) {
+    tokio::pin!(stop);
+    let mut ticks = tokio::time::interval(interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = &mut stop => return,
+            _ = ticks.tick() => {}
+        }
+        let pass = purge_deleted(&db, &metrics, chunk);
+        tokio::select! {
+            // Dropping the pass between statements is safe: each DELETE commits on its own and
+            // the next pass goes on where this one stopped.
+            () = &mut stop => return,
+            result = pass => {
+                if let Err(error) = result {
+                    tracing::warn!(%error, "cannot purge deleted applications; retrying next pass");
+                }
+            }
+        }
+    }
+}
+
 /// Deletes, `chunk` rows per statement, the messages and chats of deleted applications; returns
 /// how many rows went.
-pub async fn purge_deleted(db: &MySqlPool, chunk: u32) -> sqlx::Result<u64> {
+pub async fn purge_deleted(db: &MySqlPool, metrics: &Metrics, chunk: u32) -> sqlx::Result<u64> {
     let apps: Vec<u64> = sqlx::query_scalar(
         "SELECT a.id FROM applications a WHERE a.deleted_at IS NOT NULL \
          AND EXISTS (SELECT 1 FROM chats c WHERE c.application_id = a.id) LIMIT ?",
@@ -23,7 +61,7 @@ pub async fn purge_deleted(db: &MySqlPool, chunk: u32) -> sqlx::Result<u64> {
     .await?;
     let mut purged = 0;
     for app in apps {
-        purged += delete_in_chunks(
+        let messages = delete_in_chunks(
             db,
             "DELETE FROM messages WHERE chat_id IN \
              (SELECT id FROM chats WHERE application_id = ?) LIMIT ?",
@@ -31,13 +69,22 @@ pub async fn purge_deleted(db: &MySqlPool, chunk: u32) -> sqlx::Result<u64> {
             chunk,
         )
         .await?;
-        purged += delete_in_chunks(
+        metrics
+            .rows_purged
+            .with_label_values(&["messages"])
+            .inc_by(messages);
+        let chats = delete_in_chunks(
             db,
             "DELETE FROM chats WHERE application_id = ? LIMIT ?",
             app,
             chunk,
         )
         .await?;
+        metrics
+            .rows_purged
+            .with_label_values(&["chats"])
+            .inc_by(chats);
+        purged += messages + chats;
         tracing::info!(application_id = app, "deleted application purged");
     }
     Ok(purged)
@@ -53,7 +100,7 @@ async fn delete_in_chunks(db: &MySqlPool, sql: &str, app: u64, chunk: u32) -> sq
             .await?
             .rows_affected();
         total += deleted;
-        if deleted == 0 {
+        if deleted < u64::from(chunk) {
             return Ok(total);
         }
     }

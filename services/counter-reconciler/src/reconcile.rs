@@ -9,6 +9,8 @@
 
 use chrono::{DateTime, Utc};
 use confab_runtime::metrics;
+
+use crate::metrics::Metrics;
 use sqlx::{MySql, MySqlPool, QueryBuilder, Transaction};
 
 /// A counted column and where its dirty marks live.
@@ -112,7 +114,12 @@ fn push_ids(q: &mut QueryBuilder<'_, MySql>, ids: &[u64]) {
 }
 
 /// Claims, recounts and clears one batch; returns how many parents it recounted.
-pub async fn reconcile_batch(db: &MySqlPool, kind: Kind, limit: u32) -> sqlx::Result<u64> {
+pub async fn reconcile_batch(
+    db: &MySqlPool,
+    metrics: &Metrics,
+    kind: Kind,
+    limit: u32,
+) -> sqlx::Result<u64> {
     let started = std::time::Instant::now();
     let mut tx = db.begin().await?;
     let claimed = claim(&mut tx, kind, limit).await?;
@@ -124,21 +131,27 @@ pub async fn reconcile_batch(db: &MySqlPool, kind: Kind, limit: u32) -> sqlx::Re
     recount(&mut tx, kind, &ids).await?;
     clear(&mut tx, kind, &ids).await?;
     tx.commit().await?;
-    metrics::observe_mysql("reconcile_batch", started);
+    metrics.dependencies.mysql("reconcile_batch", started);
     for (_, since) in &claimed {
-        metrics::observe_since(&metrics::COUNTER_RECONCILE_LAG, kind.name, *since);
+        metrics::observe_since(&metrics.reconcile_lag, kind.name, *since);
     }
-    metrics::COUNTER_ROWS_RECOUNTED
+    metrics
+        .rows_recounted
         .with_label_values(&[kind.name])
         .inc_by(ids.len() as u64);
     Ok(ids.len() as u64)
 }
 
 /// Reconciles every mark of one kind, batch by batch.
-async fn reconcile_all(db: &MySqlPool, kind: Kind, limit: u32) -> sqlx::Result<u64> {
+async fn reconcile_all(
+    db: &MySqlPool,
+    metrics: &Metrics,
+    kind: Kind,
+    limit: u32,
+) -> sqlx::Result<u64> {
     let mut total = 0;
     loop {
-        let n = reconcile_batch(db, kind, limit).await?;
+        let n = reconcile_batch(db, metrics, kind, limit).await?;
         total += n;
         if n < u64::from(limit) {
             return Ok(total);
@@ -147,18 +160,20 @@ async fn reconcile_all(db: &MySqlPool, kind: Kind, limit: u32) -> sqlx::Result<u
 }
 
 /// Reconciles every mark present, for both kinds. `db` must come from [`crate::pool`].
-pub async fn run_once(db: &MySqlPool, limit: u32) -> sqlx::Result<RunStats> {
+pub async fn run_once(db: &MySqlPool, metrics: &Metrics, limit: u32) -> sqlx::Result<RunStats> {
     let started = std::time::Instant::now();
     let stats = RunStats {
-        chats_recounted: reconcile_all(db, CHATS, limit).await?,
-        applications_recounted: reconcile_all(db, APPLICATIONS, limit).await?,
+        chats_recounted: reconcile_all(db, metrics, CHATS, limit).await?,
+        applications_recounted: reconcile_all(db, metrics, APPLICATIONS, limit).await?,
     };
-    metrics::COUNTER_RUN_DURATION.observe(started.elapsed().as_secs_f64());
+    metrics
+        .run_duration
+        .observe(started.elapsed().as_secs_f64());
     Ok(stats)
 }
 
 /// Updates the counter-lag gauges: the age of the oldest unreconciled mark of each kind.
-pub async fn observe_lag(db: &MySqlPool) -> sqlx::Result<()> {
+pub async fn observe_lag(db: &MySqlPool, metrics: &Metrics) -> sqlx::Result<()> {
     for kind in KINDS {
         let oldest: Option<DateTime<Utc>> = sqlx::query_scalar(&format!(
             "SELECT MIN(dirty_since) FROM {}",
@@ -169,9 +184,7 @@ pub async fn observe_lag(db: &MySqlPool) -> sqlx::Result<()> {
         let lag = oldest.map_or(0.0, |t| {
             (Utc::now() - t).num_milliseconds().max(0) as f64 / 1000.0
         });
-        metrics::COUNTER_LAG
-            .with_label_values(&[kind.name])
-            .set(lag);
+        metrics.lag.with_label_values(&[kind.name]).set(lag);
     }
     Ok(())
 }

@@ -1,7 +1,7 @@
 //! Full repair: recompute every count from the rows, in bounded id ranges, for a fresh install
-//! or after manual edits. Safe to run beside the reconciler and the persister.
+//! or after manual edits. Safe to run beside the reconciler and the persister. A one-shot command:
+//! it reports progress in its log (no process is left to scrape metrics from).
 
-use confab_runtime::metrics;
 use sqlx::MySqlPool;
 
 use crate::reconcile::{Kind, KINDS};
@@ -50,9 +50,6 @@ async fn repair_kind(db: &MySqlPool, kind: Kind, chunk: u64) -> sqlx::Result<u64
             .await?
             .rows_affected();
         rows += matched;
-        metrics::COUNTER_ROWS_RECOUNTED
-            .with_label_values(&[kind.name])
-            .inc_by(matched);
         tracing::info!(
             kind = kind.name,
             up_to_id = end,

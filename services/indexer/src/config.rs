@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use confab_runtime::config::{millis_within, parse_within, socket_addr, string};
 use confab_runtime::{CommonConfig, ConfigError, Env, Secret};
+use confab_search::config::ElasticsearchConfig;
 
 #[derive(Debug, Clone)]
 pub struct IndexerConfig {
@@ -43,8 +44,7 @@ pub enum BackendConfig {
     /// (bulk, delete by query, refresh, index creation), so a hung cluster fails the batch,
     /// which is handed back, instead of stalling the indexer.
     Elasticsearch {
-        url: String,
-        index: String,
+        target: ElasticsearchConfig,
         timeout: Duration,
     },
 }
@@ -54,14 +54,13 @@ pub const ADMIN_PORT: u16 = 9092;
 
 impl BackendConfig {
     pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
-        let Some(url) = env.get("ELASTICSEARCH_URL").filter(|u| !u.is_empty()) else {
+        let Some(target) = ElasticsearchConfig::from_env(env) else {
             return Ok(Self::Embedded {
                 dir: PathBuf::from(string(env, "CONFAB_INDEX_DIR", "./confab-index")),
             });
         };
         Ok(Self::Elasticsearch {
-            url: url.clone(),
-            index: string(env, "CONFAB_ELASTICSEARCH_INDEX", "confab-messages"),
+            target,
             // Below the default ack wait (30 s), so a timed-out batch is handed back before
             // JetStream redelivers it.
             timeout: millis_within(

@@ -34,6 +34,7 @@ pub struct SearchState {
     pub progress: Arc<Progress>,
     /// `CONFAB_INTERNAL_TOKEN`: required of every caller when set.
     pub internal_token: Option<Secret<String>>,
+    pub metrics: metrics::Search,
 }
 
 pub fn router(state: SearchState) -> Router {
@@ -112,13 +113,15 @@ async fn search(
     };
     let started = Instant::now();
     let result = s.backend.search(&request).await;
-    metrics::SEARCH_QUERY_DURATION
+    s.metrics
+        .query_duration
         .with_label_values(&[s.backend_label])
         .observe(started.elapsed().as_secs_f64());
     match result {
         Ok(hits) => Json(hits).into_response(),
         Err(e) => {
-            metrics::SEARCH_FAILURES
+            s.metrics
+                .failures
                 .with_label_values(&["query", "unavailable"])
                 .inc();
             error(
@@ -193,6 +196,10 @@ mod tests {
             db,
             progress: Arc::default(),
             internal_token: token.map(|t| Secret::new(t.to_owned())),
+            metrics: confab_runtime::metrics::Search::register(
+                &confab_runtime::metrics::registry(),
+                &["query"],
+            ),
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());

@@ -9,6 +9,7 @@
 
 pub mod config;
 pub mod http;
+pub mod metrics;
 pub mod purge;
 pub mod reindex;
 pub mod worker;
@@ -54,12 +55,8 @@ pub struct Listeners {
 pub async fn backend(config: &BackendConfig) -> Result<Arc<dyn SearchBackend>, Error> {
     Ok(match config {
         BackendConfig::Embedded { dir } => Arc::new(Shared(Arc::new(open_embedded(dir).await?))),
-        BackendConfig::Elasticsearch {
-            url,
-            index,
-            timeout,
-        } => {
-            let elastic = Elastic::new(url, index, *timeout)?;
+        BackendConfig::Elasticsearch { target, timeout } => {
+            let elastic = Elastic::new(&target.url, &target.index, *timeout)?;
             elastic.ensure_index().await?;
             Arc::new(elastic)
         }
@@ -90,7 +87,8 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
     let shutdown = Shutdown::new(shutdown);
-    confab_runtime::metrics::initialize("confab-indexer");
+    let registry = confab_runtime::metrics::registry();
+    let metrics = metrics::Metrics::register(&registry);
     let db = db::pool(&config.common)?;
     let backend = backend(&config.backend).await?;
     let (js, consumer) = jetstream::connect_consumer(
@@ -105,7 +103,12 @@ pub async fn run(
     let label = config.backend.label();
     // Every batch and the purge need MySQL (the deleted-application checks), as much as NATS.
     let readiness = Readiness::default().mysql(&db).nats(&js.client);
-    let admin = tokio::spawn(admin::serve(listeners.admin, readiness, shutdown.wait()));
+    let admin = tokio::spawn(admin::serve(
+        listeners.admin,
+        readiness,
+        registry,
+        shutdown.wait(),
+    ));
     let purge = tokio::spawn(purge::run(
         db.clone(),
         backend.clone(),
@@ -119,6 +122,7 @@ pub async fn run(
         db: db.clone(),
         progress: Arc::default(),
         internal_token: config.internal_token.clone(),
+        metrics: metrics.search.clone(),
     };
     let search = tokio::spawn({
         let stop = shutdown.wait();
@@ -128,21 +132,26 @@ pub async fn run(
                 .await
         }
     });
+    let context = consume::Context {
+        js: js.clone(),
+        metrics: metrics.consumer.clone(),
+    };
     let worker = worker::Worker {
         backend,
         backend_label: label,
-        js: js.clone(),
         db,
+        consume: context.clone(),
+        metrics,
     };
     tracing::info!(consumer = %config.consumer, backend = label, "indexer consuming");
-    let outcome = consume::run_batches(
+    // Boxed: the consumer loop's future is large and lives for the whole run.
+    let outcome = Box::pin(context.run(
         &consumer,
-        "indexer",
+        &worker,
         config.batch_size,
         config.batch_wait,
         shutdown.wait(),
-        |batch| worker.process(batch),
-    )
+    ))
     .await
     .map_err(Error::Consume);
     shutdown::drain(&shutdown, Some(&js.client), vec![admin, search]).await?;

@@ -4,7 +4,7 @@
 //! its MySQL rows and this module its documents. Three things could bring documents back after
 //! a purge, and each is closed:
 //! - events still in the stream: the worker drops events of tombstoned applications before
-//!   indexing ([`confab_runtime::db::deleted_applications`]);
+//!   indexing ([`confab_runtime::deletion::deleted_applications`]);
 //! - a batch (or a reindex chunk) being written while the tombstone is written: after writing,
 //!   the writer asks again and deletes what it wrote for applications deleted meanwhile
 //!   ([`delete_if_deleted`]); a reindex reads only live applications;
@@ -90,7 +90,7 @@ pub async fn delete_if_deleted(
     backend: &dyn SearchBackend,
     apps: &[u64],
 ) -> Result<(), Error> {
-    for app in confab_runtime::db::deleted_applications(db, apps).await? {
+    for app in confab_runtime::deletion::deleted_applications(db, apps).await? {
         backend.delete_application(app).await?;
         tracing::info!(
             application_id = app,

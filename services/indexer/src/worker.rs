@@ -1,17 +1,19 @@
-//! One step of the indexer: a delivered batch of message events in, documents in the search
-//! backend and events acked out. Versions are stream sequences, so redelivery and out-of-order
-//! updates never let an older body win.
+//! What the indexer does with a delivered batch of message events: documents written to the
+//! search backend; the shared consumer worker ([`confab_runtime::consume`]) acks after that, and
+//! splits, dead-letters or hands back on failure. Versions are stream sequences, so redelivery
+//! and out-of-order updates never let an older body win.
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use async_nats::jetstream;
 use confab_core::{Envelope, Event};
-use confab_runtime::jetstream::JetStream;
-use confab_runtime::{consume, db, dead_letter, metrics};
+use confab_runtime::consume::{self, Delivery, Failure, Handler};
+use confab_runtime::{deletion, metrics};
 use confab_search::{Error, SearchBackend, SearchDoc};
 use sqlx::MySqlPool;
 
+use crate::metrics::Metrics;
 use crate::purge;
 
 pub const SERVICE: &str = "indexer";
@@ -20,148 +22,113 @@ pub const SERVICE: &str = "indexer";
 pub struct Worker {
     pub backend: Arc<dyn SearchBackend>,
     pub backend_label: &'static str,
-    pub js: JetStream,
     pub db: MySqlPool,
+    pub consume: consume::Context,
+    pub metrics: Metrics,
 }
 
-struct Item {
+pub struct Item {
     doc: SearchDoc,
     envelope: Envelope,
-    message: jetstream::Message,
 }
 
-impl Worker {
-    #[tracing::instrument(level = "debug", skip_all, fields(size = messages.len()))]
-    pub async fn process(&self, messages: Vec<jetstream::Message>) {
-        let mut items = Vec::with_capacity(messages.len());
-        for message in messages {
-            let (version, _) = consume::observe_delivery(SERVICE, &message);
-            match Envelope::decode(&message.payload) {
-                Ok(envelope) => match &envelope.event {
-                    Event::MessageCreated(m) | Event::MessageUpdated(m) => items.push(Item {
-                        doc: SearchDoc {
-                            application_id: m.application_id,
-                            chat_number: m.chat_number,
-                            number: m.number,
-                            body: m.body.clone(),
-                            version,
-                        },
-                        envelope,
-                        message,
-                    }),
-                    // Not a message event: nothing to index (the consumer filter excludes these).
-                    Event::ChatCreated(_) => consume::ack_all(SERVICE, &[message]).await,
-                },
-                Err(error) => {
-                    self.dead_letter(&message, "undecodable", &error.to_string())
-                        .await
-                }
-            }
-        }
-        let Some(items) = self.drop_deleted_applications(items).await else {
-            return;
+impl Handler for Worker {
+    type Item = Item;
+
+    fn decode(&self, message: &jetstream::Message, version: u64) -> Result<Option<Item>, String> {
+        let envelope = Envelope::decode(&message.payload).map_err(|e| e.to_string())?;
+        let doc = match &envelope.event {
+            Event::MessageCreated(m) | Event::MessageUpdated(m) => SearchDoc {
+                application_id: m.application_id,
+                chat_number: m.chat_number,
+                number: m.number,
+                body: m.body.clone(),
+                version,
+            },
+            // Not a message event: nothing to index (the consumer filter excludes these).
+            Event::ChatCreated(_) => return Ok(None),
         };
-        if items.is_empty() {
-            return;
-        }
-        match self.index(&items).await {
-            Ok(()) => self.indexed(&items).await,
-            Err(Error::Rejected(reason)) if items.len() > 1 => {
-                tracing::warn!(%reason, "batch rejected; indexing its documents one by one");
-                for item in items {
-                    let one = [item];
-                    match self.index(&one).await {
-                        Ok(()) => self.indexed(&one).await,
-                        Err(error) => self.failed(&one[0].message, &error).await,
-                    }
-                }
-            }
-            Err(error) => {
-                for item in &items {
-                    self.failed(&item.message, &error).await;
-                }
-            }
-        }
+        Ok(Some(Item { doc, envelope }))
     }
 
-    /// Acks and drops the documents of deleted applications (their purge must stay final); hands
-    /// the batch back when MySQL cannot tell.
-    async fn drop_deleted_applications(&self, items: Vec<Item>) -> Option<Vec<Item>> {
-        let apps = purge::application_ids(items.iter().map(|i| &i.doc));
-        match db::deleted_applications(&self.db, &apps).await {
-            Ok(deleted) if deleted.is_empty() => Some(items),
-            Ok(deleted) => {
-                let (dropped, kept): (Vec<Item>, Vec<Item>) = items
-                    .into_iter()
-                    .partition(|i| deleted.contains(&i.doc.application_id));
-                tracing::info!(
-                    count = dropped.len(),
-                    "dropping events of deleted applications"
-                );
-                let messages: Vec<jetstream::Message> =
-                    dropped.into_iter().map(|i| i.message).collect();
-                consume::ack_all(SERVICE, &messages).await;
-                Some(kept)
-            }
-            Err(error) => {
-                let reason = format!("cannot check for deleted applications: {error}");
-                for item in &items {
-                    consume::hand_back(&self.js, SERVICE, &item.message, &reason).await;
-                }
-                None
-            }
+    async fn apply(&self, batch: &mut Vec<Delivery<Item>>) -> Result<(), Failure> {
+        self.drop_deleted_applications(batch).await?;
+        if batch.is_empty() {
+            return Ok(());
         }
-    }
-
-    async fn index(&self, items: &[Item]) -> Result<(), Error> {
-        let docs: Vec<SearchDoc> = items.iter().map(|i| i.doc.clone()).collect();
+        let docs: Vec<SearchDoc> = batch.iter().map(|d| d.item.doc.clone()).collect();
         let started = Instant::now();
         let result = self.backend.index(&docs).await;
         let outcome = if result.is_ok() { "ok" } else { "error" };
-        metrics::SEARCH_BULK_DURATION
+        self.metrics
+            .bulk_duration
             .with_label_values(&[self.backend_label, outcome])
             .observe(started.elapsed().as_secs_f64());
-        if let Err(error) = &result {
-            let reason = match error {
-                Error::Rejected(_) => "rejected",
-                _ => "unavailable",
-            };
-            metrics::SEARCH_FAILURES
-                .with_label_values(&["index", reason])
-                .inc();
+        match result {
+            Ok(()) => {
+                // An application deleted while this batch was written may already be purged.
+                let apps = purge::application_ids(&docs);
+                if let Err(error) = purge::delete_if_deleted(&self.db, &*self.backend, &apps).await
+                {
+                    // The purge loop repeats for the grace period and catches these too.
+                    tracing::warn!(%error, "cannot re-check the batch for deleted applications");
+                }
+                Ok(())
+            }
+            Err(error) => {
+                let (reason, failure) = match error {
+                    Error::Rejected(reason) => ("rejected", Failure::Permanent(reason)),
+                    other => ("unavailable", Failure::Transient(other.to_string())),
+                };
+                self.metrics
+                    .search
+                    .failures
+                    .with_label_values(&["index", reason])
+                    .inc();
+                Err(failure)
+            }
         }
-        result
     }
 
-    async fn indexed(&self, items: &[Item]) {
-        // An application deleted while this batch was written may already have been purged.
-        let apps = purge::application_ids(items.iter().map(|i| &i.doc));
-        if let Err(error) = purge::delete_if_deleted(&self.db, &*self.backend, &apps).await {
-            // The purge loop repeats for the grace period and catches these too.
-            tracing::warn!(%error, "cannot re-check the batch for deleted applications");
-        }
-        metrics::SEARCH_DOCS_INDEXED
+    fn applied(&self, batch: &[Delivery<Item>]) {
+        self.metrics
+            .docs_indexed
             .with_label_values(&[self.backend_label])
-            .inc_by(items.len() as u64);
-        metrics::BATCH_SIZE
-            .with_label_values(&[SERVICE])
-            .observe(items.len() as f64);
-        for item in items {
-            let kind = item.envelope.event.kind().as_str();
-            metrics::observe_since(&metrics::INDEX_LAG, kind, item.envelope.occurred_at);
-        }
-        let messages: Vec<jetstream::Message> = items.iter().map(|i| i.message.clone()).collect();
-        consume::ack_all(SERVICE, &messages).await;
-    }
-
-    async fn failed(&self, message: &jetstream::Message, error: &Error) {
-        match error {
-            Error::Rejected(reason) => self.dead_letter(message, "rejected", reason).await,
-            other => consume::hand_back(&self.js, SERVICE, message, &other.to_string()).await,
+            .inc_by(batch.len() as u64);
+        for delivery in batch {
+            let envelope = &delivery.item.envelope;
+            let kind = envelope.event.kind().as_str();
+            metrics::observe_since(&self.metrics.index_lag, kind, envelope.occurred_at);
         }
     }
+}
 
-    async fn dead_letter(&self, message: &jetstream::Message, class: &'static str, reason: &str) {
-        dead_letter::send(&self.js, SERVICE, message, class, reason).await;
+impl Worker {
+    /// Acks and takes out of the batch the documents of deleted applications (their purge must
+    /// stay final); fails the batch (handed back) when MySQL cannot tell.
+    async fn drop_deleted_applications(
+        &self,
+        batch: &mut Vec<Delivery<Item>>,
+    ) -> Result<(), Failure> {
+        let apps = purge::application_ids(batch.iter().map(|d| &d.item.doc));
+        let deleted = deletion::deleted_applications(&self.db, &apps)
+            .await
+            .map_err(|e| {
+                Failure::Transient(format!("cannot check for deleted applications: {e}"))
+            })?;
+        if deleted.is_empty() {
+            return Ok(());
+        }
+        let (dropped, kept): (Vec<_>, Vec<_>) = std::mem::take(batch)
+            .into_iter()
+            .partition(|d| deleted.contains(&d.item.doc.application_id));
+        *batch = kept;
+        tracing::info!(
+            count = dropped.len(),
+            "dropping events of deleted applications"
+        );
+        let messages: Vec<jetstream::Message> = dropped.into_iter().map(|d| d.message).collect();
+        self.consume.ack_all(&messages).await;
+        Ok(())
     }
 }

@@ -19,7 +19,8 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use confab_core::admin::{AdminApplication, RotateRequest};
-use confab_runtime::metrics;
+use confab_runtime::backoff::Backoff;
+use confab_runtime::metrics::Registry;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
@@ -39,7 +40,7 @@ use crate::watch::Heartbeat;
 pub const FINALIZER: &str = "confab.dev/application";
 /// The field manager of every server-side apply.
 pub const FIELD_MANAGER: &str = "confab-operator";
-/// Backoff after failures: 1 s, 2 s, 4 s, … up to this.
+/// The longest retry delay after failures.
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
 
 #[derive(Debug, thiserror::Error)]
@@ -67,11 +68,17 @@ pub struct Context {
     failures: Mutex<HashMap<String, u32>>,
     /// Readiness per resource, for the `confab_operator_applications` gauge.
     ready: Mutex<HashMap<String, bool>>,
+    /// The operator's metrics, and the registry its `/metrics` serves them from.
+    pub metrics: crate::metrics::Metrics,
+    pub registry: Registry,
 }
 
 impl Context {
     pub fn new(client: Client, config: OperatorConfig) -> Result<Self, ClientError> {
+        let registry = confab_runtime::metrics::registry();
         Ok(Self {
+            metrics: crate::metrics::Metrics::register(&registry),
+            registry,
             admin: AdminClient::new(
                 &config.api_url,
                 config.admin_token.clone(),
@@ -97,7 +104,7 @@ impl Context {
             None => map.remove(&name),
         };
         let ready = map.values().filter(|r| **r).count();
-        let gauge = &metrics::OPERATOR_APPLICATIONS;
+        let gauge = &self.metrics.applications;
         gauge.with_label_values(&["true"]).set(ready as i64);
         gauge
             .with_label_values(&["false"])
@@ -126,10 +133,12 @@ fn object_name(app: &Application) -> String {
     format!("{}/{}", app.namespace().unwrap_or_default(), app.name_any())
 }
 
+/// Retry delays after failures: from 1 s, doubling, up to five minutes, jittered.
+pub const RETRY: Backoff = Backoff::new(Duration::from_secs(1), MAX_BACKOFF);
+
 /// The delay before retrying after `failures` consecutive failures.
 pub fn backoff(failures: u32) -> Duration {
-    let exp = failures.saturating_sub(1).min(16);
-    Duration::from_secs(1u64 << exp).min(MAX_BACKOFF)
+    RETRY.delay(failures)
 }
 
 /// Reconciles one resource.
@@ -154,9 +163,12 @@ pub async fn reconcile(app: Arc<Application>, ctx: Arc<Context>) -> Result<Actio
         .map_err(|error| Error::Finalizer(Box::new(error)))
     };
     ctx.heartbeat.beat();
-    metrics::OPERATOR_RECONCILE_DURATION.observe(started.elapsed().as_secs_f64());
+    ctx.metrics
+        .reconcile_duration
+        .observe(started.elapsed().as_secs_f64());
     let outcome = if result.is_ok() { "ok" } else { "error" };
-    metrics::OPERATOR_RECONCILIATIONS
+    ctx.metrics
+        .reconciliations
         .with_label_values(&[outcome])
         .inc();
     if result.is_ok() {
@@ -241,7 +253,7 @@ async fn register(
     match desired::rotation(app, &registered, ctx.config.token_grace_secs) {
         Some(request) => {
             let rotated = ctx.admin.rotate(key, &request).await?;
-            metrics::OPERATOR_TOKEN_ROTATIONS.inc();
+            ctx.metrics.token_rotations.inc();
             tracing::info!("token rotated");
             Ok((rotated, Some(request)))
         }
@@ -328,10 +340,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn backoff_doubles_up_to_five_minutes() {
-        assert_eq!(backoff(1), Duration::from_secs(1));
-        assert_eq!(backoff(2), Duration::from_secs(2));
-        assert_eq!(backoff(5), Duration::from_secs(16));
-        assert_eq!(backoff(40), MAX_BACKOFF);
+    fn backoff_doubles_up_to_five_minutes_jittered() {
+        assert_eq!(RETRY.ceiling(1), Duration::from_secs(1));
+        assert_eq!(RETRY.ceiling(2), Duration::from_secs(2));
+        assert_eq!(RETRY.ceiling(5), Duration::from_secs(16));
+        assert_eq!(RETRY.ceiling(40), MAX_BACKOFF);
+        let delay = backoff(5);
+        assert!(delay >= Duration::from_secs(8) && delay <= Duration::from_secs(16));
     }
 }

@@ -19,6 +19,7 @@ pub mod controller;
 pub mod crd;
 pub mod desired;
 pub mod events;
+pub mod metrics;
 pub mod watch;
 
 use std::future::Future;
@@ -66,7 +67,6 @@ pub async fn run_with_client(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
     let shutdown = Shutdown::new(shutdown);
-    confab_runtime::metrics::initialize("confab-operator");
     let (apps, secrets): (Api<crd::Application>, Api<Secret>) = match &config.watch_namespace {
         Some(ns) => (
             Api::namespaced(client.clone(), ns),
@@ -124,7 +124,7 @@ pub async fn run_with_client(
 /// watch or a reconcile made progress within [`OperatorConfig::stall_limit`], else 503 (the
 /// chart's liveness probe), so a stuck watch restarts the pod.
 pub fn admin_router(readiness: Readiness, ctx: Arc<controller::Context>) -> Router {
-    admin::router(readiness).route(
+    admin::router(readiness, ctx.registry.clone()).route(
         "/livez",
         get(move || {
             let ctx = ctx.clone();

@@ -95,10 +95,10 @@ fn created(event: &Event) -> Option<Created> {
 }
 
 /// Reduces a batch of events to the rows to write.
-pub fn plan(events: &[Sequenced]) -> Plan {
+pub fn plan<'a>(events: impl IntoIterator<Item = &'a Sequenced> + Clone) -> Plan {
     // First the claims: per created row, the creation event first in the stream.
     let mut claims: BTreeMap<Created, Claim> = BTreeMap::new();
-    for e in events {
+    for e in events.clone() {
         if let Some(row) = created(&e.envelope.event) {
             let claim = Claim {
                 event_id: e.envelope.id,

@@ -1,6 +1,7 @@
 //! The persister: a durable JetStream pull consumer that writes chats and messages to MySQL.
 //!
-//! Events arrive in batches ([`worker::Worker::process`]); a batch becomes a plan of rows
+//! Events arrive in batches through the shared consumer worker ([`confab_runtime::consume`]),
+//! which hands them to [`worker::Worker`]; a batch becomes a plan of rows
 //! ([`batch`], pure) that is applied in one transaction ([`store`]); events are acked only after
 //! commit and after the Redis sequences were raised past the numbers created (see
 //! [`confab_core::sequence`]). Every write is an idempotent upsert versioned by stream sequence, so redelivery,
@@ -10,6 +11,7 @@
 
 pub mod batch;
 pub mod config;
+pub mod metrics;
 pub mod store;
 pub mod worker;
 
@@ -46,7 +48,8 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
     let shutdown = Shutdown::new(shutdown);
-    confab_runtime::metrics::initialize("confab-persister");
+    let registry = confab_runtime::metrics::registry();
+    let metrics = metrics::Metrics::register(&registry);
     let db = db::pool(&config.common)?;
     let (js, consumer) = jetstream::connect_consumer(
         &config.common.nats_url,
@@ -62,23 +65,33 @@ pub async fn run(
         .mysql(&db)
         .redis(&redis)
         .nats(&js.client);
-    let admin = tokio::spawn(admin::serve(admin_listener, readiness, shutdown.wait()));
+    let admin = tokio::spawn(admin::serve(
+        admin_listener,
+        readiness,
+        registry,
+        shutdown.wait(),
+    ));
+    let context = consume::Context {
+        js: js.clone(),
+        metrics: metrics.consumer.clone(),
+    };
     let worker = Worker {
         db,
-        js: js.clone(),
         redis,
         keys: confab_core::keys::Keys::new(config.common.redis_prefix.clone()),
+        consume: context.clone(),
+        metrics,
     };
 
     tracing::info!(consumer = %config.consumer, "persister consuming");
-    let outcome = consume::run_batches(
+    // Boxed: the consumer loop's future is large and lives for the whole run.
+    let outcome = Box::pin(context.run(
         &consumer,
-        "persister",
+        &worker,
         config.batch_size,
         config.batch_wait,
         shutdown.wait(),
-        |batch| worker.process(batch),
-    )
+    ))
     .await
     .map_err(Error::Consume);
     shutdown::drain(&shutdown, Some(&js.client), vec![admin]).await?;

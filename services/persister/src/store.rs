@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use confab_runtime::db;
+use confab_runtime::{db, deletion};
 use sqlx::{MySql, MySqlPool, QueryBuilder, Transaction};
 
 use crate::batch::{self, ChatKey, Claim, Plan};
@@ -32,14 +32,7 @@ pub enum StoreError {
 
 impl From<sqlx::Error> for StoreError {
     fn from(error: sqlx::Error) -> Self {
-        // MySQL error numbers that no retry can fix: foreign key (the application is gone),
-        // data too long, bad string value, out of range.
-        const PERMANENT: &[u16] = &[1452, 1406, 1366, 1264, 1048];
-        let permanent = error
-            .as_database_error()
-            .and_then(|e| e.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>())
-            .is_some_and(|e| PERMANENT.contains(&e.number()));
-        if permanent {
+        if db::classify(&error) == db::Failure::Rejected {
             Self::Permanent(error)
         } else {
             Self::Transient(error)
@@ -59,7 +52,7 @@ pub async fn apply(db: &MySqlPool, plan: &Plan) -> Result<(), StoreError> {
         return Ok(());
     }
     let mut tx = db.begin().await?;
-    let deleted = db::deleted_applications(&mut *tx, &plan.applications()).await?;
+    let deleted = deletion::deleted_applications(&mut *tx, &plan.applications()).await?;
     let filtered;
     let plan = if deleted.is_empty() {
         plan

@@ -2,7 +2,7 @@
 //!
 //! - `/healthz`: the process is alive (always 200 while it serves).
 //! - `/readyz`: 200 only when the service's dependencies answer; 503 with the failing ones named.
-//! - `/metrics`: Prometheus text format.
+//! - `/metrics`: the service's registry, in Prometheus text format.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -15,6 +15,8 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::json;
 use tokio::net::TcpListener;
+
+use crate::metrics::Registry;
 
 /// One named dependency check.
 pub type Check = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = bool> + Send>> + Send + Sync>;
@@ -78,15 +80,25 @@ impl Readiness {
     }
 }
 
-pub fn router(readiness: Readiness) -> Router {
+/// What the admin routes serve: the readiness checks and the service's own metric registry.
+#[derive(Clone)]
+struct AdminState {
+    readiness: Readiness,
+    registry: Registry,
+}
+
+pub fn router(readiness: Readiness, registry: Registry) -> Router {
     Router::new()
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/readyz", get(ready))
         .route("/metrics", get(metrics))
-        .with_state(readiness)
+        .with_state(AdminState {
+            readiness,
+            registry,
+        })
 }
 
-async fn ready(State(readiness): State<Readiness>) -> impl IntoResponse {
+async fn ready(State(AdminState { readiness, .. }): State<AdminState>) -> impl IntoResponse {
     let failing = readiness.failing().await;
     if failing.is_empty() {
         (StatusCode::OK, Json(json!({"status": "ready"})))
@@ -98,10 +110,10 @@ async fn ready(State(readiness): State<Readiness>) -> impl IntoResponse {
     }
 }
 
-async fn metrics() -> impl IntoResponse {
+async fn metrics(State(AdminState { registry, .. }): State<AdminState>) -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        crate::metrics::render(),
+        crate::metrics::render(&registry),
     )
 }
 
@@ -109,9 +121,10 @@ async fn metrics() -> impl IntoResponse {
 pub async fn serve(
     listener: TcpListener,
     readiness: Readiness,
+    registry: Registry,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(readiness))
+    axum::serve(listener, router(readiness, registry))
         .with_graceful_shutdown(shutdown)
         .await
 }

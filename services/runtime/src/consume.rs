@@ -1,116 +1,299 @@
-//! What every JetStream consumer service shares: the batching loop, delivery bookkeeping, acks
-//! after success, and handing failures back with backoff or to the dead-letter stream.
+//! The consumer worker every JetStream consumer service runs: pull batches, decode each event
+//! (dead-letter what cannot be decoded), apply the batch, and then
+//! - ack it after success,
+//! - on a rejection of a batch of several events, apply them one by one, so only the event that
+//!   can never be applied is dead-lettered,
+//! - on a failure that may pass (the database or the search backend is down), hand every event
+//!   back with a jittered backoff, dead-lettered as `exhausted` once `CONFAB_MAX_DELIVER`
+//!   deliveries are used up.
+//!
+//! A service supplies only what is its own, as a [`Handler`]: how to decode an event into a work
+//! item and how to apply a batch of them.
 
 use std::future::Future;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, consumer::PullConsumer, AckKind};
 use confab_core::event::headers;
 use tokio_stream::StreamExt;
 use tracing::Instrument;
 
+use crate::backoff::Backoff;
 use crate::jetstream::JetStream;
 use crate::{dead_letter, metrics};
 
 /// How often [`export_pending`] asks the server for the consumer's backlog.
 const PENDING_INTERVAL: Duration = Duration::from_secs(5);
 
-/// Exports the consumer's backlog (not yet delivered, and delivered but unacknowledged) as
-/// gauges, every `interval`, for as long as it runs: [`run_batches`] polls it while it waits
-/// for the next batch, so every consumer service exports its backlog. A failed query keeps the
-/// last values.
-async fn export_pending(mut consumer: PullConsumer, service: &'static str, interval: Duration) {
-    let mut ticks = tokio::time::interval(interval);
-    loop {
-        ticks.tick().await;
-        match tokio::time::timeout(interval, consumer.info()).await {
-            Ok(Ok(info)) => {
-                let labels = [service, info.name.as_str()];
-                metrics::CONSUMER_PENDING
-                    .with_label_values(&labels)
-                    .set(i64::try_from(info.num_pending).unwrap_or(i64::MAX));
-                metrics::CONSUMER_ACK_PENDING
-                    .with_label_values(&labels)
-                    .set(i64::try_from(info.num_ack_pending).unwrap_or(i64::MAX));
-            }
-            Ok(Err(error)) => tracing::debug!(%error, "consumer info failed"),
-            Err(_) => tracing::debug!("consumer info timed out"),
-        }
-    }
+/// Redelivery delays of handed-back events: from 0.5 s, doubling, capped at 30 s. With the
+/// default `CONFAB_MAX_DELIVER` of 1000 that rides out about eight hours of outage before an
+/// event is dead-lettered as `exhausted` (still stored in the dead-letter stream, for replay).
+pub const REDELIVERY: Backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
+
+/// Why a batch (or one event) could not be applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Failure {
+    /// No retry can fix it: dead-lettered as `rejected` (after a batch is split to find it).
+    Permanent(String),
+    /// It may pass: handed back for redelivery.
+    Transient(String),
 }
 
-/// Pulls messages in batches of up to `batch_size`, waiting at most `batch_wait` for a batch to
-/// fill, and hands each batch to `handle` — one at a time, so a batch is finished before
-/// shutdown is honoured. Returns when `shutdown` resolves, or with an error if the subscription
-/// ends by itself.
-pub async fn run_batches<F, Fut>(
-    consumer: &PullConsumer,
-    service: &'static str,
-    batch_size: usize,
-    batch_wait: Duration,
-    shutdown: impl Future<Output = ()>,
-    mut handle: F,
-) -> Result<(), String>
-where
-    F: FnMut(Vec<jetstream::Message>) -> Fut,
-    Fut: Future<Output = ()>,
-{
-    let messages = consumer
-        .stream()
-        .max_messages_per_batch(batch_size)
-        .messages()
-        .await
-        .map_err(|e| e.to_string())?;
-    let batches = messages.chunks_timeout(batch_size, batch_wait);
-    tokio::pin!(batches);
-    tokio::pin!(shutdown);
-    let pending = export_pending(consumer.clone(), service, PENDING_INTERVAL);
-    tokio::pin!(pending);
-    loop {
-        tokio::select! {
-            biased;
-            () = &mut shutdown => return Ok(()),
-            () = &mut pending => {}
-            next = batches.next() => {
-                let Some(items) = next else {
-                    return Err("message stream ended".into());
-                };
-                let mut ok = Vec::with_capacity(items.len());
-                for item in items {
-                    match item {
-                        Ok(message) => ok.push(message),
-                        Err(error) => tracing::warn!(%error, "pull consumer error"),
+/// One delivered event and the work item decoded from it.
+pub struct Delivery<T> {
+    pub item: T,
+    pub message: jetstream::Message,
+}
+
+/// What a consumer service does with its events.
+pub trait Handler: Send + Sync {
+    type Item: Send + Sync;
+
+    /// The work item of a delivered event (`stream_sequence` is its version): `Ok(None)` when
+    /// there is nothing to do (it is acked), `Err` when it cannot be decoded (dead-lettered as
+    /// `undecodable`).
+    fn decode(
+        &self,
+        message: &jetstream::Message,
+        stream_sequence: u64,
+    ) -> Result<Option<Self::Item>, String>;
+
+    /// Applies a batch. It may take deliveries out of `batch` that it settled itself (acked or
+    /// dead-lettered through the [`Context`]); the rest are acked after `Ok`.
+    fn apply(
+        &self,
+        batch: &mut Vec<Delivery<Self::Item>>,
+    ) -> impl Future<Output = Result<(), Failure>> + Send;
+
+    /// Called after a successful apply, before the acks (lag metrics, logs).
+    fn applied(&self, batch: &[Delivery<Self::Item>]);
+}
+
+/// The JetStream context and metrics a consumer settles its deliveries with.
+#[derive(Clone)]
+pub struct Context {
+    pub js: JetStream,
+    pub metrics: metrics::Consumer,
+}
+
+impl Context {
+    /// Records a delivery in the metrics; returns its stream sequence and delivery count.
+    pub fn observe(&self, message: &jetstream::Message) -> (u64, i64) {
+        let (sequence, deliveries) = message
+            .info()
+            .map(|i| (i.stream_sequence, i.delivered))
+            .unwrap_or_default();
+        let kind = message
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(headers::EVENT_TYPE))
+            .map_or("unknown", |v| known_kind(v.as_str()));
+        let service = self.metrics.service;
+        self.metrics
+            .consumed
+            .with_label_values(&[service, kind])
+            .inc();
+        if deliveries > 1 {
+            self.metrics.redelivered.with_label_values(&[service]).inc();
+        }
+        (sequence, deliveries)
+    }
+
+    /// Acks messages whose effects are committed. A failed ack only means a harmless redelivery.
+    pub async fn ack_all(&self, messages: &[jetstream::Message]) {
+        let service = self.metrics.service;
+        let acks = futures::future::join_all(messages.iter().map(|m| m.ack())).await;
+        let failed = acks.iter().filter(|r| r.is_err()).count();
+        if failed > 0 {
+            tracing::warn!(
+                service,
+                failed,
+                "some acks failed; those events will be redelivered"
+            );
+        }
+        self.metrics
+            .acked
+            .with_label_values(&[service])
+            .inc_by((acks.len() - failed) as u64);
+    }
+
+    /// Hands a delivery that failed for a reason that may pass back for redelivery after the
+    /// [`REDELIVERY`] backoff of its delivery count; dead-letters it as `exhausted` once its
+    /// deliveries are used up.
+    pub async fn hand_back(&self, message: &jetstream::Message, error: &str) {
+        let deliveries = message.info().map(|i| i.delivered).unwrap_or_default();
+        if deliveries >= self.js.config.max_deliver {
+            self.dead_letter(message, "exhausted", error).await;
+            return;
+        }
+        let backoff = REDELIVERY.delay(u32::try_from(deliveries).unwrap_or(1));
+        tracing::warn!(
+            service = self.metrics.service,
+            error,
+            deliveries,
+            ?backoff,
+            "event handed back for redelivery"
+        );
+        let _ = message.ack_with(AckKind::Nak(Some(backoff))).await;
+    }
+
+    /// Copies `message` to the dead-letter stream with `reason` and terminates it.
+    pub async fn dead_letter(
+        &self,
+        message: &jetstream::Message,
+        reason_class: &'static str,
+        reason: &str,
+    ) {
+        dead_letter::send(&self.js, &self.metrics, message, reason_class, reason).await;
+    }
+
+    async fn settle_failure<T>(&self, batch: &[Delivery<T>], failure: &Failure) {
+        for delivery in batch {
+            match failure {
+                Failure::Permanent(reason) => {
+                    self.dead_letter(&delivery.message, "rejected", reason)
+                        .await;
+                }
+                Failure::Transient(reason) => self.hand_back(&delivery.message, reason).await,
+            }
+        }
+    }
+
+    async fn settle_success<H: Handler>(
+        &self,
+        handler: &H,
+        batch: &[Delivery<H::Item>],
+        started: Instant,
+    ) {
+        if batch.is_empty() {
+            return;
+        }
+        self.metrics.batch("ok", started);
+        self.metrics
+            .batch_size
+            .with_label_values(&[self.metrics.service])
+            .observe(batch.len() as f64);
+        handler.applied(batch);
+        let messages: Vec<jetstream::Message> = batch.iter().map(|d| d.message.clone()).collect();
+        self.ack_all(&messages).await;
+    }
+
+    /// Decodes, applies and settles one delivered batch.
+    pub async fn process<H: Handler>(&self, handler: &H, messages: Vec<jetstream::Message>) {
+        let mut batch = Vec::with_capacity(messages.len());
+        for message in messages {
+            let (stream_sequence, _) = self.observe(&message);
+            match handler.decode(&message, stream_sequence) {
+                Ok(Some(item)) => batch.push(Delivery { item, message }),
+                Ok(None) => self.ack_all(&[message]).await,
+                Err(error) => self.dead_letter(&message, "undecodable", &error).await,
+            }
+        }
+        if batch.is_empty() {
+            return;
+        }
+        let started = Instant::now();
+        match handler.apply(&mut batch).await {
+            Ok(()) => self.settle_success(handler, &batch, started).await,
+            Err(Failure::Permanent(reason)) if batch.len() > 1 => {
+                self.metrics.batch("error", started);
+                tracing::warn!(
+                    service = self.metrics.service,
+                    %reason,
+                    "batch rejected; applying its events one by one"
+                );
+                for delivery in batch {
+                    let mut one = vec![delivery];
+                    let started = Instant::now();
+                    match handler.apply(&mut one).await {
+                        Ok(()) => self.settle_success(handler, &one, started).await,
+                        Err(failure) => {
+                            self.metrics.batch("error", started);
+                            self.settle_failure(&one, &failure).await;
+                        }
                     }
                 }
-                if !ok.is_empty() {
-                    let span = crate::trace::batch_span(service, &ok);
-                    handle(ok).instrument(span).await;
+            }
+            Err(failure) => {
+                self.metrics.batch("error", started);
+                self.settle_failure(&batch, &failure).await;
+            }
+        }
+    }
+
+    /// Exports the consumer's backlog (not yet delivered, and delivered but unacknowledged) as
+    /// gauges, every `interval`, for as long as it runs. A failed query keeps the last values.
+    async fn export_pending(&self, mut consumer: PullConsumer, interval: Duration) {
+        let mut ticks = tokio::time::interval(interval);
+        loop {
+            ticks.tick().await;
+            match tokio::time::timeout(interval, consumer.info()).await {
+                Ok(Ok(info)) => {
+                    let labels = [self.metrics.service, info.name.as_str()];
+                    self.metrics
+                        .pending
+                        .with_label_values(&labels)
+                        .set(i64::try_from(info.num_pending).unwrap_or(i64::MAX));
+                    self.metrics
+                        .ack_pending
+                        .with_label_values(&labels)
+                        .set(i64::try_from(info.num_ack_pending).unwrap_or(i64::MAX));
+                }
+                Ok(Err(error)) => tracing::debug!(%error, "consumer info failed"),
+                Err(_) => tracing::debug!("consumer info timed out"),
+            }
+        }
+    }
+
+    /// Pulls messages in batches of up to `batch_size`, waiting at most `batch_wait` for a batch
+    /// to fill, and [`process`](Self::process)es each — one at a time, so a batch is finished
+    /// before shutdown is honoured — while exporting the consumer's backlog. Returns when
+    /// `shutdown` resolves, or with an error if the subscription ends by itself.
+    pub async fn run<H: Handler>(
+        &self,
+        consumer: &PullConsumer,
+        handler: &H,
+        batch_size: usize,
+        batch_wait: Duration,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), String> {
+        let messages = consumer
+            .stream()
+            .max_messages_per_batch(batch_size)
+            .messages()
+            .await
+            .map_err(|e| e.to_string())?;
+        let batches = messages.chunks_timeout(batch_size, batch_wait);
+        tokio::pin!(batches);
+        tokio::pin!(shutdown);
+        let pending = self.export_pending(consumer.clone(), PENDING_INTERVAL);
+        tokio::pin!(pending);
+        loop {
+            tokio::select! {
+                biased;
+                () = &mut shutdown => return Ok(()),
+                () = &mut pending => {}
+                next = batches.next() => {
+                    let Some(items) = next else {
+                        return Err("message stream ended".into());
+                    };
+                    let mut ok = Vec::with_capacity(items.len());
+                    for item in items {
+                        match item {
+                            Ok(message) => ok.push(message),
+                            Err(error) => tracing::warn!(%error, "pull consumer error"),
+                        }
+                    }
+                    if !ok.is_empty() {
+                        let span = crate::trace::batch_span(self.metrics.service, &ok);
+                        // Boxed: the batch's future (decode, apply, settle) is large, and the
+                        // loop around it lives for the whole run.
+                        Box::pin(self.process(handler, ok)).instrument(span).await;
+                    }
                 }
             }
         }
     }
-}
-
-/// Records a delivery in the metrics; returns its stream sequence and delivery count.
-pub fn observe_delivery(service: &'static str, message: &jetstream::Message) -> (u64, i64) {
-    let (sequence, deliveries) = message
-        .info()
-        .map(|i| (i.stream_sequence, i.delivered))
-        .unwrap_or_default();
-    let kind = message
-        .headers
-        .as_ref()
-        .and_then(|h| h.get(headers::EVENT_TYPE))
-        .map_or("unknown", |v| known_kind(v.as_str()));
-    metrics::EVENTS_CONSUMED
-        .with_label_values(&[service, kind])
-        .inc();
-    if deliveries > 1 {
-        metrics::EVENTS_REDELIVERED
-            .with_label_values(&[service])
-            .inc();
-    }
-    (sequence, deliveries)
 }
 
 /// Event type label: only known values, so a hostile header cannot grow the label set.
@@ -121,52 +304,6 @@ fn known_kind(value: &str) -> &'static str {
         "message.updated" => "message.updated",
         _ => "unknown",
     }
-}
-
-/// Acks messages whose effects are committed. A failed ack only means a harmless redelivery.
-pub async fn ack_all(service: &'static str, messages: &[jetstream::Message]) {
-    let acks = futures::future::join_all(messages.iter().map(|m| m.ack())).await;
-    let failed = acks.iter().filter(|r| r.is_err()).count();
-    if failed > 0 {
-        tracing::warn!(
-            service,
-            failed,
-            "some acks failed; those events will be redelivered"
-        );
-    }
-    metrics::EVENTS_ACKED
-        .with_label_values(&[service])
-        .inc_by((acks.len() - failed) as u64);
-}
-
-/// Longest pause before a failed delivery comes back.
-const MAX_BACKOFF: Duration = Duration::from_secs(30);
-
-/// A delivery that failed for a reason that may pass (the database or the search backend is
-/// down): hand it back with exponential backoff capped at 30 s. With the default
-/// `CONFAB_MAX_DELIVER` of 1000 that rides out about eight hours of outage; only then is the event
-/// dead-lettered as `exhausted` (still stored in the dead-letter stream, for replay).
-pub async fn hand_back(
-    js: &JetStream,
-    service: &'static str,
-    message: &jetstream::Message,
-    error: &str,
-) {
-    let deliveries = message.info().map(|i| i.delivered).unwrap_or_default();
-    if deliveries >= js.config.max_deliver {
-        dead_letter::send(js, service, message, "exhausted", error).await;
-        return;
-    }
-    let backoff =
-        Duration::from_millis(250 * 2u64.pow(deliveries.clamp(0, 8) as u32)).min(MAX_BACKOFF);
-    tracing::warn!(
-        service,
-        error,
-        deliveries,
-        ?backoff,
-        "event handed back for redelivery"
-    );
-    let _ = message.ack_with(AckKind::Nak(Some(backoff))).await;
 }
 
 /// The trace id of an event's `traceparent` header, for logs.

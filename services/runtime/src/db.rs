@@ -62,22 +62,58 @@ pub async fn ping(pool: &MySqlPool) -> bool {
     .is_ok_and(|r| r.is_ok())
 }
 
-/// Which of `apps` are deleted (tombstones left by the admin API). Consumers drop events of
-/// these: their data is being purged and must not come back.
-pub async fn deleted_applications<'c>(
-    executor: impl sqlx::Executor<'c, Database = sqlx::MySql>,
-    apps: &[u64],
-) -> sqlx::Result<Vec<u64>> {
-    if apps.is_empty() {
-        return Ok(Vec::new());
+/// What a MySQL failure means to the caller: the one classification every service uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// The data can never be written as it is (a foreign key to a row that is gone, data too
+    /// long, a bad string, a value out of range, a missing value): retrying cannot help.
+    Rejected,
+    /// A deadlock or lock wait timeout: InnoDB rolled the transaction back whole; retry it now.
+    LockConflict,
+    /// The database cannot be reached or is overloaded: retry later.
+    Unavailable,
+    /// Anything else (a bug, a schema mismatch).
+    Other,
+}
+
+impl Failure {
+    /// Whether the same statement may succeed later.
+    pub fn is_transient(self) -> bool {
+        matches!(self, Self::LockConflict | Self::Unavailable)
     }
-    let mut q = sqlx::QueryBuilder::new(
-        "SELECT id FROM applications WHERE deleted_at IS NOT NULL AND id IN (",
-    );
-    let mut list = q.separated(", ");
-    for id in apps {
-        list.push_bind(*id);
+}
+
+/// Classifies a MySQL/MariaDB error by its kind and server error number.
+pub fn classify(error: &sqlx::Error) -> Failure {
+    // Foreign key, data too long, bad string value, out of range, column cannot be null.
+    const REJECTED: &[u16] = &[1452, 1406, 1366, 1264, 1048];
+    // Deadlock, lock wait timeout.
+    const LOCK_CONFLICT: &[u16] = &[1213, 1205];
+    // Too many connections, server shutting down, read-only (a failover in progress).
+    const UNAVAILABLE: &[u16] = &[1040, 1053, 1290, 1836];
+    match error {
+        sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::WorkerCrashed => Failure::Unavailable,
+        sqlx::Error::Database(db) => {
+            let Some(number) = db
+                .try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>()
+                .map(sqlx::mysql::MySqlDatabaseError::number)
+            else {
+                return Failure::Other;
+            };
+            if REJECTED.contains(&number) {
+                Failure::Rejected
+            } else if LOCK_CONFLICT.contains(&number) {
+                Failure::LockConflict
+            } else if UNAVAILABLE.contains(&number) {
+                Failure::Unavailable
+            } else {
+                Failure::Other
+            }
+        }
+        _ => Failure::Other,
     }
-    list.push_unseparated(")");
-    q.build_query_scalar().fetch_all(executor).await
 }

@@ -10,11 +10,12 @@ use confab_core::event::headers;
 /// cannot be stored the message is left to redelivery instead, so nothing is dropped.
 pub async fn send(
     js: &JetStream,
-    service: &'static str,
+    metrics: &metrics::Consumer,
     message: &jetstream::Message,
     reason_class: &'static str,
     reason: &str,
 ) {
+    let service = metrics.service;
     // The original headers travel along, except the publish conditions: a creation's "no message
     // on this subject yet" would refuse the copy of a second service dead-lettering the same event.
     let mut map = async_nats::HeaderMap::new();
@@ -53,7 +54,8 @@ pub async fn send(
         .map(|_| ());
     match stored {
         Ok(()) => {
-            metrics::EVENTS_DEAD_LETTERED
+            metrics
+                .dead_lettered
                 .with_label_values(&[service, reason_class])
                 .inc();
             tracing::warn!(service, reason_class, reason, "event dead-lettered");

@@ -226,10 +226,11 @@ pub async fn connect_consumer(
     filter: impl FnOnce(&Subjects) -> String,
     max_ack_pending: i64,
 ) -> Result<(JetStream, consumer::PullConsumer), Error> {
-    let js = connect(url, service, config).await?;
+    // Boxed: connecting and setting up streams and consumers are large futures, awaited once.
+    let js = Box::pin(connect(url, service, config)).await?;
     let consumer_config =
         durable_consumer_config(name, filter(&js.subjects), config, max_ack_pending);
-    let consumer = durable_consumer(&js, consumer_config).await?;
+    let consumer = Box::pin(durable_consumer(&js, consumer_config)).await?;
     Ok((js, consumer))
 }
 

@@ -5,17 +5,20 @@
 //! - [`db`], [`cache`], [`jetstream`]: connections to MySQL, Redis and NATS JetStream, and the
 //!   JetStream topology (streams, consumers) created idempotently at start-up.
 //! - [`admin`]: the admin server every service runs (`/healthz`, `/readyz`, `/metrics`).
-//! - [`metrics`]: every metric Confab exports, defined in one place.
-//! - [`consume`], [`dead_letter`]: the batching loop, acks and failure handling every JetStream
-//!   consumer service shares.
+//! - [`metrics`]: a metric registry per service and the metric families several services share.
+//! - [`backoff`]: the one retry policy (exponential, capped, jittered).
+//! - [`consume`], [`dead_letter`]: the consumer worker every JetStream consumer service runs
+//!   (decode, apply, split a rejected batch, ack, hand back, dead-letter).
 //! - [`shutdown`]: SIGTERM / ctrl-c as a future, so `run` functions take shutdown as an argument.
 
 pub mod admin;
+pub mod backoff;
 pub mod cache;
 pub mod config;
 pub mod consume;
 pub mod db;
 pub mod dead_letter;
+pub mod deletion;
 pub mod jetstream;
 pub mod metrics;
 pub mod secret;

@@ -10,13 +10,21 @@
 //! word of it, all of the word's n-grams ([`query::Terms`]), scoped to one chat by filters on
 //! application id and chat number, and ranked by relevance with a bonus for whole-word matches.
 //! Documents carry a version (the JetStream sequence of the event): an older version never
-//! replaces a newer one, so redelivery and replays are harmless. [`testing`] is the behavioural
+//! replaces a newer one, so redelivery and replays are harmless. `testing` is the behavioural
 //! suite both backends must pass.
+//!
+//! Cargo features select what a binary links: `embedded` (tantivy), `elasticsearch`, `remote`
+//! (the client of the indexer's endpoint) and `testing` (the suite; tests and benchmarks only).
 
+pub mod config;
+#[cfg(feature = "elasticsearch")]
 pub mod elastic;
+#[cfg(feature = "embedded")]
 pub mod embedded;
 pub mod query;
+#[cfg(feature = "remote")]
 pub mod remote;
+#[cfg(any(test, feature = "testing"))]
 pub mod testing;
 
 use futures::future::BoxFuture;

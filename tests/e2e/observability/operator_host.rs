@@ -20,7 +20,6 @@ pub async fn run(
     mut go: UnboundedReceiver<()>,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) {
-    confab_runtime::metrics::initialize("confab-operator");
     let (ctx, mut handle) = context(&env["CONFAB_OPERATOR_API_URL"]);
     let router = confab_operator::admin_router(Readiness::default(), ctx.clone());
     let server = tokio::spawn(async move {

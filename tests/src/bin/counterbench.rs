@@ -58,6 +58,8 @@ async fn main() -> anyhow::Result<()> {
         .collect();
     let reconciler_db =
         confab_counter_reconciler::pool(&confab_runtime::CommonConfig::from_env(&env, 0)?)?;
+    let metrics =
+        confab_counter_reconciler::metrics::Metrics::register(&confab_runtime::metrics::registry());
 
     let seeded = Instant::now();
     for sql in [
@@ -111,7 +113,7 @@ async fn main() -> anyhow::Result<()> {
         )
         .await?;
         let started = Instant::now();
-        let stats = reconcile::run_once(&reconciler_db, 500).await?;
+        let stats = reconcile::run_once(&reconciler_db, &metrics, 500).await?;
         let took = started.elapsed();
         println!(
             "changes {n:>9}  chats recounted {:>6}  run {:>8.1} ms",

@@ -16,7 +16,6 @@ use crate::numbering::Admission;
 use crate::repo;
 use crate::state::{AppState, Tenant};
 use crate::views::{MessageInput, MessageView};
-use confab_runtime::metrics;
 
 /// The application and chat a message path names, both checked to exist.
 async fn chat_of(state: &AppState, token: &str, chat: &str) -> Result<(Tenant, u64)> {
@@ -33,7 +32,9 @@ fn checked_body(state: &AppState, tenant: &Tenant, body: &JsonObject) -> Result<
     let body = state.limits.body(body.string("message", "body")?)?;
     let max = tenant.quotas.max_body_bytes as usize;
     if body.len() > max {
-        metrics::QUOTA_REJECTIONS
+        state
+            .metrics
+            .quota_rejections
             .with_label_values(&["body_size"])
             .inc();
         return Err(ApiError::PayloadTooLarge(max));

@@ -5,7 +5,6 @@ use std::time::Instant;
 
 use axum::extract::{Path, Query, State};
 use axum::Json;
-use confab_runtime::metrics;
 use confab_search::SearchRequest;
 use serde::Deserialize;
 
@@ -45,11 +44,17 @@ pub async fn search(
     let request = SearchRequest::new(app, chat, &text, page.limit, page.offset)?;
     let started = Instant::now();
     let hits = state.search.search(&request).await;
-    metrics::SEARCH_QUERY_DURATION
+    state
+        .metrics
+        .search
+        .query_duration
         .with_label_values(&[state.search_label])
         .observe(started.elapsed().as_secs_f64());
     let hits = hits.map_err(|e| {
-        metrics::SEARCH_FAILURES
+        state
+            .metrics
+            .search
+            .failures
             .with_label_values(&["query", "unavailable"])
             .inc();
         ApiError::Unavailable(format!("search: {e}"))
