@@ -292,3 +292,74 @@ async fn a_second_creation_of_a_number_is_dead_lettered_never_an_overwrite() {
     api.stop().await.unwrap();
     env.cleanup().await;
 }
+
+/// The one MySQL error classifier, against a real MariaDB: bad data is rejected (dead-lettered,
+/// never retried), a lock wait timeout is a lock conflict (retried at once), an unreachable
+/// server is unavailable (retried later, 503 in the api).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mysql_errors_are_classified_by_what_a_retry_can_do() {
+    use confab_runtime::db::{classify, Failure};
+    let env = TestEnv::new().await;
+    sqlx::query("CREATE TABLE classify_probe (id INT PRIMARY KEY, s VARCHAR(2) NOT NULL)")
+        .execute(&env.db)
+        .await
+        .unwrap();
+    let mut conn = env.db.acquire().await.unwrap();
+    sqlx::query("SET SESSION sql_mode = 'STRICT_ALL_TABLES'")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    let too_long = sqlx::query("INSERT INTO classify_probe VALUES (1, 'abc')")
+        .execute(&mut *conn)
+        .await
+        .unwrap_err();
+    assert_eq!(classify(&too_long), Failure::Rejected, "{too_long}");
+    let null = sqlx::query("INSERT INTO classify_probe VALUES (1, NULL)")
+        .execute(&mut *conn)
+        .await
+        .unwrap_err();
+    assert_eq!(classify(&null), Failure::Rejected, "{null}");
+    let unknown = sqlx::query("SELECT * FROM no_such_table")
+        .execute(&mut *conn)
+        .await
+        .unwrap_err();
+    assert_eq!(classify(&unknown), Failure::Other, "{unknown}");
+    assert!(!Failure::Other.is_transient() && !Failure::Rejected.is_transient());
+
+    // One transaction holds the row; another waits one second for it and gives up.
+    sqlx::query("INSERT INTO classify_probe VALUES (1, 'a')")
+        .execute(&env.db)
+        .await
+        .unwrap();
+    let mut holder = env.db.begin().await.unwrap();
+    sqlx::query("UPDATE classify_probe SET s = 'b' WHERE id = 1")
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    let mut waiter = env.db.acquire().await.unwrap();
+    sqlx::query("SET SESSION innodb_lock_wait_timeout = 1")
+        .execute(&mut *waiter)
+        .await
+        .unwrap();
+    let timed_out = sqlx::query("UPDATE classify_probe SET s = 'c' WHERE id = 1")
+        .execute(&mut *waiter)
+        .await
+        .unwrap_err();
+    assert_eq!(classify(&timed_out), Failure::LockConflict, "{timed_out}");
+    assert!(Failure::LockConflict.is_transient());
+    holder.rollback().await.unwrap();
+    drop((conn, waiter));
+
+    // Nothing listens on port 1.
+    let unreachable = sqlx::mysql::MySqlPoolOptions::new()
+        .acquire_timeout(std::time::Duration::from_secs(2))
+        .connect_lazy("mysql://root@127.0.0.1:1/confab")
+        .unwrap();
+    let down = sqlx::query("SELECT 1")
+        .execute(&unreachable)
+        .await
+        .unwrap_err();
+    assert_eq!(classify(&down), Failure::Unavailable, "{down}");
+    assert!(Failure::Unavailable.is_transient());
+    env.cleanup().await;
+}

@@ -60,11 +60,11 @@ pub enum Internal {
 
 impl From<sqlx::Error> for ApiError {
     fn from(error: sqlx::Error) -> Self {
-        match error {
-            sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
-                Self::Unavailable(format!("database: {error}"))
-            }
-            other => Self::Internal(Internal::Database(other)),
+        // Unreachable, overloaded, or a lock conflict InnoDB rolled back: the client may retry.
+        if confab_runtime::db::classify(&error).is_transient() {
+            Self::Unavailable(format!("database: {error}"))
+        } else {
+            Self::Internal(Internal::Database(error))
         }
     }
 }
