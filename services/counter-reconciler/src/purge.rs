@@ -19,7 +19,8 @@ use crate::metrics::Metrics;
 /// Tombstoned applications handled per pass.
 const APPLICATIONS_PER_PASS: u32 = 10;
 
-/// Runs purge passes every `interval` until `stop` resolves.
+/// Runs purge passes every `interval` until `stop` resolves. Dropping a pass between statements
+/// is safe: each DELETE commits on its own and the next pass goes on where this one stopped.
 pub async fn run(
     db: MySqlPool,
     metrics: Metrics,
@@ -27,26 +28,10 @@ pub async fn run(
     chunk: u32,
     stop: impl Future<Output = ()>,
 ) {
-    tokio::pin!(stop);
-    let mut ticks = tokio::time::interval(interval);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            () = &mut stop => return,
-            _ = ticks.tick() => {}
-        }
-        let pass = purge_deleted(&db, &metrics, chunk);
-        tokio::select! {
-            // Dropping the pass between statements is safe: each DELETE commits on its own and
-            // the next pass goes on where this one stopped.
-            () = &mut stop => return,
-            result = pass => {
-                if let Err(error) = result {
-                    tracing::warn!(%error, "cannot purge deleted applications; retrying next pass");
-                }
-            }
-        }
-    }
+    confab_runtime::shutdown::every(interval, "purge of deleted applications", stop, || {
+        purge_deleted(&db, &metrics, chunk)
+    })
+    .await;
 }
 
 /// Deletes, `chunk` rows per statement, the messages and chats of deleted applications; returns

@@ -109,21 +109,8 @@ pub async fn run(
     grace: Duration,
     stop: impl Future<Output = ()>,
 ) {
-    tokio::pin!(stop);
-    let mut ticks = tokio::time::interval(interval);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = &mut stop => return,
-            _ = ticks.tick() => {}
-        }
-        tokio::select! {
-            _ = &mut stop => return,
-            result = purge_deleted(&db, &*backend, grace) => {
-                if let Err(error) = result {
-                    tracing::warn!(%error, "search purge failed; retrying next pass");
-                }
-            }
-        }
-    }
+    confab_runtime::shutdown::every(interval, "search purge", stop, || {
+        purge_deleted(&db, &*backend, grace)
+    })
+    .await;
 }

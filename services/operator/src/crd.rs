@@ -251,3 +251,21 @@ pub fn crd_yaml() -> String {
 #[cfg(test)]
 #[path = "crd_tests.rs"]
 mod tests;
+
+/// A plain resource (`shop`, display name `Shop`, no quotas, no rotation, generation 1) for the
+/// unit tests to adjust.
+#[cfg(test)]
+pub(crate) fn sample() -> Application {
+    let mut app = Application::new(
+        "shop",
+        ApplicationSpec {
+            display_name: "Shop".into(),
+            quotas: Default::default(),
+            token_rotation: None,
+            deletion_policy: Default::default(),
+            secret_template: None,
+        },
+    );
+    app.metadata.generation = Some(1);
+    app
+}

@@ -219,20 +219,11 @@ pub fn find<'a>(status: Option<&'a ApplicationStatus>, type_: &str) -> Option<&'
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::crd::{ApplicationSpec, SecretTemplate, TokenRotation, PAUSE_ANNOTATION};
+    use crate::crd::{SecretTemplate, TokenRotation, PAUSE_ANNOTATION};
     use confab_core::quota::{QuotaRequest, Quotas};
 
     fn app() -> Application {
-        let mut app = Application::new(
-            "shop",
-            ApplicationSpec {
-                display_name: "Shop".into(),
-                quotas: Default::default(),
-                token_rotation: None,
-                deletion_policy: Default::default(),
-                secret_template: None,
-            },
-        );
+        let mut app = crate::crd::sample();
         app.metadata.namespace = Some("team-a".into());
         app.metadata.uid = Some("uid-1".into());
         app.metadata.generation = Some(3);

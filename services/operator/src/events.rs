@@ -145,22 +145,10 @@ mod tests {
     use confab_core::quota::{QuotaRequest, Quotas};
 
     use super::*;
-    use crate::crd::ApplicationSpec;
     use crate::desired::Outcome;
 
     fn app() -> Application {
-        let mut app = Application::new(
-            "shop",
-            ApplicationSpec {
-                display_name: "Shop".into(),
-                quotas: Default::default(),
-                token_rotation: None,
-                deletion_policy: Default::default(),
-                secret_template: None,
-            },
-        );
-        app.metadata.generation = Some(1);
-        app
+        crate::crd::sample()
     }
 
     fn registered(max_chats: u64) -> AdminApplication {

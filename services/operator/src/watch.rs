@@ -88,20 +88,10 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
-    use crate::crd::{ApplicationSpec, ApplicationStatus, PAUSE_ANNOTATION};
+    use crate::crd::{ApplicationStatus, PAUSE_ANNOTATION};
 
     fn app() -> Application {
-        let mut app = Application::new(
-            "shop",
-            ApplicationSpec {
-                display_name: "Shop".into(),
-                quotas: Default::default(),
-                token_rotation: None,
-                deletion_policy: Default::default(),
-                secret_template: None,
-            },
-        );
-        app.metadata.generation = Some(1);
+        let mut app = crate::crd::sample();
         app.metadata.resource_version = Some("10".into());
         app
     }

@@ -92,6 +92,39 @@ impl Shutdown {
     }
 }
 
+/// Runs `pass` every `interval` (a pass that overruns delays the next tick, never stacks) until
+/// `stop` resolves — also in the middle of a pass, so `pass` must be safe to abandon between
+/// its awaits (each step committed on its own, the next pass goes on where it stopped). A failed
+/// pass is logged as `what` and retried on the next tick.
+pub async fn every<F, Fut, T, E>(
+    interval: std::time::Duration,
+    what: &'static str,
+    stop: impl std::future::Future<Output = ()>,
+    mut pass: F,
+) where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+    E: std::fmt::Display,
+{
+    tokio::pin!(stop);
+    let mut ticks = tokio::time::interval(interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = &mut stop => return,
+            _ = ticks.tick() => {}
+        }
+        tokio::select! {
+            () = &mut stop => return,
+            result = pass() => {
+                if let Err(error) = result {
+                    tracing::warn!(%error, "{what} failed; retrying next pass");
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -127,5 +160,45 @@ mod tests {
                 .expect("woken")
                 .unwrap();
         }
+    }
+
+    #[tokio::test]
+    async fn every_repeats_passes_after_failures_and_stops_in_the_middle_of_one() {
+        let passes = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn({
+            let passes = passes.clone();
+            every(
+                Duration::from_millis(10),
+                "probe",
+                async move {
+                    let _ = rx.await;
+                },
+                move || {
+                    let n = passes.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    async move {
+                        if n < 3 {
+                            Err("failing")
+                        } else {
+                            // The fourth pass never ends by itself.
+                            std::future::pending::<Result<(), &str>>().await
+                        }
+                    }
+                },
+            )
+        });
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while passes.load(std::sync::atomic::Ordering::SeqCst) < 4 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "failed passes are retried"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        tx.send(()).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .expect("a pass in progress does not hold up the stop")
+            .unwrap();
     }
 }
