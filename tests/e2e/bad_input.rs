@@ -345,12 +345,22 @@ async fn bad_input_gets_the_documented_error_and_writes_nothing() {
         );
     }
 
-    // Nothing was written anywhere: no application, chat or message row, and no event.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Nothing was written anywhere: no application, chat or message row, and no event. A
+    // sentinel message, written after every bad request was answered, proves the pipeline moved:
+    // once it is persisted, any event a bad request had published before it would be too.
+    c.create_message(&token, 1, "sentinel").await;
+    eventually(Duration::from_secs(10), "sentinel persisted", || async {
+        env.count("SELECT COUNT(*) FROM messages").await == 1
+    })
+    .await;
     assert_eq!(env.count("SELECT COUNT(*) FROM applications").await, 1);
     assert_eq!(env.count("SELECT COUNT(*) FROM chats").await, 1);
-    assert_eq!(env.count("SELECT COUNT(*) FROM messages").await, 0);
-    assert_eq!(env.stream_messages().await, events_before);
+    assert_eq!(
+        env.count("SELECT COUNT(*) FROM messages WHERE body = 'sentinel'")
+            .await,
+        1
+    );
+    assert_eq!(env.stream_messages().await, events_before + 1);
     let (_, app_now) = c.get(&app).await;
     assert_eq!(app_now["name"], "target");
 

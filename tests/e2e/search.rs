@@ -190,6 +190,8 @@ async fn app_id(env: &TestEnv, token: &str) -> u64 {
 }
 
 /// Every hit for `query` in a chat, paging through 500 at a time.
+/// Every hit of `query`, over all pages; a failing search fails the test (an indexer answering
+/// 503 must not read as "nothing found").
 async fn all_hits(search: &Remote, app: u64, chat: u64, query: &str) -> Vec<u64> {
     let mut out = Vec::new();
     for page in 0.. {
@@ -200,9 +202,12 @@ async fn all_hits(search: &Remote, app: u64, chat: u64, query: &str) -> Vec<u64>
             limit: 500,
             offset: page * 500,
         };
-        let hits = search.search(&request).await.unwrap_or_default();
+        let hits = search
+            .search(&request)
+            .await
+            .unwrap_or_else(|error| panic!("search for {query:?} failed: {error}"));
         if hits.is_empty() {
-            return out;
+            break;
         }
         out.extend(hits.iter().map(|h| h.number));
     }
@@ -242,8 +247,8 @@ async fn killing_the_indexer_mid_batch_leaves_every_message_searchable_exactly_o
         || async { !all_hits(&search, app, 1, "common").await.is_empty() },
     )
     .await;
-    indexer.kill().await;
     let at_kill = all_hits(&search, app, 1, "common").await.len();
+    indexer.kill().await;
     assert!(
         at_kill < 1500,
         "the kill came after everything was indexed ({at_kill})"
