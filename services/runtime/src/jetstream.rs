@@ -17,6 +17,7 @@ use std::time::Duration;
 use async_nats::jetstream::{self, consumer, stream};
 use confab_core::Subjects;
 
+use crate::backoff::Backoff;
 use crate::config::StreamConfig;
 
 #[derive(Debug, thiserror::Error)]
@@ -95,20 +96,24 @@ pub async fn connect(url: &str, service: &str, config: &StreamConfig) -> Result<
 const API_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long start-up keeps trying to create or update a stream.
 const ENSURE_DEADLINE: Duration = Duration::from_secs(90);
+/// Pauses between those attempts: from 250 ms, doubling, at most 5 s, jittered (replicas
+/// starting together do not retry together).
+const ENSURE_RETRY: Backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(5));
 
 /// Creates or updates a stream, retrying for a while: a cluster that is electing a leader, or
 /// nats-server 2.9 meeting several services creating the same replicated stream at once
 /// (nats-io/nats-server#3677), answers with timeouts that a later attempt does not meet.
 async fn ensure_stream(context: &jetstream::Context, config: stream::Config) -> Result<(), Error> {
     let started = std::time::Instant::now();
-    let mut pause = Duration::from_millis(250);
+    let mut attempt = 1;
     loop {
+        let pause = ENSURE_RETRY.delay(attempt);
         match context.create_or_update_stream(config.clone()).await {
             Ok(_) => return Ok(()),
             Err(source) if started.elapsed() + pause < ENSURE_DEADLINE => {
                 tracing::warn!(stream = %config.name, error = %source, "cannot set up stream yet, retrying");
                 tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(Duration::from_secs(5));
+                attempt += 1;
             }
             Err(source) => {
                 return Err(Error::Stream {
