@@ -14,9 +14,8 @@ use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Router;
-use confab_core::event::headers;
-use confab_core::trace::TraceParent;
 use confab_runtime::metrics;
+use confab_runtime::trace::{continue_trace, extract, HeaderExtractor};
 use prometheus::{register_int_counter, IntCounter};
 use tower_http::catch_panic::CatchPanicLayer;
 use tracing::Instrument;
@@ -70,11 +69,7 @@ pub async fn observe(
         .map_or("unmatched", MatchedPath::as_str)
         .to_owned();
     let method = req.method().as_str().to_owned();
-    let parent = req
-        .headers()
-        .get(headers::TRACEPARENT)
-        .and_then(|v| v.to_str().ok())
-        .and_then(TraceParent::parse);
+    let parent = extract(&HeaderExtractor(req.headers()));
     let span = tracing::info_span!(
         "http_request",
         %route,
@@ -82,8 +77,8 @@ pub async fn observe(
         trace_id = tracing::field::Empty
     );
     // The request span continues the caller's trace; events carry this span as their parent.
-    let trace = confab_runtime::trace::continue_trace(&span, parent.as_ref());
-    span.record("trace_id", trace.trace_id.as_str());
+    let trace = continue_trace(&span, parent.as_ref());
+    span.record("trace_id", tracing::field::display(trace.trace_id()));
     req.extensions_mut().insert(trace);
     let response = match tokio::time::timeout(timeout, next.run(req).instrument(span.clone())).await
     {

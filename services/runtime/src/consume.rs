@@ -171,5 +171,5 @@ pub async fn hand_back(
 
 /// The trace id of an event's `traceparent` header, for logs.
 pub fn trace_id(message: &jetstream::Message) -> Option<String> {
-    crate::trace::event_parent(message).map(|t| t.trace_id)
+    crate::trace::trace_id(message)
 }
