@@ -10,7 +10,8 @@ use std::any::Any;
 use std::sync::LazyLock;
 use std::time::{Duration, Instant};
 
-use axum::extract::{MatchedPath, Request, State};
+use axum::extract::{MatchedPath, Request};
+use axum::http::StatusCode;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Router;
@@ -18,6 +19,7 @@ use confab_runtime::metrics;
 use confab_runtime::trace::{continue_trace, extract, HeaderExtractor};
 use prometheus::{register_int_counter, IntCounter};
 use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::timeout::TimeoutLayer;
 use tracing::Instrument;
 
 use crate::error::{ApiError, Internal};
@@ -32,17 +34,31 @@ pub static HTTP_PANICS: LazyLock<IntCounter> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 
-/// Wraps every route of `router` in the panic net (inside) and [`observe`] (outside), so a
-/// panicking request is still timed, logged and counted as a 5xx.
+/// Wraps every route of `router` in, from the inside out: the panic net, the request timeout,
+/// the timeout's JSON answer ([`timed_out`]) and [`observe`], so a panicking or timed-out request
+/// is still timed, logged and counted as a 5xx.
 pub fn layers(router: Router, request_timeout: Duration) -> Router {
     // The counter exists at 0 from the start, so `increase()` sees the first panic.
     LazyLock::force(&HTTP_PANICS);
     router
         .layer(CatchPanicLayer::custom(panicked))
-        .layer(axum::middleware::from_fn_with_state(
-            request_timeout,
-            observe,
-        ))
+        .layer(TimeoutLayer::with_status_code(TIMED_OUT, request_timeout))
+        .layer(axum::middleware::map_response(timed_out))
+        .layer(axum::middleware::from_fn(observe))
+}
+
+/// The status `TimeoutLayer` answers with (an empty body). No handler of the api answers 408,
+/// so [`timed_out`] can tell the layer's answers apart and give them the api's error body.
+const TIMED_OUT: StatusCode = StatusCode::REQUEST_TIMEOUT;
+
+/// The timeout layer's bare answer as the api's `503 timeout` JSON error (with `Retry-After`);
+/// every other response passes unchanged.
+async fn timed_out(response: Response) -> Response {
+    if response.status() == TIMED_OUT {
+        ApiError::Timeout.into_response()
+    } else {
+        response
+    }
 }
 
 /// The answer to a panicked handler: the standard `500 internal` body; the panic message goes to
@@ -57,12 +73,7 @@ fn panicked(panic: Box<dyn Any + Send + 'static>) -> Response {
     ApiError::Internal(Internal::Other(format!("handler panicked: {message}"))).into_response()
 }
 
-pub async fn observe(
-    State(timeout): State<Duration>,
-    matched: Option<MatchedPath>,
-    mut req: Request,
-    next: Next,
-) -> Response {
+pub async fn observe(matched: Option<MatchedPath>, mut req: Request, next: Next) -> Response {
     let started = Instant::now();
     let route = matched
         .as_ref()
@@ -80,11 +91,7 @@ pub async fn observe(
     let trace = continue_trace(&span, parent.as_ref());
     span.record("trace_id", tracing::field::display(trace.trace_id()));
     req.extensions_mut().insert(trace);
-    let response = match tokio::time::timeout(timeout, next.run(req).instrument(span.clone())).await
-    {
-        Ok(response) => response,
-        Err(_) => ApiError::Timeout.into_response(),
-    };
+    let response = next.run(req).instrument(span.clone()).await;
     let status = response.status().as_u16();
     let elapsed = started.elapsed();
     metrics::HTTP_REQUESTS
@@ -117,6 +124,49 @@ mod tests {
 
     async fn boom() -> &'static str {
         panic!("boom")
+    }
+
+    async fn slow() -> &'static str {
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        "too late"
+    }
+
+    async fn body_of(response: Response) -> Value {
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        serde_json::from_slice(&body).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_request_past_the_timeout_answers_the_json_timeout_error() {
+        let router = layers(
+            Router::new()
+                .route("/slow", get(slow))
+                .route("/fast", get(|| async { "ok" })),
+            Duration::from_millis(50),
+        );
+        let started = Instant::now();
+        let response = router
+            .clone()
+            .oneshot(Request::get("/slow").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert!(started.elapsed() < Duration::from_secs(5));
+        let expected = ApiError::Timeout.into_response();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(response.headers()["retry-after"], "1");
+        assert_eq!(
+            response.headers()["content-type"],
+            expected.headers()["content-type"]
+        );
+        let body = body_of(response).await;
+        assert_eq!(body, body_of(expected).await);
+        assert_eq!(body["error"]["code"], "timeout");
+
+        let response = router
+            .oneshot(Request::get("/fast").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
     }
 
     #[tokio::test]
