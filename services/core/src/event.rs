@@ -38,6 +38,10 @@ pub mod headers {
     /// JetStream's optimistic-concurrency header; `0` means "no message on this subject yet".
     pub const EXPECTED_LAST_SUBJECT_SEQUENCE: &str = "Nats-Expected-Last-Subject-Sequence";
     pub const DLQ_REASON: &str = "Confab-Dead-Letter-Reason";
+    /// The reason's class, one of the `reason` label values of
+    /// `confab_events_dead_lettered_total` (`undecodable`, `rejected`, `exhausted`,
+    /// `number_conflict`).
+    pub const DLQ_CLASS: &str = "Confab-Dead-Letter-Class";
     pub const DLQ_SERVICE: &str = "Confab-Dead-Letter-Service";
     pub const DLQ_STREAM_SEQUENCE: &str = "Confab-Dead-Letter-Stream-Sequence";
 }
