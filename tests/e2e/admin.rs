@@ -163,3 +163,48 @@ async fn concurrent_first_registrations_of_one_key_make_one_application() {
     assert_eq!(env.count("SELECT COUNT(*) FROM applications").await, 1);
     env.cleanup().await;
 }
+
+/// A rotation or deletion answered by one api replica reaches another, which had the token
+/// cached, within `CONFAB_TOKEN_CACHE_TTL_MS`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revocation_reaches_another_replica_within_the_token_cache_ttl() {
+    // The deadline: the TTL of 1 s, plus room for the requests themselves.
+    const WITHIN_TTL: Duration = Duration::from_millis(1_750);
+    let env = admin_env().await;
+    let ttl = [("CONFAB_TOKEN_CACHE_TTL_MS", "1000")];
+    let a = env.spawn_api_with(&ttl).await;
+    let b = env.spawn_api_with(&ttl).await;
+    let admin = Client::with_bearer(&a.base, ADMIN_TOKEN);
+    let on_b = Client::new(&b.base);
+    let old = register(&admin, "team.replicas", json!({})).await;
+    assert_eq!(on_b.create_chat_status(&old).await, StatusCode::CREATED);
+
+    let (status, body) = admin
+        .send(
+            Method::POST,
+            "/admin/v1/applications/team.replicas/rotate",
+            Some(json!({"request_id": "r1", "grace_seconds": 0})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let new = body["token"].as_str().unwrap().to_owned();
+    eventually(WITHIN_TTL, "the rotated-out token refused by b", || async {
+        on_b.create_chat_status(&old).await == StatusCode::NOT_FOUND
+    })
+    .await;
+    assert_eq!(on_b.create_chat_status(&new).await, StatusCode::CREATED);
+
+    let (status, _) = admin
+        .raw(Method::DELETE, "/admin/v1/applications/team.replicas", None)
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    eventually(
+        WITHIN_TTL,
+        "the deleted application's token refused by b",
+        || async { on_b.create_chat_status(&new).await == StatusCode::NOT_FOUND },
+    )
+    .await;
+    a.stop().await.unwrap();
+    b.stop().await.unwrap();
+    env.cleanup().await;
+}

@@ -95,7 +95,7 @@ async fn killing_the_persister_mid_batch_loses_and_duplicates_nothing() {
     env.cleanup().await;
 }
 
-async fn stored(env: &TestEnv) -> BTreeMap<(u64, u64), String> {
+pub async fn stored(env: &TestEnv) -> BTreeMap<(u64, u64), String> {
     let rows: Vec<(u64, u64, String)> = sqlx::query_as(
         "SELECT c.number, m.number, m.body FROM messages m JOIN chats c ON c.id = m.chat_id",
     )

@@ -4,6 +4,7 @@
 
 mod admin;
 mod bad_input;
+mod consumers;
 mod contract;
 mod counters;
 mod durability;
@@ -13,5 +14,6 @@ mod invariants;
 mod numbering;
 mod observability;
 mod operator;
+mod publishing;
 mod quotas;
 mod search;

@@ -11,6 +11,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use confab_core::event::headers;
 use confab_tests::{eventually, Client, TestEnv};
 use opentelemetry::trace::{SpanId, SpanKind, TraceId};
 use opentelemetry_sdk::trace::{InMemorySpanExporter, SpanData};
@@ -57,6 +58,7 @@ async fn one_trace_spans_the_request_the_persister_and_the_indexer() {
             "traceparent",
             format!("00-{caller_trace}-00f067aa0ba902b7-01"),
         )
+        .header("tracestate", "caller=state")
         .json(&serde_json::json!({"body": "follow me"}))
         .send()
         .await
@@ -96,6 +98,11 @@ async fn one_trace_spans_the_request_the_persister_and_the_indexer() {
         .find(|s| s.name == "publish message.created")
         .expect("a publish span in the request's trace");
     assert_eq!(publish.span_kind, SpanKind::Producer);
+    assert_eq!(
+        publish.span_context.trace_state().header(),
+        "caller=state",
+        "the caller's tracestate reaches the span whose context the event carries"
+    );
     assert_eq!(publish.parent_span_id, request.span_context.span_id());
     assert_eq!(
         attribute(publish, "messaging.system").as_deref(),
@@ -150,6 +157,52 @@ async fn one_trace_spans_the_request_the_persister_and_the_indexer() {
     let _ = provider.shutdown();
     indexer.stop().await.unwrap();
     persister.stop().await.unwrap();
+    api.stop().await.unwrap();
+    env.cleanup().await;
+}
+
+/// Without an OpenTelemetry layer (no exporter configured, nothing installed here), the caller's
+/// W3C context still travels: the event carries the caller's trace id under a new span id, with
+/// the caller's `tracestate` unchanged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tracestate_travels_from_the_request_into_the_event_headers() {
+    let env = TestEnv::new().await;
+    let api = env.spawn_api().await;
+    let c = Client::new(&api.base);
+    let token = c.create_app("traced").await;
+    let chat = c.create_chat(&token).await;
+    let (caller_trace, caller_span) = ("0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331");
+    let tracestate = "congo=t61rcWkgMzE,rojo=00f067aa0ba902b7";
+    let response = reqwest::Client::new()
+        .post(format!(
+            "{}/api/v1/applications/{token}/chats/{chat}/messages",
+            api.base
+        ))
+        .header("traceparent", format!("00-{caller_trace}-{caller_span}-01"))
+        .header("tracestate", tracestate)
+        .json(&serde_json::json!({"body": "carry my state"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::CREATED);
+
+    let js =
+        async_nats::jetstream::new(async_nats::connect(confab_tests::nats_url()).await.unwrap());
+    let stream = js.get_stream(format!("T_{}", env.id)).await.unwrap();
+    let event = stream
+        .get_last_raw_message_by_subject(&format!("t_{}.v1.message.created.>", env.id))
+        .await
+        .unwrap();
+    let header = |name: &str| event.headers.get(name).map(|v| v.as_str().to_owned());
+    assert_eq!(header(headers::TRACESTATE).as_deref(), Some(tracestate));
+    let traceparent = header(headers::TRACEPARENT).unwrap();
+    let parts: Vec<&str> = traceparent.split('-').collect();
+    assert_eq!(parts.len(), 4, "{traceparent}");
+    assert_eq!((parts[0], parts[1], parts[3]), ("00", caller_trace, "01"));
+    assert_ne!(
+        parts[2], caller_span,
+        "the api's own span id, not the caller's"
+    );
     api.stop().await.unwrap();
     env.cleanup().await;
 }
@@ -243,6 +296,14 @@ async fn dashboards_and_alerts_query_only_metrics_the_services_export() {
     c.get(&format!(
         "/api/v1/applications/{token}/chats/{chat}/messages/search?query=hel"
     ))
+    .await;
+    // The indexer's lag series exist once it indexed the message.
+    eventually(Duration::from_secs(15), "indexed", || async {
+        indexer
+            .metric(r#"confab_search_documents_indexed_total{backend="embedded"}"#)
+            .await
+            >= 1.0
+    })
     .await;
     eventually(Duration::from_secs(15), "counted", || async {
         env.count("SELECT COUNT(*) FROM chats WHERE messages_count = 1")

@@ -9,8 +9,8 @@
 use std::future::Future;
 
 use confab_core::sequence::{reseed_value, PublishOutcome};
-use confab_core::trace::TraceParent;
 use confab_core::{Envelope, Event};
+use confab_runtime::trace::TraceContext;
 
 use crate::error::{ApiError, Result};
 use crate::idempotency::{IdempotencyKey, Record};
@@ -34,7 +34,7 @@ pub struct Sequence<'a, P> {
     pub persisted_max: P,
     /// The quotas checked atomically with taking the number.
     pub admission: Admission,
-    pub trace: &'a TraceParent,
+    pub trace: &'a TraceContext,
     pub idempotency: Option<IdempotencyKey>,
 }
 
@@ -129,7 +129,7 @@ impl AppState {
     }
 
     /// Answers from an earlier request's record, if there is one.
-    async fn replay(&self, key: &IdempotencyKey, trace: &TraceParent) -> Result<Replay> {
+    async fn replay(&self, key: &IdempotencyKey, trace: &TraceContext) -> Result<Replay> {
         let Some((record, revision)) = self.idempotency.lookup(key).await? else {
             return Ok(Replay::Absent);
         };

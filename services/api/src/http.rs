@@ -10,27 +10,22 @@ use std::any::Any;
 use std::time::{Duration, Instant};
 
 use axum::extract::{MatchedPath, Request, State};
+use axum::http::StatusCode;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Router;
-use confab_core::event::headers;
-use confab_core::trace::TraceParent;
 use confab_runtime::metrics::status_class;
+use confab_runtime::trace::{continue_trace, extract, HeaderExtractor};
 use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::timeout::TimeoutLayer;
 use tracing::Instrument;
 
 use crate::error::{ApiError, Internal};
 use crate::metrics::Metrics;
 
-/// What [`observe`] needs besides the request.
-#[derive(Clone)]
-pub struct Observe {
-    timeout: Duration,
-    metrics: Metrics,
-}
-
-/// Wraps every route of `router` in the panic net (inside) and [`observe`] (outside), so a
-/// panicking request is still timed, logged and counted as a 5xx.
+/// Wraps every route of `router` in, from the inside out: the panic net, the request timeout,
+/// the timeout's JSON answer ([`timed_out`]) and [`observe`], so a panicking or timed-out request
+/// is still timed, logged and counted as a 5xx.
 pub fn layers(router: Router, request_timeout: Duration, metrics: Metrics) -> Router {
     let panics = metrics.http_panics.clone();
     router
@@ -38,13 +33,23 @@ pub fn layers(router: Router, request_timeout: Duration, metrics: Metrics) -> Ro
             panics.inc();
             panicked(panic)
         }))
-        .layer(axum::middleware::from_fn_with_state(
-            Observe {
-                timeout: request_timeout,
-                metrics,
-            },
-            observe,
-        ))
+        .layer(TimeoutLayer::with_status_code(TIMED_OUT, request_timeout))
+        .layer(axum::middleware::map_response(timed_out))
+        .layer(axum::middleware::from_fn_with_state(metrics, observe))
+}
+
+/// The status `TimeoutLayer` answers with (an empty body). No handler of the api answers 408,
+/// so [`timed_out`] can tell the layer's answers apart and give them the api's error body.
+const TIMED_OUT: StatusCode = StatusCode::REQUEST_TIMEOUT;
+
+/// The timeout layer's bare answer as the api's `503 timeout` JSON error (with `Retry-After`);
+/// every other response passes unchanged.
+async fn timed_out(response: Response) -> Response {
+    if response.status() == TIMED_OUT {
+        ApiError::Timeout.into_response()
+    } else {
+        response
+    }
 }
 
 /// The answer to a panicked handler: the standard `500 internal` body; the panic message goes to
@@ -59,7 +64,7 @@ fn panicked(panic: Box<dyn Any + Send + 'static>) -> Response {
 }
 
 pub async fn observe(
-    State(Observe { timeout, metrics }): State<Observe>,
+    State(metrics): State<Metrics>,
     matched: Option<MatchedPath>,
     mut req: Request,
     next: Next,
@@ -70,11 +75,7 @@ pub async fn observe(
         .map_or("unmatched", MatchedPath::as_str)
         .to_owned();
     let method = req.method().as_str().to_owned();
-    let parent = req
-        .headers()
-        .get(headers::TRACEPARENT)
-        .and_then(|v| v.to_str().ok())
-        .and_then(TraceParent::parse);
+    let parent = extract(&HeaderExtractor(req.headers()));
     let span = tracing::info_span!(
         "http_request",
         %route,
@@ -82,14 +83,10 @@ pub async fn observe(
         trace_id = tracing::field::Empty
     );
     // The request span continues the caller's trace; events carry this span as their parent.
-    let trace = confab_runtime::trace::continue_trace(&span, parent.as_ref());
-    span.record("trace_id", trace.trace_id.as_str());
+    let trace = continue_trace(&span, parent.as_ref());
+    span.record("trace_id", tracing::field::display(trace.trace_id()));
     req.extensions_mut().insert(trace);
-    let response = match tokio::time::timeout(timeout, next.run(req).instrument(span.clone())).await
-    {
-        Ok(response) => response,
-        Err(_) => ApiError::Timeout.into_response(),
-    };
+    let response = next.run(req).instrument(span.clone()).await;
     let status = response.status().as_u16();
     let elapsed = started.elapsed();
     metrics
@@ -124,6 +121,50 @@ mod tests {
 
     async fn boom() -> &'static str {
         panic!("boom")
+    }
+
+    async fn slow() -> &'static str {
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        "too late"
+    }
+
+    async fn body_of(response: Response) -> Value {
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        serde_json::from_slice(&body).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_request_past_the_timeout_answers_the_json_timeout_error() {
+        let router = layers(
+            Router::new()
+                .route("/slow", get(slow))
+                .route("/fast", get(|| async { "ok" })),
+            Duration::from_millis(50),
+            Metrics::register(&confab_runtime::metrics::registry()),
+        );
+        let started = Instant::now();
+        let response = router
+            .clone()
+            .oneshot(Request::get("/slow").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert!(started.elapsed() < Duration::from_secs(5));
+        let expected = ApiError::Timeout.into_response();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(response.headers()["retry-after"], "1");
+        assert_eq!(
+            response.headers()["content-type"],
+            expected.headers()["content-type"]
+        );
+        let body = body_of(response).await;
+        assert_eq!(body, body_of(expected).await);
+        assert_eq!(body["error"]["code"], "timeout");
+
+        let response = router
+            .oneshot(Request::get("/fast").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
     }
 
     #[tokio::test]

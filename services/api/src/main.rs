@@ -1,16 +1,35 @@
 //! `confab-api`: serve the API, or `confab-api migrate` to apply the migrations and exit.
+//! Configuration comes from the environment; the command line only picks what to do.
 
 use anyhow::Context;
+use clap::{Parser, Subcommand};
 use confab_api::{ApiConfig, Listeners};
 use confab_runtime::{config, db, shutdown, telemetry};
 use tokio::net::TcpListener;
 
+/// The Confab HTTP API. Without a command it serves the API; configuration comes from the
+/// environment (see the README).
+#[derive(Parser)]
+#[command(version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Apply the database migrations and exit.
+    Migrate,
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    // Before anything else: a mistyped argument exits 2 with a usage error, never starts a server.
+    let cli = Cli::parse();
     let env = config::process_env();
     let telemetry = telemetry::init(&env, "confab-api");
     let config = ApiConfig::from_env(&env)?;
-    if std::env::args().nth(1).as_deref() == Some("migrate") {
+    if let Some(Command::Migrate) = cli.command {
         let pool = db::pool(&config.common)?;
         db::migrate(&pool).await.context("applying migrations")?;
         tracing::info!("migrations applied");

@@ -10,8 +10,11 @@
 //! Both scripts first apply the [`Admission`] rules: a cap on the sequence (the chat limit is
 //! exact under any concurrency, because no number past it is ever taken) and a GCRA rate limiter
 //! whose state is one Redis key per application, so the rate holds across every api replica. A
-//! rejected request changes nothing. Doing it inside the numbering script costs no extra round
-//! trip on the hot path.
+//! rejected request changes nothing (but a raise, which any writer may make). Doing it inside
+//! the numbering script costs no extra round trip on the hot path.
+//!
+//! The scripts live in `lua/`: the shared admission rules (`admission.lua`, which uses Redis
+//! `TIME` as its clock) are joined in front of each script's body at compile time.
 
 use std::future::Future;
 use std::sync::LazyLock;
@@ -23,54 +26,17 @@ use redis::Script;
 use crate::error::{ApiError, Result};
 use crate::metrics::Metrics;
 
-/// Shared by both scripts: `check()` returns a rejection `{2, 0}` (cap reached) or `{3, wait_us}`
-/// (rate exceeded), or nil after recording the admission. KEYS[1] is the sequence, KEYS[2] the
-/// rate state; ARGV[1] the cap (0: none), ARGV[2] the emission interval in µs (0: no rate limit),
-/// ARGV[3] the tolerance in µs.
-const ADMISSION: &str = r"
-local function check()
-  local cap = tonumber(ARGV[1])
-  if cap > 0 and tonumber(redis.call('GET', KEYS[1])) >= cap then
-    return {2, 0}
-  end
-  local emission = tonumber(ARGV[2])
-  if emission == 0 then return nil end
-  local tolerance = tonumber(ARGV[3])
-  local t = redis.call('TIME')
-  local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-  local tat = tonumber(redis.call('GET', KEYS[2]) or now)
-  if tat < now then tat = now end
-  local wait = tat - now - tolerance
-  if wait > 0 then return {3, wait} end
-  local next_tat = tat + emission
-  redis.call('SET', KEYS[2], string.format('%d', next_tat),
-    'PX', math.floor((next_tat - now) / 1000) + 1000)
-  return nil
-end
-";
-
 static INCR_EXISTING: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(&format!(
-        r"{ADMISSION}
-        if redis.call('EXISTS', KEYS[1]) == 0 then return {{1, 0}} end
-        local rejected = check()
-        if rejected then return rejected end
-        return {{0, redis.call('INCR', KEYS[1])}}"
+    Script::new(concat!(
+        include_str!("lua/admission.lua"),
+        include_str!("lua/incr_existing.lua")
     ))
 });
 
 static RAISE_THEN_INCR: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(&format!(
-        r"{ADMISSION}
-        local seeded = 0
-        local current = tonumber(redis.call('GET', KEYS[1]) or '-1')
-        if current < tonumber(ARGV[4]) then
-          redis.call('SET', KEYS[1], ARGV[4])
-          seeded = 4
-        end
-        local rejected = check()
-        if rejected then return rejected end
-        return {{seeded, redis.call('INCR', KEYS[1])}}"
+    Script::new(concat!(
+        include_str!("lua/admission.lua"),
+        include_str!("lua/raise_then_incr.lua")
     ))
 });
 
@@ -189,3 +155,6 @@ fn decide(
         ))),
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -19,10 +19,10 @@ use async_nats::jetstream::context::PublishErrorKind;
 use async_nats::HeaderMap;
 use confab_core::event::headers;
 use confab_core::sequence::{classify_publish, PublishOutcome};
-use confab_core::trace::TraceParent;
 use confab_core::Envelope;
 use confab_runtime::backoff::Backoff;
 use confab_runtime::jetstream::JetStream;
+use confab_runtime::trace::{HeaderInjector, TraceContext};
 use tracing::Instrument;
 
 use crate::error::{ApiError, Result};
@@ -56,7 +56,7 @@ impl Publisher {
     pub async fn publish(
         &self,
         envelope: &Envelope,
-        trace: &TraceParent,
+        trace: &TraceContext,
     ) -> Result<PublishOutcome> {
         let kind = envelope.event.kind().as_str();
         let subject = self.js.subjects.for_event(&envelope.event);
@@ -71,7 +71,7 @@ impl Publisher {
         // The PRODUCER span of this publish; the event carries its context.
         let span = confab_runtime::trace::publish_span(kind, &subject, &dedup_id);
         let parent = confab_runtime::trace::continue_trace(&span, Some(trace));
-        map.insert(headers::TRACEPARENT, parent.header_value().as_str());
+        confab_runtime::trace::inject(&parent, &mut HeaderInjector(&mut map));
         if envelope.event.created_number().is_some() {
             map.insert(headers::EXPECTED_LAST_SUBJECT_SEQUENCE, "0");
         }

@@ -3,7 +3,8 @@
 //! Events are self-describing JSON envelopes (`version`, `id`, `type`, `occurred_at`, `data`).
 //! A consumer that meets a `version` it does not know dead-letters the event rather than guess.
 //! Headers carry what routing and tracing need without parsing the body: the dedup id
-//! (`Nats-Msg-Id`), the event type and version, and W3C `traceparent`.
+//! (`Nats-Msg-Id`), the event type and version, and the W3C trace context (`traceparent`,
+//! `tracestate`, written by OpenTelemetry's propagator in `confab-runtime`).
 //!
 //! Subjects (with the configurable prefix `p`, default `confab`):
 //!
@@ -33,9 +34,14 @@ pub mod headers {
     pub const EVENT_TYPE: &str = "Confab-Event-Type";
     pub const EVENT_VERSION: &str = "Confab-Event-Version";
     pub const TRACEPARENT: &str = "traceparent";
+    pub const TRACESTATE: &str = "tracestate";
     /// JetStream's optimistic-concurrency header; `0` means "no message on this subject yet".
     pub const EXPECTED_LAST_SUBJECT_SEQUENCE: &str = "Nats-Expected-Last-Subject-Sequence";
     pub const DLQ_REASON: &str = "Confab-Dead-Letter-Reason";
+    /// The reason's class, one of the `reason` label values of
+    /// `confab_events_dead_lettered_total` (`undecodable`, `rejected`, `exhausted`,
+    /// `number_conflict`).
+    pub const DLQ_CLASS: &str = "Confab-Dead-Letter-Class";
     pub const DLQ_SERVICE: &str = "Confab-Dead-Letter-Service";
     pub const DLQ_STREAM_SEQUENCE: &str = "Confab-Dead-Letter-Stream-Sequence";
 }

@@ -22,7 +22,6 @@ pub mod keys;
 pub mod quota;
 pub mod sequence;
 pub mod token;
-pub mod trace;
 pub mod validation;
 
 pub use event::{Envelope, Event, EventKind, Subjects};

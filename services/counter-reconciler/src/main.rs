@@ -2,16 +2,34 @@
 //! recompute every count once and exit.
 
 use anyhow::Context;
+use clap::{Parser, Subcommand};
 use confab_counter_reconciler::{pool, repair, ReconcilerConfig};
 use confab_runtime::{config, shutdown, telemetry};
 use tokio::net::TcpListener;
 
+/// The Confab counter reconciler. Without a command it keeps counts fresh; configuration comes
+/// from the environment (see the README).
+#[derive(Parser)]
+#[command(version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Recompute every count once and exit.
+    Repair,
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    // Before anything else: a mistyped argument exits 2 with a usage error, never starts a server.
+    let cli = Cli::parse();
     let env = config::process_env();
     let telemetry = telemetry::init(&env, "confab-counter-reconciler");
     let config = ReconcilerConfig::from_env(&env)?;
-    if std::env::args().nth(1).as_deref() == Some("repair") {
+    if let Some(Command::Repair) = cli.command {
         let stats = repair::repair(&pool(&config.common)?, config.repair_chunk)
             .await
             .context("repairing counts")?;

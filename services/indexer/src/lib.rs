@@ -88,7 +88,7 @@ pub async fn run(
 ) -> Result<(), Error> {
     let shutdown = Shutdown::new(shutdown);
     let registry = confab_runtime::metrics::registry();
-    let metrics = metrics::Metrics::register(&registry);
+    let metrics = metrics::Metrics::register(&registry, config.backend.label());
     let db = db::pool(&config.common)?;
     let backend = backend(&config.backend).await?;
     let (js, consumer) = jetstream::connect_consumer(

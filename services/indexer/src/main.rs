@@ -5,16 +5,35 @@
 use std::time::Duration;
 
 use anyhow::Context;
+use clap::{Parser, Subcommand};
 use confab_indexer::{reindex, BackendConfig, IndexerConfig, Listeners};
 use confab_runtime::{config, db, shutdown, telemetry};
 use tokio::net::TcpListener;
 
+/// The Confab indexer. Without a command it indexes message events for search; configuration
+/// comes from the environment (see the README).
+#[derive(Parser)]
+#[command(version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Rebuild the search index from MySQL and exit (through the running indexer for the
+    /// embedded index).
+    Reindex,
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    // Before anything else: a mistyped argument exits 2 with a usage error, never starts a server.
+    let cli = Cli::parse();
     let env = config::process_env();
     let telemetry = telemetry::init(&env, "confab-indexer");
     let config = IndexerConfig::from_env(&env)?;
-    if std::env::args().nth(1).as_deref() == Some("reindex") {
+    if let Some(Command::Reindex) = cli.command {
         // A failed rebuild is an error: the process exits non-zero with its cause.
         let result = reindex_command(&config, &env).await;
         if let Err(error) = &result {

@@ -12,8 +12,10 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    pub fn register(registry: &Registry) -> Self {
-        Self {
+    /// Registers the indexer's families; the series of `backend` (its label: `embedded`,
+    /// `elasticsearch`) start at zero.
+    pub fn register(registry: &Registry, backend: &str) -> Self {
+        let metrics = Self {
             consumer: Consumer::register(
                 registry,
                 crate::worker::SERVICE,
@@ -43,6 +45,8 @@ impl Metrics {
                 &["type"],
                 metrics::LAG_BUCKETS,
             ),
-        }
+        };
+        metrics.docs_indexed.with_label_values(&[backend]);
+        metrics
     }
 }

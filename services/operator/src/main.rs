@@ -1,13 +1,31 @@
 //! `confab-operator`: the Kubernetes operator. `confab-operator crdgen` prints the CRD YAML.
 
 use anyhow::Context;
+use clap::{Parser, Subcommand};
 use confab_operator::OperatorConfig;
 use confab_runtime::{config, shutdown, telemetry};
 use tokio::net::TcpListener;
 
+/// The Confab Kubernetes operator. Without a command it reconciles Application resources;
+/// configuration comes from the environment (see the README).
+#[derive(Parser)]
+#[command(version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print the Application CRD as YAML and exit.
+    Crdgen,
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    if std::env::args().nth(1).as_deref() == Some("crdgen") {
+    // Before anything else: a mistyped argument exits 2 with a usage error, never starts a server.
+    let cli = Cli::parse();
+    if let Some(Command::Crdgen) = cli.command {
         print!("{}", confab_operator::crd::crd_yaml());
         return Ok(());
     }

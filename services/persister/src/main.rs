@@ -1,12 +1,21 @@
 //! `confab-persister`: consume events from JetStream and write them to MySQL.
 
 use anyhow::Context;
+use clap::Parser;
 use confab_persister::PersisterConfig;
 use confab_runtime::{config, shutdown, telemetry};
 use tokio::net::TcpListener;
 
+/// The Confab persister: writes chat and message events to MySQL. It takes no arguments;
+/// configuration comes from the environment (see the README).
+#[derive(Parser)]
+#[command(version)]
+struct Cli {}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    // Before anything else: any argument exits 2 with a usage error, never starts the consumer.
+    Cli::parse();
     let env = config::process_env();
     let telemetry = telemetry::init(&env, "confab-persister");
     let config = PersisterConfig::from_env(&env)?;

@@ -308,5 +308,5 @@ fn known_kind(value: &str) -> &'static str {
 
 /// The trace id of an event's `traceparent` header, for logs.
 pub fn trace_id(message: &jetstream::Message) -> Option<String> {
-    crate::trace::event_parent(message).map(|t| t.trace_id)
+    crate::trace::trace_id(message)
 }

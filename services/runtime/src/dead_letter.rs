@@ -29,6 +29,7 @@ pub async fn send(
         }
     }
     map.insert(headers::DLQ_REASON, reason);
+    map.insert(headers::DLQ_CLASS, reason_class);
     map.insert(headers::DLQ_SERVICE, service);
     if let Ok(info) = message.info() {
         map.insert(

@@ -5,7 +5,7 @@ use axum::extract::{Extension, Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 use confab_core::event::{ChatCreated, Event};
-use confab_core::trace::TraceParent;
+use confab_runtime::trace::TraceContext;
 
 use crate::allocate::Sequence;
 use crate::error::{ApiError, ErrorBody, Result};
@@ -30,7 +30,7 @@ use crate::views::ChatView;
 #[tracing::instrument(level = "debug", skip_all)]
 pub async fn create(
     State(state): State<AppState>,
-    Extension(trace): Extension<TraceParent>,
+    Extension(trace): Extension<TraceContext>,
     Path(token): Path<String>,
     headers: HeaderMap,
     body: JsonObject,

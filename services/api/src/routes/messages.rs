@@ -5,8 +5,8 @@ use axum::extract::{Extension, Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 use confab_core::event::{Event, MessageWritten};
-use confab_core::trace::TraceParent;
 use confab_core::Envelope;
+use confab_runtime::trace::TraceContext;
 
 use crate::allocate::Sequence;
 use crate::error::{ApiError, ErrorBody, Result};
@@ -59,7 +59,7 @@ fn checked_body(state: &AppState, tenant: &Tenant, body: &JsonObject) -> Result<
 #[tracing::instrument(level = "debug", skip_all)]
 pub async fn create(
     State(state): State<AppState>,
-    Extension(trace): Extension<TraceParent>,
+    Extension(trace): Extension<TraceContext>,
     Path((token, chat)): Path<(String, String)>,
     headers: HeaderMap,
     input: JsonObject,
@@ -153,7 +153,7 @@ pub async fn show(
 #[tracing::instrument(level = "debug", skip_all)]
 pub async fn update(
     State(state): State<AppState>,
-    Extension(trace): Extension<TraceParent>,
+    Extension(trace): Extension<TraceContext>,
     Path((token, chat, number)): Path<(String, String, String)>,
     body: JsonObject,
 ) -> Result<Json<MessageView>> {

@@ -1,0 +1,29 @@
+-- The admission rules shared by both numbering scripts (concatenated in front of each, so it is
+-- one script to Redis). check() returns a rejection {2, 0} (cap reached) or {3, wait_us} (rate
+-- exceeded), or nil after recording the admission; a rejection writes nothing.
+-- KEYS[1] is the sequence, KEYS[2] the rate state; ARGV[1] the cap (0: none), ARGV[2] the
+-- emission interval in µs (0: no rate limit), ARGV[3] the tolerance in µs.
+--
+-- The rate limiter is a GCRA: KEYS[2] holds the theoretical arrival time (TAT) of the next
+-- request, in µs. A request is admitted while it is at most `tolerance` ahead of the clock, and
+-- moves the TAT one emission interval on. The clock is Redis `TIME`, the same for every api
+-- replica, so a replica's own clock never enters the decision.
+local function check()
+  local cap = tonumber(ARGV[1])
+  if cap > 0 and tonumber(redis.call('GET', KEYS[1])) >= cap then
+    return {2, 0}
+  end
+  local emission = tonumber(ARGV[2])
+  if emission == 0 then return nil end
+  local tolerance = tonumber(ARGV[3])
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+  local tat = tonumber(redis.call('GET', KEYS[2]) or now)
+  if tat < now then tat = now end
+  local wait = tat - now - tolerance
+  if wait > 0 then return {3, wait} end
+  local next_tat = tat + emission
+  redis.call('SET', KEYS[2], string.format('%d', next_tat),
+    'PX', math.floor((next_tat - now) / 1000) + 1000)
+  return nil
+end
