@@ -52,7 +52,13 @@ impl TestEnv {
     /// A new environment; `customize` may change the environment every service gets.
     pub async fn with(customize: impl FnOnce(&mut Env)) -> Self {
         let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_owned();
-        let database = format!("confab_test_{id}");
+        // The creation time is in the name: a database another test just created (no tables
+        // yet) must never look stale to a concurrent sweep.
+        let born = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let database = format!("confab_test_{born}_{id}");
         let server = MySqlPoolOptions::new()
             .max_connections(1)
             .connect(&mysql_server_url())
@@ -292,21 +298,30 @@ impl TestEnv {
     }
 }
 
-/// Drops test databases left behind by runs that crashed more than an hour ago.
+/// Drops test databases left behind by runs that crashed more than an hour ago, judged by the
+/// creation time in their name (`confab_test_<unix seconds>_<id>`).
 async fn sweep_stale_databases(server: &MySqlPool) {
-    let stale: Vec<String> = sqlx::query_scalar(
-        "SELECT s.SCHEMA_NAME FROM information_schema.SCHEMATA s \
-         WHERE s.SCHEMA_NAME LIKE 'confab\\_test\\_%' AND NOT EXISTS ( \
-           SELECT 1 FROM information_schema.TABLES t WHERE t.TABLE_SCHEMA = s.SCHEMA_NAME \
-           AND t.CREATE_TIME > NOW() - INTERVAL 1 HOUR)",
+    let names: Vec<String> = sqlx::query_scalar(
+        "SELECT SCHEMA_NAME FROM information_schema.SCHEMATA WHERE SCHEMA_NAME LIKE 'confab\\_test\\_%'",
     )
     .fetch_all(server)
     .await
     .unwrap_or_default();
-    for name in stale {
-        let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS `{name}`"))
-            .execute(server)
-            .await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    for name in names {
+        let born = name
+            .strip_prefix("confab_test_")
+            .and_then(|rest| rest.split_once('_'))
+            .and_then(|(secs, _)| secs.parse::<u64>().ok());
+        // Names without a time are from before it was recorded: old by now.
+        if born.is_none_or(|born| now.saturating_sub(born) > 3600) {
+            let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS `{name}`"))
+                .execute(server)
+                .await;
+        }
     }
 }
 
