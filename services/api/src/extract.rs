@@ -70,11 +70,10 @@ pub fn token(raw: &str) -> Result<Token, ApiError> {
     Token::parse(raw).ok_or(ApiError::NotFound("application"))
 }
 
-/// Parses a chat or message number from the path.
-pub fn number(raw: &str, what: &str) -> Result<u64, ApiError> {
-    validation::number(raw).ok_or_else(|| {
-        ApiError::InvalidParameter(format!("{what} number must be a positive integer"))
-    })
+/// Parses a chat or message number from the path. A number that cannot exist (0, negative,
+/// not a number, past the largest) names no chat or message: `404`, like a number not taken yet.
+pub fn number(raw: &str, what: &'static str) -> Result<u64, ApiError> {
+    validation::number(raw).ok_or(ApiError::NotFound(what))
 }
 
 /// `?page=&per_page=` as raw strings, so bad values get our error shape.
