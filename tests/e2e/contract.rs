@@ -200,6 +200,60 @@ async fn chats_and_messages_round_trip_through_the_persister() {
     let (_, page) = c.get(&format!("{chats_path}?per_page=1&page=3")).await;
     assert_eq!(page[0]["number"], 3);
 
+    // Paging tells the client where to go: RFC 8288 links, followed to the end, visit every
+    // message once, and the prefix-less route links to itself.
+    let mut next = Some(format!("{messages_path}?per_page=2"));
+    let mut visited = Vec::new();
+    let mut pages = 0;
+    while let Some(path) = next.take() {
+        let (status, headers, page) = c.full(Method::GET, &path, None).await;
+        assert_eq!(status, StatusCode::OK);
+        let links = link_map(&headers);
+        assert_eq!(
+            links["first"],
+            format!("{messages_path}?page=1&per_page=2"),
+            "{links:?}"
+        );
+        assert_eq!(links.contains_key("prev"), pages > 0, "{links:?}");
+        visited.extend(
+            page.as_array()
+                .unwrap()
+                .iter()
+                .map(|m| m["number"].as_u64().unwrap()),
+        );
+        next = links.get("next").cloned();
+        pages += 1;
+    }
+    assert_eq!((visited, pages), (vec![1, 2, 3, 4, 5], 3));
+    let (_, headers, _) = c
+        .full(
+            Method::GET,
+            &format!("/applications/{token}/chats?page=2&per_page=2"),
+            None,
+        )
+        .await;
+    let links = link_map(&headers);
+    assert_eq!(
+        links["prev"],
+        format!("/applications/{token}/chats?page=1&per_page=2")
+    );
+    assert!(
+        !links.contains_key("next"),
+        "three chats fit two pages: {links:?}"
+    );
+    // Other query parameters (a search's `query`) are kept in the links.
+    let (_, headers, _) = c
+        .full(
+            Method::GET,
+            &format!("{messages_path}?query=kept&per_page=4"),
+            None,
+        )
+        .await;
+    assert_eq!(
+        link_map(&headers).get("next").map(String::as_str),
+        Some(format!("{messages_path}?query=kept&page=2&per_page=4").as_str()),
+    );
+
     // A message for a chat number that was never handed out is rejected, not queued.
     let (status, err) = c.try_create_message(&token, 99, "nowhere").await;
     assert_eq!(status, StatusCode::NOT_FOUND);
@@ -232,4 +286,23 @@ async fn openapi_document_describes_every_route() {
     assert!(doc["components"]["schemas"]["ErrorBody"].is_object());
     api.stop().await.unwrap();
     env.cleanup().await;
+}
+
+/// The `Link` header as rel → target.
+fn link_map(headers: &reqwest::header::HeaderMap) -> std::collections::BTreeMap<String, String> {
+    let value = headers
+        .get("link")
+        .expect("a list answers with a Link header")
+        .to_str()
+        .unwrap();
+    value
+        .split(", ")
+        .map(|link| {
+            let (target, rel) = link.split_once("; rel=").unwrap();
+            (
+                rel.trim_matches('"').to_owned(),
+                target.trim_matches(['<', '>']).to_owned(),
+            )
+        })
+        .collect()
 }

@@ -85,8 +85,30 @@ async fn search_finds_partial_matches_within_one_chat_through_the_api() {
     )
     .await;
     assert_eq!((status, quick), (StatusCode::OK, set(&[2])));
-    let (_, page2) = c.get(&format!("{}&per_page=1&page=2", s("hello"))).await;
+    // Two hits, one per page: the first page links on, the second back, not on.
+    let (_, first, page1) = c
+        .full(
+            reqwest::Method::GET,
+            &format!("{}&per_page=1", s("hello")),
+            None,
+        )
+        .await;
+    assert_eq!(page1.as_array().unwrap().len(), 1);
+    let link = first["link"].to_str().unwrap();
+    assert!(link.contains("page=2&per_page=1>; rel=\"next\""), "{link}");
+    let (_, second, page2) = c
+        .full(
+            reqwest::Method::GET,
+            &format!("{}&per_page=1&page=2", s("hello")),
+            None,
+        )
+        .await;
     assert_eq!(page2.as_array().unwrap().len(), 1);
+    let link = second["link"].to_str().unwrap();
+    assert!(
+        link.contains("rel=\"prev\"") && !link.contains("rel=\"next\""),
+        "{link}"
+    );
 
     // Bad requests.
     for (path, status, code) in [

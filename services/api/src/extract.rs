@@ -5,6 +5,9 @@ use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{FromRequest, FromRequestParts, Query, Request};
 use axum::http::request::Parts;
+use axum::http::{header, HeaderValue};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
 use confab_core::validation;
 use confab_core::Token;
 use serde::Deserialize;
@@ -86,10 +89,62 @@ pub struct PageQuery {
     per_page: Option<String>,
 }
 
-/// A resolved page: `LIMIT`/`OFFSET`.
+/// A resolved page: `LIMIT`/`OFFSET`, and what the `Link` header of its answer needs.
 pub struct Page {
     pub limit: u32,
     pub offset: u64,
+    /// The 1-based page number.
+    number: u64,
+    /// The request's path and its query without `page`/`per_page`, ending in `?` or `&`.
+    base: String,
+}
+
+impl Page {
+    /// How many items to fetch: one more than the page holds, so the answer knows whether a
+    /// next page exists without counting.
+    pub fn probe_limit(&self) -> u32 {
+        self.limit.saturating_add(1)
+    }
+
+    /// The page's answer: at most `limit` of `items` (fetched with [`Self::probe_limit`]) as
+    /// JSON, with an RFC 8288 `Link` header: `first` always, `prev` after the first page, `next`
+    /// when there are more items.
+    pub fn answer<T: serde::Serialize>(&self, mut items: Vec<T>) -> Response {
+        let more = items.len() > self.limit as usize;
+        items.truncate(self.limit as usize);
+        let link = |page: u64, rel: &str| {
+            format!(
+                "<{}page={page}&per_page={}>; rel=\"{rel}\"",
+                self.base, self.limit
+            )
+        };
+        let mut links = vec![link(1, "first")];
+        if self.number > 1 {
+            links.push(link(self.number - 1, "prev"));
+        }
+        if more {
+            links.push(link(self.number + 1, "next"));
+        }
+        let mut response = Json(items).into_response();
+        if let Ok(value) = HeaderValue::from_str(&links.join(", ")) {
+            response.headers_mut().insert(header::LINK, value);
+        }
+        response
+    }
+}
+
+/// `path?` plus every query parameter of `uri` but `page` and `per_page`, ready for them.
+fn link_base(uri: &axum::http::Uri) -> String {
+    let mut base = format!("{}?", uri.path());
+    for pair in uri.query().unwrap_or_default().split('&') {
+        let name = pair.split('=').next().unwrap_or_default();
+        if pair.is_empty() || name == "page" || name == "per_page" {
+            continue;
+        }
+        base.push_str(pair);
+        base.push('&');
+    }
+    base
 }
 
 impl FromRequestParts<AppState> for Page {
@@ -108,9 +163,19 @@ impl FromRequestParts<AppState> for Page {
                 })
                 .transpose()
         };
-        let (limit, offset) = state
-            .limits
-            .page(num("page", q.page)?, num("per_page", q.per_page)?)?;
-        Ok(Self { limit, offset })
+        let number = num("page", q.page)?;
+        let (limit, offset) = state.limits.page(number, num("per_page", q.per_page)?)?;
+        Ok(Self {
+            limit,
+            offset,
+            number: number.unwrap_or(1),
+            // As the client sent it: under a nested prefix (`/api/v1`) `parts.uri` lacks it.
+            base: link_base(
+                parts
+                    .extensions
+                    .get::<axum::extract::OriginalUri>()
+                    .map_or(&parts.uri, |original| &original.0),
+            ),
+        })
     }
 }

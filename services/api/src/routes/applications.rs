@@ -65,12 +65,12 @@ async fn application_key(state: &AppState, key: &IdempotencyKey) -> Result<Strin
 
 #[utoipa::path(get, path = "/api/v1/applications", tag = "applications",
     params(PageQuery),
-    responses((status = 200, body = [ApplicationView]), (status = 400, body = ErrorBody)))]
+    responses((status = 200, body = [ApplicationView], headers(("Link" = String, description = "RFC 8288 paging links: `first`, `prev` after the first page, `next` when there are more items"))), (status = 400, body = ErrorBody)))]
 #[tracing::instrument(level = "debug", skip_all)]
-pub async fn list(State(state): State<AppState>, page: Page) -> Result<Json<Vec<ApplicationView>>> {
-    let rows = repo::list_applications(&state.db, page.limit, page.offset).await?;
+pub async fn list(State(state): State<AppState>, page: Page) -> Result<axum::response::Response> {
+    let rows = repo::list_applications(&state.db, page.probe_limit(), page.offset).await?;
     let list_tokens = state.list_tokens;
-    Ok(Json(
+    Ok(page.answer(
         rows.into_iter()
             .map(|row| {
                 let mut view = ApplicationView::from(row);
@@ -79,7 +79,7 @@ pub async fn list(State(state): State<AppState>, page: Page) -> Result<Json<Vec<
                 }
                 view
             })
-            .collect(),
+            .collect::<Vec<_>>(),
     ))
 }
 

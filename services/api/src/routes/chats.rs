@@ -70,16 +70,16 @@ pub async fn create(
 
 #[utoipa::path(get, path = "/api/v1/applications/{token}/chats", tag = "chats",
     params(("token" = String, Path), PageQuery),
-    responses((status = 200, body = [ChatView]), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = [ChatView], headers(("Link" = String, description = "RFC 8288 paging links: `first`, `prev` after the first page, `next` when there are more items"))), (status = 404, body = ErrorBody)))]
 #[tracing::instrument(level = "debug", skip_all)]
 pub async fn list(
     State(state): State<AppState>,
     Path(token): Path<String>,
     page: Page,
-) -> Result<Json<Vec<ChatView>>> {
+) -> Result<axum::response::Response> {
     let app = state.application_id(&extract::token(&token)?).await?;
-    let rows = repo::list_chats(&state.db, app, page.limit, page.offset).await?;
-    Ok(Json(rows.into_iter().map(Into::into).collect()))
+    let rows = repo::list_chats(&state.db, app, page.probe_limit(), page.offset).await?;
+    Ok(page.answer(rows.into_iter().map(ChatView::from).collect()))
 }
 
 #[utoipa::path(get, path = "/api/v1/applications/{token}/chats/{number}", tag = "chats",

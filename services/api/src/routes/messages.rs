@@ -112,17 +112,17 @@ pub async fn create(
 
 #[utoipa::path(get, path = "/api/v1/applications/{token}/chats/{number}/messages", tag = "messages",
     params(("token" = String, Path), ("number" = u64, Path), PageQuery),
-    responses((status = 200, body = [MessageView]), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = [MessageView], headers(("Link" = String, description = "RFC 8288 paging links: `first`, `prev` after the first page, `next` when there are more items"))), (status = 404, body = ErrorBody)))]
 #[tracing::instrument(level = "debug", skip_all)]
 pub async fn list(
     State(state): State<AppState>,
     Path((token, chat)): Path<(String, String)>,
     page: Page,
-) -> Result<Json<Vec<MessageView>>> {
+) -> Result<axum::response::Response> {
     let (tenant, chat) = chat_of(&state, &token, &chat).await?;
     let app = tenant.id;
-    let rows = repo::list_messages(&state.db, app, chat, page.limit, page.offset).await?;
-    Ok(Json(rows.into_iter().map(Into::into).collect()))
+    let rows = repo::list_messages(&state.db, app, chat, page.probe_limit(), page.offset).await?;
+    Ok(page.answer(rows.into_iter().map(MessageView::from).collect()))
 }
 
 #[utoipa::path(get, path = "/api/v1/applications/{token}/chats/{number}/messages/{message_number}",

@@ -4,7 +4,6 @@
 use std::time::Instant;
 
 use axum::extract::{Path, Query, State};
-use axum::Json;
 use confab_search::SearchRequest;
 use serde::Deserialize;
 
@@ -26,7 +25,7 @@ pub struct SearchQuery {
     tag = "search",
     params(("token" = String, Path), ("number" = u64, Path), SearchQuery, PageQuery),
     responses(
-        (status = 200, body = [MessageView]), (status = 400, body = ErrorBody),
+        (status = 200, body = [MessageView], headers(("Link" = String, description = "RFC 8288 paging links: `first`, `prev` after the first page, `next` when there are more items"))), (status = 400, body = ErrorBody),
         (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)))]
 #[tracing::instrument(level = "debug", skip_all)]
 pub async fn search(
@@ -34,14 +33,17 @@ pub async fn search(
     Path((token, chat)): Path<(String, String)>,
     Query(query): Query<SearchQuery>,
     page: Page,
-) -> Result<Json<Vec<MessageView>>> {
+) -> Result<axum::response::Response> {
     let app = state.application_id(&extract::token(&token)?).await?;
     let chat = extract::number(&chat, "chat")?;
     if !state.chat_exists(app, chat).await? {
         return Err(ApiError::NotFound("chat"));
     }
     let text = query.query.or(query.q).unwrap_or_default();
-    let request = SearchRequest::new(app, chat, &text, page.limit, page.offset)?;
+    // One hit more than the page tells whether there is a next page; at the edge of the result
+    // window there is none, and the page itself is asked for.
+    let request = SearchRequest::new(app, chat, &text, page.probe_limit(), page.offset)
+        .or_else(|_| SearchRequest::new(app, chat, &text, page.limit, page.offset))?;
     let started = Instant::now();
     let hits = state.search.search(&request).await;
     state
@@ -59,7 +61,7 @@ pub async fn search(
             .inc();
         ApiError::Unavailable(format!("search: {e}"))
     })?;
-    Ok(Json(
+    Ok(page.answer(
         hits.into_iter()
             .map(|h| MessageView {
                 number: h.number,
