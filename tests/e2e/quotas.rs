@@ -77,6 +77,44 @@ async fn message_rate_holds_across_two_replicas_allows_bursts_and_says_when_to_r
         let retry: u64 = headers["retry-after"].to_str().unwrap().parse().unwrap();
         assert!((1..=2).contains(&retry), "Retry-After {retry}");
     }
+    // The IETF RateLimit headers, from the same limiter state: every answer states the policy
+    // (burst 10, refilled in 10 s); each admission leaves a different number of requests (they
+    // count down the burst), a refusal leaves none and says when to come back.
+    let header = |headers: &reqwest::header::HeaderMap, name: &str| {
+        headers[name].to_str().unwrap().to_owned()
+    };
+    let mut remaining = Vec::new();
+    for (status, headers, _) in &answers {
+        assert_eq!(
+            header(headers, "ratelimit-policy"),
+            r#""messages";q=10;w=10"#
+        );
+        let state = header(headers, "ratelimit");
+        let r: u64 = state
+            .split(";r=")
+            .nth(1)
+            .and_then(|rest| rest.split(';').next())
+            .unwrap()
+            .parse()
+            .unwrap();
+        if *status == StatusCode::CREATED {
+            remaining.push(r);
+        } else {
+            assert!(state.starts_with(r#""messages";r=0;t="#), "{state}");
+        }
+    }
+    remaining.sort_unstable();
+    remaining.dedup();
+    assert_eq!(
+        remaining.len(),
+        created,
+        "distinct remaining counts: {remaining:?}"
+    );
+    assert!(remaining.iter().all(|r| *r <= 9), "{remaining:?}");
+    assert!(
+        remaining.contains(&0),
+        "the burst was used up: {remaining:?}"
+    );
     // Numbers stay dense: the rejected requests took none.
     let mut numbers: Vec<u64> = answers
         .iter()

@@ -14,8 +14,9 @@ use confab_runtime::trace::TraceContext;
 
 use crate::error::{ApiError, Result};
 use crate::idempotency::{IdempotencyKey, Record};
-use crate::numbering::Admission;
+use crate::numbering::{Admission, Numbered};
 use crate::state::AppState;
+use confab_core::quota::RateLimitState;
 
 /// Numbers taken before giving up when every one collides. A collision raises the sequence past
 /// the collided number and the last number in the stream, so more than a few in a row (numbers
@@ -50,12 +51,13 @@ enum Recorded {
 
 impl AppState {
     /// Publishes `event(number)` under a fresh number (or the number an earlier request with the
-    /// same idempotency key recorded); returns the stored envelope and its number.
+    /// same idempotency key recorded); returns its number, the stored envelope, and the rate
+    /// limiter's state after taking the number (none for a replayed answer, which took none).
     pub async fn publish_numbered<P, F>(
         &self,
         sequence: Sequence<'_, P>,
         event: impl Fn(u64) -> Event,
-    ) -> Result<(u64, Envelope)>
+    ) -> Result<(u64, Envelope, Option<RateLimitState>)>
     where
         P: Fn() -> F,
         F: Future<Output = sqlx::Result<Option<u64>>>,
@@ -63,7 +65,7 @@ impl AppState {
         let mut recorded = Recorded::NotAsked;
         if let Some(key) = &sequence.idempotency {
             recorded = match self.replay(key, sequence.trace).await? {
-                Replay::Answered(answer) => return Ok(answer),
+                Replay::Answered((number, envelope)) => return Ok((number, envelope, None)),
                 Replay::Absent => Recorded::Absent,
                 Replay::Collided(revision) => Recorded::Stale(revision),
             };
@@ -77,7 +79,7 @@ impl AppState {
                 let in_flight = self.publisher.last_number_on(&sequence.subjects).await?;
                 Ok(reseed_value(persisted, in_flight).max(taken))
             };
-            let number = self
+            let Numbered { number, rate } = self
                 .numbering
                 .next(
                     &sequence.key,
@@ -99,7 +101,7 @@ impl AppState {
                 let Some(revision) = revision else {
                     // A concurrent request with the same key recorded first: answer as it does.
                     return match self.replay(key, sequence.trace).await? {
-                        Replay::Answered(answer) => Ok(answer),
+                        Replay::Answered((number, envelope)) => Ok((number, envelope, None)),
                         Replay::Absent | Replay::Collided(_) => Err(ApiError::Unavailable(
                             "idempotency record changed concurrently".to_owned(),
                         )),
@@ -109,7 +111,7 @@ impl AppState {
             }
             match self.publisher.publish(&envelope, sequence.trace).await? {
                 PublishOutcome::Stored | PublishOutcome::RetriedOwn => {
-                    return Ok((number, envelope))
+                    return Ok((number, envelope, rate))
                 }
                 PublishOutcome::Collision => {
                     tracing::warn!(

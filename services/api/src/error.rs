@@ -30,7 +30,11 @@ pub enum ApiError {
     #[error("the application reached its limit of {0} chats")]
     ChatLimit(u64),
     #[error("the application's message rate is exceeded; retry in {retry_after_secs} s")]
-    RateLimited { retry_after_secs: u64 },
+    RateLimited {
+        retry_after_secs: u64,
+        /// The limiter's state, for the `RateLimit-Policy` and `RateLimit` headers.
+        rate: Option<confab_core::quota::RateLimitState>,
+    },
     #[error("a valid admin bearer token is required")]
     Unauthorized,
     #[error("no route for this path")]
@@ -133,11 +137,28 @@ impl ApiError {
     }
 }
 
+/// Sets `RateLimit-Policy` and `RateLimit` (IETF httpapi draft) from the limiter's state.
+pub fn rate_limit_headers(
+    headers: &mut axum::http::HeaderMap,
+    rate: &confab_core::quota::RateLimitState,
+) {
+    for (name, value) in [
+        ("ratelimit-policy", rate.policy_header()),
+        ("ratelimit", rate.header()),
+    ] {
+        if let Ok(value) = axum::http::HeaderValue::from_str(&value) {
+            headers.insert(name, value);
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code) = self.status_and_code();
         let retry_after = match &self {
-            Self::RateLimited { retry_after_secs } => Some(*retry_after_secs),
+            Self::RateLimited {
+                retry_after_secs, ..
+            } => Some(*retry_after_secs),
             _ if status == StatusCode::SERVICE_UNAVAILABLE => Some(1),
             _ => None,
         };
@@ -173,6 +194,12 @@ impl IntoResponse for ApiError {
                 .headers_mut()
                 .insert(axum::http::header::RETRY_AFTER, secs.into());
         }
+        if let Self::RateLimited {
+            rate: Some(rate), ..
+        } = &self
+        {
+            rate_limit_headers(response.headers_mut(), rate);
+        }
         if status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(
                 axum::http::header::WWW_AUTHENTICATE,
@@ -199,7 +226,8 @@ mod tests {
         assert_eq!(s(ApiError::ChatLimit(3)), 409);
         assert_eq!(
             s(ApiError::RateLimited {
-                retry_after_secs: 2
+                retry_after_secs: 2,
+                rate: None
             }),
             429
         );

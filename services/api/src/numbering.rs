@@ -19,7 +19,7 @@
 use std::future::Future;
 use std::sync::LazyLock;
 
-use confab_core::quota::{retry_after_secs, RateParams};
+use confab_core::quota::{retry_after_secs, RateLimitState, RateParams};
 use redis::aio::ConnectionManager;
 use redis::Script;
 
@@ -41,6 +41,13 @@ static RAISE_THEN_INCR: LazyLock<Script> = LazyLock::new(|| {
 });
 
 /// What must hold before a number is taken.
+/// A number taken, and the rate limiter's state after taking it (when the rate is limited).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Numbered {
+    pub number: u64,
+    pub rate: Option<RateLimitState>,
+}
+
 #[derive(Debug, Clone)]
 pub struct Admission {
     /// The sequence never goes past this (the chat limit); 0 means no cap.
@@ -73,14 +80,14 @@ impl Numbering {
         admission: &Admission,
         raise_first: bool,
         seed: F,
-    ) -> Result<u64>
+    ) -> Result<Numbered>
     where
         F: Future<Output = Result<u64>>,
     {
         let mut conn = self.redis.clone();
         if !raise_first {
             let started = std::time::Instant::now();
-            let answer: (u8, u64) = invocation(&INCR_EXISTING, key, admission)
+            let answer: (u8, u64, i64) = invocation(&INCR_EXISTING, key, admission)
                 .invoke_async(&mut conn)
                 .await?;
             self.metrics.dependencies.redis("next_number", started);
@@ -89,7 +96,7 @@ impl Numbering {
             }
         }
         let seed = seed.await?;
-        let answer: (u8, u64) = invocation(&RAISE_THEN_INCR, key, admission)
+        let answer: (u8, u64, i64) = invocation(&RAISE_THEN_INCR, key, admission)
             .arg(seed)
             .invoke_async(&mut conn)
             .await?;
@@ -101,7 +108,7 @@ impl Numbering {
                 .with_label_values(&[kind])
                 .inc();
             tracing::info!(kind, seed, "sequence seeded");
-            return Ok(answer.1);
+            return decide((0, answer.1, answer.2), kind, admission, &self.metrics);
         }
         decide(answer, kind, admission, &self.metrics)
     }
@@ -130,13 +137,19 @@ fn invocation<'a>(
 
 /// The script's `{status, value}` answer as a number or a quota error.
 fn decide(
-    (status, value): (u8, u64),
+    (status, value, ahead): (u8, u64, i64),
     kind: &'static str,
     admission: &Admission,
     metrics: &Metrics,
-) -> Result<u64> {
+) -> Result<Numbered> {
+    let params = admission.rate.as_ref().map(|(_, params)| params);
     match status {
-        0 => Ok(value),
+        0 => Ok(Numbered {
+            number: value,
+            rate: params
+                .zip(u64::try_from(ahead).ok())
+                .map(|(params, ahead)| params.admitted(ahead)),
+        }),
         2 => {
             metrics.quota_rejections.with_label_values(&["chats"]).inc();
             Err(ApiError::ChatLimit(admission.cap))
@@ -148,6 +161,7 @@ fn decide(
                 .inc();
             Err(ApiError::RateLimited {
                 retry_after_secs: retry_after_secs(value),
+                rate: params.map(|params| params.refused(value)),
             })
         }
         other => Err(ApiError::Unavailable(format!(

@@ -117,6 +117,61 @@ impl Quotas {
     }
 }
 
+/// What the `RateLimit-Policy` and `RateLimit` headers (IETF httpapi draft) say about one
+/// application's message rate: the burst is the quota (`q`), refilled over `w` seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimitState {
+    /// `q`: requests admitted back to back from a rested state (the burst).
+    pub quota: u64,
+    /// `w`: seconds for an emptied burst to refill.
+    pub window_secs: u64,
+    /// `r`: requests admitted now, back to back, after this one.
+    pub remaining: u64,
+    /// `t`: seconds until the whole burst is available again.
+    pub reset_secs: u64,
+}
+
+impl RateParams {
+    fn burst(&self) -> u64 {
+        self.tolerance_us / self.emission_us + 1
+    }
+
+    /// The state after an admission that left the limiter `ahead_us` ahead of the clock (the
+    /// GCRA's theoretical arrival time minus now): the next request is admitted while it stays
+    /// within the tolerance, each one moving it an emission interval on.
+    pub fn admitted(&self, ahead_us: u64) -> RateLimitState {
+        let room = self.tolerance_us + self.emission_us;
+        RateLimitState {
+            quota: self.burst(),
+            window_secs: (self.burst() * self.emission_us).div_ceil(1_000_000).max(1),
+            remaining: room.saturating_sub(ahead_us) / self.emission_us,
+            reset_secs: ahead_us.div_ceil(1_000_000),
+        }
+    }
+
+    /// The state of a refusal that must wait `wait_us`.
+    pub fn refused(&self, wait_us: u64) -> RateLimitState {
+        RateLimitState {
+            quota: self.burst(),
+            window_secs: (self.burst() * self.emission_us).div_ceil(1_000_000).max(1),
+            remaining: 0,
+            reset_secs: retry_after_secs(wait_us),
+        }
+    }
+}
+
+impl RateLimitState {
+    /// `RateLimit-Policy`: `"messages";q=<quota>;w=<window>`.
+    pub fn policy_header(&self) -> String {
+        format!("\"messages\";q={};w={}", self.quota, self.window_secs)
+    }
+
+    /// `RateLimit`: `"messages";r=<remaining>;t=<reset>`.
+    pub fn header(&self) -> String {
+        format!("\"messages\";r={};t={}", self.remaining, self.reset_secs)
+    }
+}
+
 /// The `Retry-After` value, in whole seconds (rounded up, at least 1), for a wait in µs.
 pub fn retry_after_secs(wait_us: u64) -> u64 {
     wait_us.div_ceil(1_000_000).max(1)
@@ -125,6 +180,41 @@ pub fn retry_after_secs(wait_us: u64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rate_limit_headers_count_down_the_burst_and_say_when_it_is_whole_again() {
+        // 1 per second, burst 10.
+        let params = RateParams {
+            emission_us: 1_000_000,
+            tolerance_us: 9_000_000,
+        };
+        let first = params.admitted(1_000_000);
+        assert_eq!(
+            first,
+            RateLimitState {
+                quota: 10,
+                window_secs: 10,
+                remaining: 9,
+                reset_secs: 1
+            }
+        );
+        assert_eq!(first.policy_header(), r#""messages";q=10;w=10"#);
+        assert_eq!(first.header(), r#""messages";r=9;t=1"#);
+        // The tenth back to back leaves nothing; half a second later still nothing.
+        assert_eq!(params.admitted(10_000_000).remaining, 0);
+        assert_eq!(params.admitted(10_000_000).reset_secs, 10);
+        assert_eq!(params.admitted(9_500_000).remaining, 0);
+        assert_eq!(params.admitted(8_500_000).remaining, 1);
+        let refused = params.refused(400_000);
+        assert_eq!((refused.remaining, refused.reset_secs), (0, 1));
+        // No burst: 100 per second, one at a time.
+        let strict = RateParams {
+            emission_us: 10_000,
+            tolerance_us: 0,
+        };
+        assert_eq!(strict.admitted(10_000).remaining, 0);
+        assert_eq!(strict.admitted(10_000).window_secs, 1);
+    }
 
     #[test]
     fn missing_fields_take_defaults_and_body_is_capped() {

@@ -1,6 +1,9 @@
 -- The admission rules shared by both numbering scripts (concatenated in front of each, so it is
--- one script to Redis). check() returns a rejection {2, 0} (cap reached) or {3, wait_us} (rate
--- exceeded), or nil after recording the admission; a rejection writes nothing.
+-- one script to Redis). check() returns a rejection {2, 0, -1} (cap reached) or {3, wait_us, -1}
+-- (rate exceeded), or nil after recording the admission; a rejection writes nothing. Every answer
+-- of the scripts has three fields: status, value, and `ahead`: after an admission, how far (µs)
+-- the limiter's state now runs ahead of the clock (-1: no rate limit), from which the api tells
+-- the client its remaining burst (the `RateLimit` header) without another round trip.
 -- KEYS[1] is the sequence, KEYS[2] the rate state; ARGV[1] the cap (0: none), ARGV[2] the
 -- emission interval in µs (0: no rate limit), ARGV[3] the tolerance in µs.
 --
@@ -8,10 +11,11 @@
 -- request, in µs. A request is admitted while it is at most `tolerance` ahead of the clock, and
 -- moves the TAT one emission interval on. The clock is Redis `TIME`, the same for every api
 -- replica, so a replica's own clock never enters the decision.
+local ahead = -1
 local function check()
   local cap = tonumber(ARGV[1])
   if cap > 0 and tonumber(redis.call('GET', KEYS[1])) >= cap then
-    return {2, 0}
+    return {2, 0, -1}
   end
   local emission = tonumber(ARGV[2])
   if emission == 0 then return nil end
@@ -21,9 +25,10 @@ local function check()
   local tat = tonumber(redis.call('GET', KEYS[2]) or now)
   if tat < now then tat = now end
   local wait = tat - now - tolerance
-  if wait > 0 then return {3, wait} end
+  if wait > 0 then return {3, wait, -1} end
   local next_tat = tat + emission
   redis.call('SET', KEYS[2], string.format('%d', next_tat),
     'PX', math.floor((next_tat - now) / 1000) + 1000)
+  ahead = next_tat - now
   return nil
 end

@@ -1,6 +1,6 @@
 -- Raises the sequence at KEYS[1] to at least the seed ARGV[4] (never lowers it), then takes the
--- next number: {4, number} when this call moved the key, {0, number} when it was already that
--- high, or a rejection from check() (the raise stays: it is a `max` any writer may make).
+-- next number: {4, number, ahead} when this call moved the key, {0, number, ahead} when it was
+-- already that high, or a rejection from check() (the raise stays: it is a `max` any writer may make).
 local seeded = 0
 local current = tonumber(redis.call('GET', KEYS[1]) or '-1')
 if current < tonumber(ARGV[4]) then
@@ -9,4 +9,4 @@ if current < tonumber(ARGV[4]) then
 end
 local rejected = check()
 if rejected then return rejected end
-return {seeded, redis.call('INCR', KEYS[1])}
+return {seeded, redis.call('INCR', KEYS[1]), ahead}

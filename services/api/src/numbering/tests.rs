@@ -84,10 +84,11 @@ fn rate_limited(rate_key: &str, per_second: u32, burst: u32) -> Admission {
 
 /// One "increment an existing key" call on `conn`: the script's raw `{status, value}`.
 async fn take(conn: &ConnectionManager, key: &str, admission: &Admission) -> (u8, u64) {
-    invocation(&INCR_EXISTING, key, admission)
+    let (status, value, _ahead): (u8, u64, i64) = invocation(&INCR_EXISTING, key, admission)
         .invoke_async(&mut conn.clone())
         .await
-        .unwrap()
+        .unwrap();
+    (status, value)
 }
 
 const ADMITTED: u8 = 0;
@@ -198,7 +199,7 @@ async fn the_cap_is_exact_under_concurrency_on_both_paths() {
     let mut taken: Vec<u64> = answers
         .iter()
         .filter_map(|a| a.as_ref().ok())
-        .copied()
+        .map(|numbered| numbered.number)
         .collect();
     taken.sort_unstable();
     assert_eq!(taken, vec![1, 2, 3, 4, 5]);
@@ -217,7 +218,7 @@ async fn the_cap_is_exact_under_concurrency_on_both_paths() {
     let mut taken: Vec<u64> = answers
         .iter()
         .filter_map(|a| a.as_ref().ok())
-        .copied()
+        .map(|numbered| numbered.number)
         .collect();
     taken.sort_unstable();
     assert_eq!(taken, vec![4, 5]);

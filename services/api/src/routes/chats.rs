@@ -50,7 +50,7 @@ pub async fn create(
         trace: &trace,
         idempotency: IdempotencyKey::from_request(&headers, &format!("chats {app}"), &body.0)?,
     };
-    let (number, envelope) = state
+    let (number, envelope, _rate) = state
         .publish_numbered(sequence, |number| {
             Event::ChatCreated(ChatCreated {
                 application_id: app,

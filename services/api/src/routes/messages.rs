@@ -49,12 +49,17 @@ fn checked_body(state: &AppState, tenant: &Tenant, body: &JsonObject) -> Result<
          number); with another body, 422 idempotency_key_reused.")),
     request_body = MessageInput,
     responses(
-        (status = 201, body = MessageView), (status = 404, body = ErrorBody),
+        (status = 201, body = MessageView, headers(
+            ("RateLimit-Policy" = String, description = "when the application's rate is limited: `\"messages\";q=<burst>;w=<seconds to refill it>`"),
+            ("RateLimit" = String, description = "when the application's rate is limited: `\"messages\";r=<requests left now>;t=<seconds until the whole burst is back>`"))),
+        (status = 404, body = ErrorBody),
         (status = 400, body = ErrorBody), (status = 413, body = ErrorBody),
         (status = 422, description = "a blank body, or the Idempotency-Key was used with another body",
             body = ErrorBody),
         (status = 429, description = "the application's message rate is exceeded; see `Retry-After`",
-            body = ErrorBody),
+            body = ErrorBody, headers(
+            ("Retry-After" = u64, description = "seconds to wait"),
+            ("RateLimit-Policy" = String), ("RateLimit" = String, description = "`r=0`"))),
         (status = 503, body = ErrorBody)))]
 #[tracing::instrument(level = "debug", skip_all)]
 pub async fn create(
@@ -63,7 +68,7 @@ pub async fn create(
     Path((token, chat)): Path<(String, String)>,
     headers: HeaderMap,
     input: JsonObject,
-) -> Result<(StatusCode, Json<MessageView>)> {
+) -> Result<axum::response::Response> {
     let (tenant, chat) = chat_of(&state, &token, &chat).await?;
     let app = tenant.id;
     let body = checked_body(&state, &tenant, &input)?;
@@ -90,7 +95,7 @@ pub async fn create(
             &input.0,
         )?,
     };
-    let (number, envelope) = state
+    let (number, envelope, rate) = state
         .publish_numbered(sequence, |number| {
             Event::MessageCreated(MessageWritten {
                 application_id: app,
@@ -107,7 +112,12 @@ pub async fn create(
         created_at: Some(envelope.occurred_at),
         updated_at: Some(envelope.occurred_at),
     };
-    Ok((StatusCode::CREATED, Json(view)))
+    let mut response =
+        axum::response::IntoResponse::into_response((StatusCode::CREATED, Json(view)));
+    if let Some(rate) = &rate {
+        crate::error::rate_limit_headers(response.headers_mut(), rate);
+    }
+    Ok(response)
 }
 
 #[utoipa::path(get, path = "/api/v1/applications/{token}/chats/{number}/messages", tag = "messages",
