@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use confab_tests::{eventually, Client};
+use confab_tests::{eventually, Client, TestEnv};
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 
@@ -206,5 +206,97 @@ async fn revocation_reaches_another_replica_within_the_token_cache_ttl() {
     .await;
     a.stop().await.unwrap();
     b.stop().await.unwrap();
+    env.cleanup().await;
+}
+
+/// The multi-tenant switches: with open creation and the global listing turned off, anyone who
+/// reaches the api gets 403 for both, and applications come only through the admin API (whose
+/// tokens work as ever).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closed_creation_and_listing_are_403_and_the_admin_api_still_provisions() {
+    let env = admin_env().await;
+    let api = env
+        .spawn_api_with(&[
+            ("CONFAB_OPEN_APPLICATION_CREATION", "false"),
+            ("CONFAB_LIST_APPLICATIONS", "false"),
+        ])
+        .await;
+    let c = Client::new(&api.base);
+    for (method, path, body) in [
+        (
+            Method::POST,
+            "/api/v1/applications",
+            Some(json!({"name": "x"})),
+        ),
+        (
+            Method::POST,
+            "/applications",
+            Some(json!({"application": {"name": "x"}})),
+        ),
+        (Method::GET, "/api/v1/applications", None),
+    ] {
+        let (status, error) = c.send(method.clone(), path, body).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{method} {path}: {error}");
+        assert_eq!(error["error"]["code"], "forbidden");
+        assert!(
+            error["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("turned off")),
+            "{error}"
+        );
+    }
+    assert_eq!(env.count("SELECT COUNT(*) FROM applications").await, 0);
+    let admin = Client::with_bearer(&api.base, ADMIN_TOKEN);
+    let token = register(&admin, "provisioned", json!({})).await;
+    assert_eq!(c.create_chat(&token).await, 1);
+    api.stop().await.unwrap();
+    env.cleanup().await;
+}
+
+/// While creation is open, each client (its address, or the first address of the configured
+/// header behind a proxy) has a burst of creations, then waits; other clients are not held up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_creation_is_limited_per_client() {
+    let env = TestEnv::new().await;
+    let api = env
+        .spawn_api_with(&[
+            ("CONFAB_APPLICATION_CREATION_PER_MINUTE", "1"),
+            ("CONFAB_APPLICATION_CREATION_BURST", "3"),
+            ("CONFAB_CLIENT_IP_HEADER", "X-Forwarded-For"),
+        ])
+        .await;
+    let http = reqwest::Client::new();
+    let create = |client: &'static str| {
+        let http = http.clone();
+        let url = format!("{}/api/v1/applications", api.base);
+        async move {
+            let response = http
+                .post(url)
+                .header("x-forwarded-for", format!("{client}, 10.9.9.9"))
+                .json(&json!({"name": "limited"}))
+                .send()
+                .await
+                .unwrap();
+            (response.status(), response.headers().clone())
+        }
+    };
+    for _ in 0..3 {
+        assert_eq!(create("192.0.2.1").await.0, StatusCode::CREATED);
+    }
+    let (status, headers) = create("192.0.2.1").await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    let retry: u64 = headers["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=60).contains(&retry), "Retry-After {retry}");
+    assert_eq!(
+        create("192.0.2.2").await.0,
+        StatusCode::CREATED,
+        "another client"
+    );
+    assert_eq!(env.count("SELECT COUNT(*) FROM applications").await, 4);
+    let rejected = api
+        .metric(r#"confab_quota_rejections_total{quota="application_creation"}"#)
+        .await;
+    assert_eq!(rejected, 1.0);
+    api.stop().await.unwrap();
     env.cleanup().await;
 }

@@ -90,6 +90,9 @@ impl TestEnv {
             // Tests that write thousands of messages to one application as fast as they can
             // must not meet the default rate limit; the quota tests set their own quotas.
             ("CONFAB_DEFAULT_MESSAGES_PER_SECOND", "0"),
+            // Likewise tests that create hundreds of applications from one address; the
+            // tenancy test sets its own per-client limit.
+            ("CONFAB_APPLICATION_CREATION_PER_MINUTE", "0"),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v.to_owned()))

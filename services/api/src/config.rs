@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use confab_core::quota::Quotas;
+use confab_core::quota::{Quotas, RateParams};
 use confab_core::validation::Limits;
 use confab_runtime::config::{
     boolean, millis_within, parse_within, secs_within, socket_addr, string,
@@ -34,6 +34,15 @@ pub struct ApiConfig {
     /// `CONFAB_LIST_TOKENS`, default false: whether `GET /applications` shows every token. The
     /// list needs no credential, so by default it does not hand out every tenant's secret.
     pub list_tokens: bool,
+    /// The multi-tenant switches of `/applications`, for an api anyone can reach:
+    /// `CONFAB_OPEN_APPLICATION_CREATION` (default true; false: `POST /applications` is 403,
+    /// applications come from the operator and the admin API only), `CONFAB_LIST_APPLICATIONS`
+    /// (default true; false: `GET /applications` is 403), and while creation is open a limit per
+    /// client: `CONFAB_APPLICATION_CREATION_PER_MINUTE` (default 60, 0 to 1000000; 0: none) with
+    /// a burst of `CONFAB_APPLICATION_CREATION_BURST` (default 10, 1 to 1000000). A client is the
+    /// peer address, or the first address of the header `CONFAB_CLIENT_IP_HEADER` names (e.g.
+    /// `X-Forwarded-For`, behind a proxy that sets it).
+    pub tenancy: Tenancy,
     /// `CONFAB_SEARCH_TIMEOUT_MS`, default 2000 (100 to 600000): bounds each search, whether it
     /// goes to the indexer's endpoint or to Elasticsearch.
     pub search_timeout: Duration,
@@ -54,6 +63,16 @@ pub struct ApiConfig {
     /// `CONFAB_INTERNAL_TOKEN`, default unset: the bearer token sent to the indexer's internal
     /// endpoint, which refuses queries without it when it has one (the same value on both).
     pub internal_token: Option<Secret<String>>,
+}
+
+/// Who may create and list applications (see [`ApiConfig::tenancy`]).
+#[derive(Debug, Clone)]
+pub struct Tenancy {
+    pub open_creation: bool,
+    pub list_applications: bool,
+    /// The per-client limit on `POST /applications` while it is open; `None`: no limit.
+    pub creation_rate: Option<RateParams>,
+    pub client_ip_header: Option<String>,
 }
 
 /// Where search queries go.
@@ -138,6 +157,29 @@ impl ApiConfig {
             // Bounds every query, to the indexer's endpoint or to Elasticsearch alike.
             search_timeout: millis_within(env, "CONFAB_SEARCH_TIMEOUT_MS", 2000, 100..=600_000)?,
             list_tokens: boolean(env, "CONFAB_LIST_TOKENS", false)?,
+            tenancy: Tenancy {
+                open_creation: boolean(env, "CONFAB_OPEN_APPLICATION_CREATION", true)?,
+                list_applications: boolean(env, "CONFAB_LIST_APPLICATIONS", true)?,
+                creation_rate: {
+                    let per_minute: u64 = parse_within(
+                        env,
+                        "CONFAB_APPLICATION_CREATION_PER_MINUTE",
+                        60,
+                        0..=1_000_000,
+                    )?;
+                    let burst: u64 =
+                        parse_within(env, "CONFAB_APPLICATION_CREATION_BURST", 10, 1..=1_000_000)?;
+                    (per_minute > 0).then(|| {
+                        let emission_us = (60_000_000 / per_minute).max(1);
+                        RateParams {
+                            emission_us,
+                            tolerance_us: emission_us * (burst - 1),
+                        }
+                    })
+                },
+                client_ip_header: Some(string(env, "CONFAB_CLIENT_IP_HEADER", ""))
+                    .filter(|h| !h.is_empty()),
+            },
             admin_token: Some(string(env, "CONFAB_ADMIN_TOKEN", ""))
                 .filter(|t| !t.is_empty())
                 .map(Secret::new),

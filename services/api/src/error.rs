@@ -37,6 +37,9 @@ pub enum ApiError {
     },
     #[error("a valid admin bearer token is required")]
     Unauthorized,
+    /// Turned off on this deployment; the text says what to use instead.
+    #[error("{0}")]
+    Forbidden(&'static str),
     #[error("no route for this path")]
     NoRoute,
     #[error("method not allowed for this path")]
@@ -129,6 +132,7 @@ impl ApiError {
             Self::ChatLimit(_) => (StatusCode::CONFLICT, "chat_limit_reached"),
             Self::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
             Self::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            Self::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             Self::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             Self::Timeout => (StatusCode::SERVICE_UNAVAILABLE, "timeout"),
             Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),

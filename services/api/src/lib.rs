@@ -97,6 +97,7 @@ pub async fn connect(config: &ApiConfig, metrics: metrics::Metrics) -> Result<Ap
         search,
         search_label,
         list_tokens: config.list_tokens,
+        tenancy: config.tenancy.clone(),
         admin_token: config.admin_token.clone(),
         quota_defaults: config.quota_defaults,
         hard_max_body_bytes: config.hard_max_body_bytes(),
@@ -138,9 +139,14 @@ pub async fn run(
         shutdown.wait(),
     ));
     tracing::info!(addr = %listeners.http.local_addr()?, "api listening");
-    axum::serve(listeners.http, app(state.clone(), config.request_timeout))
-        .with_graceful_shutdown(shutdown.wait())
-        .await?;
+    // With the peer address, which the per-client limit on application creation keys on.
+    axum::serve(
+        listeners.http,
+        app(state.clone(), config.request_timeout)
+            .into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown.wait())
+    .await?;
     shutdown::drain(
         &shutdown,
         Some(&state.publisher.jetstream().client),

@@ -82,8 +82,8 @@ impl Metrics {
             quota_rejections: metrics::counter_vec(
                 registry,
                 "confab_quota_rejections_total",
-                "Requests refused by an application quota, by quota (chats, message_rate, \
-                 body_size).",
+                "Requests refused by a quota, by quota (chats, message_rate, body_size, \
+                 application_creation).",
                 &["quota"],
             ),
             search: Search::register(registry, &["query"]),
@@ -91,7 +91,7 @@ impl Metrics {
         };
         // Series that only move during incidents exist at zero from the start, so `rate()` and
         // `increase()` see their first increment and dashboards show 0 instead of "no data".
-        for quota in ["chats", "message_rate", "body_size"] {
+        for quota in ["chats", "message_rate", "body_size", "application_creation"] {
             m.quota_rejections.with_label_values(&[quota]);
         }
         for kind in ["chat", "message"] {

@@ -41,6 +41,13 @@ static RAISE_THEN_INCR: LazyLock<Script> = LazyLock::new(|| {
 });
 
 /// What must hold before a number is taken.
+static RATE_ONLY: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(concat!(
+        include_str!("lua/admission.lua"),
+        include_str!("lua/rate_only.lua")
+    ))
+});
+
 /// A number taken, and the rate limiter's state after taking it (when the rate is limited).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Numbered {
@@ -111,6 +118,39 @@ impl Numbering {
             return decide((0, answer.1, answer.2), kind, admission, &self.metrics);
         }
         decide(answer, kind, admission, &self.metrics)
+    }
+}
+
+impl Numbering {
+    /// Admits one request of the GCRA limiter at `key` (no number taken): its state after the
+    /// admission, or `429 rate_limited` (counted under `quota`).
+    pub async fn admit(
+        &self,
+        key: &str,
+        params: &RateParams,
+        quota: &'static str,
+    ) -> Result<RateLimitState> {
+        let started = std::time::Instant::now();
+        let (status, value, ahead): (u8, u64, i64) = RATE_ONLY
+            .key(key)
+            .key(key)
+            .arg(0)
+            .arg(params.emission_us)
+            .arg(params.tolerance_us)
+            .invoke_async(&mut self.redis.clone())
+            .await?;
+        self.metrics.dependencies.redis("admit", started);
+        if status == 3 {
+            self.metrics
+                .quota_rejections
+                .with_label_values(&[quota])
+                .inc();
+            return Err(ApiError::RateLimited {
+                retry_after_secs: retry_after_secs(value),
+                rate: Some(params.refused(value)),
+            });
+        }
+        Ok(params.admitted(u64::try_from(ahead).unwrap_or(0)))
     }
 }
 

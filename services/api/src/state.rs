@@ -50,6 +50,7 @@ pub struct Shared {
     /// `embedded` or `elasticsearch`, for metric labels.
     pub search_label: &'static str,
     pub list_tokens: bool,
+    pub tenancy: crate::config::Tenancy,
     /// (application id, chat number) pairs known to exist.
     pub known_chats: Cache<(u64, u64), ()>,
     /// The admin API's bearer credential; `None` locks the admin API.
@@ -80,6 +81,7 @@ pub struct StateParts {
     pub search: std::sync::Arc<dyn confab_search::SearchBackend>,
     pub search_label: &'static str,
     pub list_tokens: bool,
+    pub tenancy: crate::config::Tenancy,
     pub admin_token: Option<Secret<String>>,
     pub quota_defaults: Quotas,
     pub hard_max_body_bytes: u32,
@@ -105,6 +107,7 @@ impl AppState {
             search: parts.search,
             search_label: parts.search_label,
             list_tokens: parts.list_tokens,
+            tenancy: parts.tenancy,
             known_chats: Cache::builder().max_capacity(KNOWN_CHATS_CAPACITY).build(),
             admin_token: parts.admin_token,
             quota_defaults: parts.quota_defaults,

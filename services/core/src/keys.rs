@@ -31,6 +31,11 @@ impl Keys {
         format!("{}rate:messages:{application_id}", self.prefix)
     }
 
+    /// The application-creation limiter's state of one client (its address).
+    pub fn creation_rate(&self, client: &str) -> String {
+        format!("{}rate:applications:{client}", self.prefix)
+    }
+
     /// Marks a chat whose creation event is acknowledged by JetStream but maybe not persisted yet,
     /// so messages can be posted to it immediately.
     pub fn chat_in_flight(&self, application_id: u64, chat_number: u64) -> String {
