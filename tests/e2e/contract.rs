@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use confab_tests::{eventually, Client, TestEnv};
 use reqwest::{Method, StatusCode};
-use serde_json::json;
+use serde_json::{json, Value};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn applications_are_created_read_renamed_and_listed() {
@@ -305,4 +305,83 @@ fn link_map(headers: &reqwest::header::HeaderMap) -> std::collections::BTreeMap<
             )
         })
         .collect()
+}
+
+/// Form-encoded bodies, as Rails accepts them and many clients of the original challenge send
+/// them: flat and Rails-nested, wherever JSON is accepted; a body that is neither still gets a
+/// clear 400.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn form_bodies_are_accepted_wherever_json_is() {
+    let env = TestEnv::new().await;
+    let api = env.spawn_api().await;
+    let persister = env.spawn_persister().await;
+    let http = reqwest::Client::new();
+    let form = |method: Method, path: String, body: &'static str| {
+        let request = http
+            .request(method, format!("{}{path}", api.base))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body);
+        async move {
+            let response = request.send().await.unwrap();
+            let status = response.status();
+            (
+                status,
+                response.json::<Value>().await.unwrap_or(Value::Null),
+            )
+        }
+    };
+    let (status, flat) = form(Method::POST, "/api/v1/applications".into(), "name=flat+app").await;
+    assert_eq!(status, StatusCode::CREATED, "{flat}");
+    assert_eq!(flat["name"], "flat app");
+    let (status, nested) = form(
+        Method::POST,
+        "/applications".into(),
+        "application%5Bname%5D=nested%20app",
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{nested}");
+    assert_eq!(nested["name"], "nested app");
+    let token = nested["token"].as_str().unwrap().to_owned();
+    let (status, chat) = form(
+        Method::POST,
+        format!("/api/v1/applications/{token}/chats"),
+        "",
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{chat}");
+    let messages = format!("/api/v1/applications/{token}/chats/1/messages");
+    let (status, message) = form(
+        Method::POST,
+        messages.clone(),
+        "message[body]=hello+%26+welcome",
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{message}");
+    assert_eq!(message["body"], "hello & welcome");
+    let (status, blank) = form(Method::POST, messages.clone(), "body=").await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{blank}");
+    eventually(Duration::from_secs(10), "message persisted", || async {
+        env.count("SELECT COUNT(*) FROM messages").await == 1
+    })
+    .await;
+    let (status, updated) = form(Method::PATCH, format!("{messages}/1"), "body=edited").await;
+    assert_eq!(status, StatusCode::OK, "{updated}");
+    assert_eq!(updated["body"], "edited");
+
+    // Neither JSON nor a form: the Content-Type says text, the body is broken JSON.
+    let (status, error) = {
+        let response = http
+            .post(format!("{}/api/v1/applications", api.base))
+            .header("content-type", "text/plain")
+            .body("{bad")
+            .send()
+            .await
+            .unwrap();
+        (response.status(), response.json::<Value>().await.unwrap())
+    };
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(error["error"]["code"], "malformed_json");
+    persister.stop().await.unwrap();
+    api.stop().await.unwrap();
+    env.cleanup().await;
 }

@@ -1,4 +1,4 @@
-//! Request extraction with Confab's error shape: JSON bodies (plain or Rails-wrapped), path
+//! Request extraction with Confab's error shape: JSON or form bodies (plain or Rails-wrapped), path
 //! numbers and tokens, and pagination.
 
 use axum::body::Bytes;
@@ -16,14 +16,24 @@ use serde_json::Value;
 use crate::error::ApiError;
 use crate::state::AppState;
 
-/// A JSON object body. Malformed JSON is a 400; an empty body is an empty object (creating a
-/// chat takes an optional body).
+/// A JSON object body, or a form body (`Content-Type: application/x-www-form-urlencoded`, flat or
+/// Rails-nested) read as one. Malformed JSON is a 400; an empty body is an empty object
+/// (creating a chat takes an optional body).
 pub struct JsonObject(pub serde_json::Map<String, Value>);
 
 impl FromRequest<AppState> for JsonObject {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
+        let is_form = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| {
+                v.split(';')
+                    .next()
+                    .is_some_and(|m| m.trim().eq_ignore_ascii_case(FORM))
+            });
         let bytes = Bytes::from_request(req, state)
             .await
             .map_err(|rejection| match rejection {
@@ -35,6 +45,9 @@ impl FromRequest<AppState> for JsonObject {
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Ok(Self(serde_json::Map::new()));
         }
+        if is_form {
+            return Ok(Self(form_fields(&bytes)));
+        }
         match serde_json::from_slice::<Value>(&bytes) {
             Ok(Value::Object(map)) => Ok(Self(map)),
             Ok(_) => Err(ApiError::Unprocessable(
@@ -43,6 +56,33 @@ impl FromRequest<AppState> for JsonObject {
             Err(error) => Err(ApiError::MalformedJson(error.to_string())),
         }
     }
+}
+
+/// The form media type, accepted wherever JSON is (as Rails accepts it).
+const FORM: &str = "application/x-www-form-urlencoded";
+
+/// A form body as the JSON object it stands for: `name=x` is `{"name": "x"}`, and the Rails
+/// nesting `message[body]=x` is `{"message": {"body": "x"}}`. Values are strings; a repeated
+/// field keeps its last value.
+fn form_fields(bytes: &[u8]) -> serde_json::Map<String, Value> {
+    let mut map = serde_json::Map::new();
+    for (key, value) in form_urlencoded::parse(bytes) {
+        let value = Value::String(value.into_owned());
+        match key.strip_suffix(']').and_then(|k| k.split_once('[')) {
+            Some((outer, inner)) if !outer.is_empty() && !inner.contains(['[', ']']) => {
+                let entry = map
+                    .entry(outer.to_owned())
+                    .or_insert_with(|| Value::Object(serde_json::Map::new()));
+                if let Value::Object(fields) = entry {
+                    fields.insert(inner.to_owned(), value);
+                }
+            }
+            _ => {
+                map.insert(key.into_owned(), value);
+            }
+        }
+    }
+    map
 }
 
 impl JsonObject {
@@ -177,5 +217,28 @@ impl FromRequestParts<AppState> for Page {
                     .map_or(&parts.uri, |original| &original.0),
             ),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn form_fields_read_flat_and_rails_nested_keys() {
+        let map =
+            form_fields(b"name=a+b&application%5Bname%5D=c&message[body]=x%26y&odd[a][b]=z&[x]=w");
+        assert_eq!(
+            Value::Object(map),
+            json!({
+                "name": "a b",
+                "application": {"name": "c"},
+                "message": {"body": "x&y"},
+                "odd[a][b]": "z",
+                "[x]": "w",
+            })
+        );
     }
 }

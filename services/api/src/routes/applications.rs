@@ -16,7 +16,7 @@ use crate::state::AppState;
 use crate::views::{ApplicationInput, ApplicationView};
 
 #[utoipa::path(post, path = "/api/v1/applications", tag = "applications",
-    request_body = ApplicationInput,
+    request_body(content((ApplicationInput = "application/json"), (ApplicationInput = "application/x-www-form-urlencoded"))),
     params(("Idempotency-Key" = Option<String>, Header, description = "Makes a retry safe: the \
         same key with the same body within 24 h answers what the first request answered (the same \
         application); with another body, 422 idempotency_key_reused.")),
@@ -144,7 +144,7 @@ pub async fn show(
 }
 
 #[utoipa::path(patch, path = "/api/v1/applications/{token}", tag = "applications",
-    params(("token" = String, Path)), request_body = ApplicationInput,
+    params(("token" = String, Path)), request_body(content((ApplicationInput = "application/json"), (ApplicationInput = "application/x-www-form-urlencoded"))),
     responses(
         (status = 200, body = ApplicationView), (status = 404, body = ErrorBody),
         (status = 400, body = ErrorBody), (status = 422, body = ErrorBody)))]

@@ -47,7 +47,7 @@ fn checked_body(state: &AppState, tenant: &Tenant, body: &JsonObject) -> Result<
         ("Idempotency-Key" = Option<String>, Header, description = "Makes a retry safe: the same key \
          with the same body within 24 h answers what the first request answered (the same \
          number); with another body, 422 idempotency_key_reused.")),
-    request_body = MessageInput,
+    request_body(content((MessageInput = "application/json"), (MessageInput = "application/x-www-form-urlencoded"))),
     responses(
         (status = 201, body = MessageView, headers(
             ("RateLimit-Policy" = String, description = "when the application's rate is limited: `\"messages\";q=<burst>;w=<seconds to refill it>`"),
@@ -156,7 +156,7 @@ pub async fn show(
 #[utoipa::path(patch, path = "/api/v1/applications/{token}/chats/{number}/messages/{message_number}",
     tag = "messages",
     params(("token" = String, Path), ("number" = u64, Path), ("message_number" = u64, Path)),
-    request_body = MessageInput,
+    request_body(content((MessageInput = "application/json"), (MessageInput = "application/x-www-form-urlencoded"))),
     responses(
         (status = 200, body = MessageView), (status = 404, body = ErrorBody),
         (status = 413, body = ErrorBody), (status = 422, body = ErrorBody)))]
