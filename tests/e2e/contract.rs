@@ -284,6 +284,49 @@ async fn openapi_document_describes_every_route() {
         assert!(paths.contains_key(path), "missing {path}");
     }
     assert!(doc["components"]["schemas"]["ErrorBody"].is_object());
+    // Every method served is documented, with the parameters' real types and bounds.
+    for (path, methods) in [
+        ("/api/v1/applications", &["get", "post"][..]),
+        ("/api/v1/applications/{token}", &["get", "patch", "put"][..]),
+        (
+            "/api/v1/applications/{token}/chats/{number}/messages/{message_number}",
+            &["get", "patch", "put"][..],
+        ),
+    ] {
+        for method in methods {
+            assert!(paths[path][method].is_object(), "{method} {path}");
+        }
+    }
+    let list = &paths["/api/v1/applications/{token}/chats"]["get"];
+    let param = |name: &str| {
+        list["parameters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name)
+            .unwrap_or_else(|| panic!("{name} documented"))
+            .clone()
+    };
+    assert_eq!(param("page")["schema"]["minimum"], 1, "{}", param("page"));
+    assert!(param("per_page")["schema"]["type"]
+        .to_string()
+        .contains("integer"));
+    assert!(list["responses"]["200"]["headers"]["Link"].is_object());
+    let schemas = &doc["components"]["schemas"];
+    assert_eq!(
+        schemas["ApplicationInput"]["properties"]["name"]["minLength"],
+        1
+    );
+    assert_eq!(
+        schemas["ApplicationInput"]["properties"]["name"]["maxLength"],
+        255
+    );
+    assert_eq!(
+        schemas["MessageInput"]["properties"]["body"]["minLength"],
+        1
+    );
+    let create = &paths["/api/v1/applications"]["post"];
+    assert!(create["requestBody"]["content"]["application/x-www-form-urlencoded"].is_object());
     api.stop().await.unwrap();
     env.cleanup().await;
 }

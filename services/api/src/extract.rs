@@ -124,8 +124,10 @@ pub fn number(raw: &str, what: &'static str) -> Result<u64, ApiError> {
 #[into_params(parameter_in = Query)]
 pub struct PageQuery {
     /// 1-based page number (default 1).
+    #[param(value_type = Option<u64>, minimum = 1, maximum = 1000000)]
     page: Option<String>,
-    /// Items per page (default 50, maximum 500; see `CONFAB_MAX_PER_PAGE`).
+    /// Items per page (default 50; at most `CONFAB_MAX_PER_PAGE`, 500 by default).
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 500)]
     per_page: Option<String>,
 }
 

@@ -91,6 +91,8 @@ impl From<MessageRow> for MessageView {
 #[derive(Debug, ToSchema)]
 #[allow(dead_code)] // documents the request shape in the OpenAPI document
 pub struct ApplicationInput {
+    /// 1 to 255 characters after trimming; not blank.
+    #[schema(min_length = 1, max_length = 255, pattern = "\\S")]
     pub name: String,
 }
 
@@ -98,5 +100,8 @@ pub struct ApplicationInput {
 #[derive(Debug, ToSchema)]
 #[allow(dead_code)] // documents the request shape in the OpenAPI document
 pub struct MessageInput {
+    /// Not blank; at most `CONFAB_MAX_BODY_BYTES` (65,536) bytes of UTF-8, or the application's
+    /// smaller `max_body_bytes` quota (413 beyond it).
+    #[schema(min_length = 1, pattern = "\\S")]
     pub body: String,
 }

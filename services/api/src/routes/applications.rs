@@ -143,7 +143,7 @@ pub async fn show(
     Ok(Json(ApplicationView::presented(row, &token)))
 }
 
-#[utoipa::path(patch, path = "/api/v1/applications/{token}", tag = "applications",
+#[utoipa::path(method(patch, put), path = "/api/v1/applications/{token}", tag = "applications",
     params(("token" = String, Path)), request_body(content((ApplicationInput = "application/json"), (ApplicationInput = "application/x-www-form-urlencoded"))),
     responses(
         (status = 200, body = ApplicationView), (status = 404, body = ErrorBody),

@@ -153,13 +153,14 @@ pub async fn show(
     Ok(Json(row.into()))
 }
 
-#[utoipa::path(patch, path = "/api/v1/applications/{token}/chats/{number}/messages/{message_number}",
+#[utoipa::path(method(patch, put), path = "/api/v1/applications/{token}/chats/{number}/messages/{message_number}",
     tag = "messages",
     params(("token" = String, Path), ("number" = u64, Path), ("message_number" = u64, Path)),
     request_body(content((MessageInput = "application/json"), (MessageInput = "application/x-www-form-urlencoded"))),
     responses(
-        (status = 200, body = MessageView), (status = 404, body = ErrorBody),
-        (status = 413, body = ErrorBody), (status = 422, body = ErrorBody)))]
+        (status = 200, body = MessageView), (status = 400, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 413, body = ErrorBody),
+        (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)))]
 #[tracing::instrument(level = "debug", skip_all)]
 pub async fn update(
     State(state): State<AppState>,

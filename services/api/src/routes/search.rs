@@ -15,9 +15,13 @@ use crate::views::MessageView;
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct SearchQuery {
-    /// The words to find (each as a substring, case-insensitive); at most 200 characters.
+    /// The words to find (each as a substring, case-insensitive): at least one word of 2 or more
+    /// letters or digits, at most 200 characters. One of `query` and `q` is required (400
+    /// `invalid_query` without either).
+    #[param(min_length = 2, max_length = 200)]
     query: Option<String>,
-    /// Alias of `query`.
+    /// Alias of `query` (used when `query` is absent).
+    #[param(min_length = 2, max_length = 200)]
     q: Option<String>,
 }
 
