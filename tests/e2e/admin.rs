@@ -253,8 +253,9 @@ async fn closed_creation_and_listing_are_403_and_the_admin_api_still_provisions(
     env.cleanup().await;
 }
 
-/// While creation is open, each client (its address, or the first address of the configured
-/// header behind a proxy) has a burst of creations, then waits; other clients are not held up.
+/// While creation is open, each client (its address, or behind a proxy the address the proxy
+/// appended last to the configured header) has a burst of creations, then waits; other clients
+/// are not held up, and what a client writes in front of the proxy's entry changes nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn open_creation_is_limited_per_client() {
     let env = TestEnv::new().await;
@@ -266,13 +267,13 @@ async fn open_creation_is_limited_per_client() {
         ])
         .await;
     let http = reqwest::Client::new();
-    let create = |client: &'static str| {
+    let create = |forwarded: String| {
         let http = http.clone();
         let url = format!("{}/api/v1/applications", api.base);
         async move {
             let response = http
                 .post(url)
-                .header("x-forwarded-for", format!("{client}, 10.9.9.9"))
+                .header("x-forwarded-for", forwarded)
                 .json(&json!({"name": "limited"}))
                 .send()
                 .await
@@ -280,15 +281,30 @@ async fn open_creation_is_limited_per_client() {
             (response.status(), response.headers().clone())
         }
     };
-    for _ in 0..3 {
-        assert_eq!(create("192.0.2.1").await.0, StatusCode::CREATED);
+    // Each request claims another origin in front; the proxy's entry (last) is the same.
+    for (i, left) in [2u64, 1, 0].into_iter().enumerate() {
+        let (status, headers) = create(format!("198.51.100.{i}, 192.0.2.1")).await;
+        assert_eq!(status, StatusCode::CREATED);
+        assert_eq!(
+            headers["ratelimit-policy"].to_str().unwrap(),
+            r#""applications";q=3;w=180"#
+        );
+        let state = headers["ratelimit"].to_str().unwrap().to_owned();
+        assert!(
+            state.starts_with(&format!(r#""applications";r={left};t="#)),
+            "{state}"
+        );
     }
-    let (status, headers) = create("192.0.2.1").await;
+    let (status, headers) = create("198.51.100.9, 192.0.2.1".into()).await;
     assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
     let retry: u64 = headers["retry-after"].to_str().unwrap().parse().unwrap();
     assert!((1..=60).contains(&retry), "Retry-After {retry}");
+    assert!(headers["ratelimit"]
+        .to_str()
+        .unwrap()
+        .starts_with(r#""applications";r=0;"#));
     assert_eq!(
-        create("192.0.2.2").await.0,
+        create("198.51.100.9, 192.0.2.2".into()).await.0,
         StatusCode::CREATED,
         "another client"
     );

@@ -59,6 +59,7 @@ async fn two_persisters_on_one_consumer_persist_every_message_exactly_once() {
     let mut expected: BTreeMap<(u64, u64), String> = created.into_iter().collect();
     // Updates too, so rows converge to the latest body whichever replica applies which event.
     let updates: Vec<(u64, u64)> = expected.keys().copied().step_by(8).collect();
+    let events = 4 + 800 + updates.len() as u64;
     for (chat, n) in updates {
         let body = format!("updated {chat}/{n}");
         let (status, _) = c
@@ -85,6 +86,12 @@ async fn two_persisters_on_one_consumer_persist_every_message_exactly_once() {
     assert_eq!(env.count("SELECT COUNT(*) FROM messages").await, 800);
     assert_eq!(env.count("SELECT COUNT(*) FROM chats").await, 4);
     assert!(env.dead_letters().await.is_empty());
+    // Both replicas did part of the work, and between them every event was applied and acked
+    // once: none was handed to both.
+    let acked = r#"confab_events_acked_total{service="persister"}"#;
+    let (by_a, by_b) = (a.metric(acked).await as u64, b.metric(acked).await as u64);
+    assert!(by_a > 0 && by_b > 0, "a {by_a}, b {by_b}");
+    assert_eq!(by_a + by_b, events, "a {by_a}, b {by_b}");
     a.stop().await.unwrap();
     b.stop().await.unwrap();
     api.stop().await.unwrap();

@@ -103,18 +103,17 @@ async fn message_rate_holds_across_two_replicas_allows_bursts_and_says_when_to_r
             assert!(state.starts_with(r#""messages";r=0;t="#), "{state}");
         }
     }
+    // The burst counts down from 9 (the first admission, once: a whole burst comes back only
+    // after 10 idle seconds) to 0 (it was used up); a refill while the requests were in flight
+    // may give a count twice, never more than the burst.
     remaining.sort_unstable();
-    remaining.dedup();
     assert_eq!(
-        remaining.len(),
-        created,
-        "distinct remaining counts: {remaining:?}"
+        remaining.iter().filter(|r| **r == 9).count(),
+        1,
+        "{remaining:?}"
     );
+    assert_eq!(remaining.first(), Some(&0), "{remaining:?}");
     assert!(remaining.iter().all(|r| *r <= 9), "{remaining:?}");
-    assert!(
-        remaining.contains(&0),
-        "the burst was used up: {remaining:?}"
-    );
     // Numbers stay dense: the rejected requests took none.
     let mut numbers: Vec<u64> = answers
         .iter()

@@ -252,6 +252,19 @@ impl TestEnv {
     }
 
     /// Whether a durable consumer of this test's events stream has nothing left to deliver or ack.
+    /// The durable consumer `name`'s backlog: events not yet delivered plus delivered but not
+    /// acknowledged. Fails the test when the consumer cannot be read.
+    pub async fn consumer_backlog(&self, name: &str) -> u64 {
+        let js = async_nats::jetstream::new(async_nats::connect(nats_url()).await.unwrap());
+        let stream = js.get_stream(format!("T_{}", self.id)).await.unwrap();
+        let mut consumer = stream
+            .get_consumer::<async_nats::jetstream::consumer::pull::Config>(name)
+            .await
+            .unwrap();
+        let info = consumer.info().await.unwrap();
+        info.num_pending + info.num_ack_pending as u64
+    }
+
     pub async fn consumer_drained(&self, name: &str) -> bool {
         let js = async_nats::jetstream::new(async_nats::connect(nats_url()).await.unwrap());
         let Ok(stream) = js.get_stream(format!("T_{}", self.id)).await else {
@@ -301,6 +314,18 @@ impl TestEnv {
     }
 }
 
+/// Whether database `name` has no table created in the last hour.
+async fn untouched_for_an_hour(server: &MySqlPool, name: &str) -> bool {
+    sqlx::query_scalar::<_, i64>(
+        "SELECT COUNT(*) FROM information_schema.TABLES \
+         WHERE TABLE_SCHEMA = ? AND CREATE_TIME > NOW() - INTERVAL 1 HOUR",
+    )
+    .bind(name)
+    .fetch_one(server)
+    .await
+    .is_ok_and(|recent| recent == 0)
+}
+
 /// Drops test databases left behind by runs that crashed more than an hour ago, judged by the
 /// creation time in their name (`confab_test_<unix seconds>_<id>`).
 async fn sweep_stale_databases(server: &MySqlPool) {
@@ -319,8 +344,14 @@ async fn sweep_stale_databases(server: &MySqlPool) {
             .strip_prefix("confab_test_")
             .and_then(|rest| rest.split_once('_'))
             .and_then(|(secs, _)| secs.parse::<u64>().ok());
-        // Names without a time are from before it was recorded: old by now.
-        if born.is_none_or(|born| now.saturating_sub(born) > 3600) {
+        let stale = match born {
+            Some(born) => now.saturating_sub(born) > 3600,
+            // A name without a time comes from a checkout before it was recorded, maybe running
+            // right now against this server: stale only when it has no table younger than an
+            // hour.
+            None => untouched_for_an_hour(server, &name).await,
+        };
+        if stale {
             let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS `{name}`"))
                 .execute(server)
                 .await;

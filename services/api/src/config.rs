@@ -40,8 +40,8 @@ pub struct ApiConfig {
     /// (default true; false: `GET /applications` is 403), and while creation is open a limit per
     /// client: `CONFAB_APPLICATION_CREATION_PER_MINUTE` (default 60, 0 to 1000000; 0: none) with
     /// a burst of `CONFAB_APPLICATION_CREATION_BURST` (default 10, 1 to 1000000). A client is the
-    /// peer address, or the first address of the header `CONFAB_CLIENT_IP_HEADER` names (e.g.
-    /// `X-Forwarded-For`, behind a proxy that sets it).
+    /// peer address, or the last address of the header `CONFAB_CLIENT_IP_HEADER` names (e.g.
+    /// `X-Forwarded-For`: the entry the proxy in front of the api appended).
     pub tenancy: Tenancy,
     /// `CONFAB_SEARCH_TIMEOUT_MS`, default 2000 (100 to 600000): bounds each search, whether it
     /// goes to the indexer's endpoint or to Elasticsearch.

@@ -29,8 +29,10 @@ pub enum ApiError {
     NotFound(&'static str),
     #[error("the application reached its limit of {0} chats")]
     ChatLimit(u64),
-    #[error("the application's message rate is exceeded; retry in {retry_after_secs} s")]
+    #[error("{what}; retry in {retry_after_secs} s")]
     RateLimited {
+        /// What was exceeded, for the message.
+        what: &'static str,
         retry_after_secs: u64,
         /// The limiter's state, for the `RateLimit-Policy` and `RateLimit` headers.
         rate: Option<confab_core::quota::RateLimitState>,
@@ -230,6 +232,7 @@ mod tests {
         assert_eq!(s(ApiError::ChatLimit(3)), 409);
         assert_eq!(
             s(ApiError::RateLimited {
+                what: "a rate",
                 retry_after_secs: 2,
                 rate: None
             }),

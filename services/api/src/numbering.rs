@@ -48,6 +48,9 @@ static RATE_ONLY: LazyLock<Script> = LazyLock::new(|| {
     ))
 });
 
+/// The name of the message-rate policy in the `RateLimit` headers.
+const MESSAGES: &str = "messages";
+
 /// A number taken, and the rate limiter's state after taking it (when the rate is limited).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Numbered {
@@ -123,12 +126,13 @@ impl Numbering {
 
 impl Numbering {
     /// Admits one request of the GCRA limiter at `key` (no number taken): its state after the
-    /// admission, or `429 rate_limited` (counted under `quota`).
+    /// admission (named `policy` in the headers), or `429 rate_limited` saying `what` was
+    /// exceeded (counted under `quota`).
     pub async fn admit(
         &self,
         key: &str,
         params: &RateParams,
-        quota: &'static str,
+        (policy, quota, what): (&'static str, &'static str, &'static str),
     ) -> Result<RateLimitState> {
         let started = std::time::Instant::now();
         let (status, value, ahead): (u8, u64, i64) = RATE_ONLY
@@ -146,11 +150,12 @@ impl Numbering {
                 .with_label_values(&[quota])
                 .inc();
             return Err(ApiError::RateLimited {
+                what,
                 retry_after_secs: retry_after_secs(value),
-                rate: Some(params.refused(value)),
+                rate: Some(params.refused(policy, value)),
             });
         }
-        Ok(params.admitted(u64::try_from(ahead).unwrap_or(0)))
+        Ok(params.admitted(policy, u64::try_from(ahead).unwrap_or(0)))
     }
 }
 
@@ -188,7 +193,7 @@ fn decide(
             number: value,
             rate: params
                 .zip(u64::try_from(ahead).ok())
-                .map(|(params, ahead)| params.admitted(ahead)),
+                .map(|(params, ahead)| params.admitted(MESSAGES, ahead)),
         }),
         2 => {
             metrics.quota_rejections.with_label_values(&["chats"]).inc();
@@ -200,8 +205,9 @@ fn decide(
                 .with_label_values(&["message_rate"])
                 .inc();
             Err(ApiError::RateLimited {
+                what: "the application's message rate is exceeded",
                 retry_after_secs: retry_after_secs(value),
-                rate: params.map(|params| params.refused(value)),
+                rate: params.map(|params| params.refused(MESSAGES, value)),
             })
         }
         other => Err(ApiError::Unavailable(format!(

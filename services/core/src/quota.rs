@@ -121,6 +121,9 @@ impl Quotas {
 /// application's message rate: the burst is the quota (`q`), refilled over `w` seconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RateLimitState {
+    /// The policy's name in the headers: `messages` (an application's message rate) or
+    /// `applications` (a client's application creations).
+    pub policy: &'static str,
     /// `q`: requests admitted back to back from a rested state (the burst).
     pub quota: u64,
     /// `w`: seconds for an emptied burst to refill.
@@ -139,9 +142,10 @@ impl RateParams {
     /// The state after an admission that left the limiter `ahead_us` ahead of the clock (the
     /// GCRA's theoretical arrival time minus now): the next request is admitted while it stays
     /// within the tolerance, each one moving it an emission interval on.
-    pub fn admitted(&self, ahead_us: u64) -> RateLimitState {
+    pub fn admitted(&self, policy: &'static str, ahead_us: u64) -> RateLimitState {
         let room = self.tolerance_us + self.emission_us;
         RateLimitState {
+            policy,
             quota: self.burst(),
             window_secs: (self.burst() * self.emission_us).div_ceil(1_000_000).max(1),
             remaining: room.saturating_sub(ahead_us) / self.emission_us,
@@ -149,26 +153,34 @@ impl RateParams {
         }
     }
 
-    /// The state of a refusal that must wait `wait_us`.
-    pub fn refused(&self, wait_us: u64) -> RateLimitState {
+    /// The state of a refusal that must wait `wait_us` for one request: the state then runs
+    /// `wait + tolerance` ahead of the clock, which is when the whole burst is back.
+    pub fn refused(&self, policy: &'static str, wait_us: u64) -> RateLimitState {
         RateLimitState {
+            policy,
             quota: self.burst(),
             window_secs: (self.burst() * self.emission_us).div_ceil(1_000_000).max(1),
             remaining: 0,
-            reset_secs: retry_after_secs(wait_us),
+            reset_secs: (wait_us + self.tolerance_us).div_ceil(1_000_000),
         }
     }
 }
 
 impl RateLimitState {
-    /// `RateLimit-Policy`: `"messages";q=<quota>;w=<window>`.
+    /// `RateLimit-Policy`: `"<policy>";q=<quota>;w=<window>`.
     pub fn policy_header(&self) -> String {
-        format!("\"messages\";q={};w={}", self.quota, self.window_secs)
+        format!(
+            "\"{}\";q={};w={}",
+            self.policy, self.quota, self.window_secs
+        )
     }
 
-    /// `RateLimit`: `"messages";r=<remaining>;t=<reset>`.
+    /// `RateLimit`: `"<policy>";r=<remaining>;t=<reset>`.
     pub fn header(&self) -> String {
-        format!("\"messages\";r={};t={}", self.remaining, self.reset_secs)
+        format!(
+            "\"{}\";r={};t={}",
+            self.policy, self.remaining, self.reset_secs
+        )
     }
 }
 
@@ -188,10 +200,11 @@ mod tests {
             emission_us: 1_000_000,
             tolerance_us: 9_000_000,
         };
-        let first = params.admitted(1_000_000);
+        let first = params.admitted("messages", 1_000_000);
         assert_eq!(
             first,
             RateLimitState {
+                policy: "messages",
                 quota: 10,
                 window_secs: 10,
                 remaining: 9,
@@ -201,19 +214,20 @@ mod tests {
         assert_eq!(first.policy_header(), r#""messages";q=10;w=10"#);
         assert_eq!(first.header(), r#""messages";r=9;t=1"#);
         // The tenth back to back leaves nothing; half a second later still nothing.
-        assert_eq!(params.admitted(10_000_000).remaining, 0);
-        assert_eq!(params.admitted(10_000_000).reset_secs, 10);
-        assert_eq!(params.admitted(9_500_000).remaining, 0);
-        assert_eq!(params.admitted(8_500_000).remaining, 1);
-        let refused = params.refused(400_000);
-        assert_eq!((refused.remaining, refused.reset_secs), (0, 1));
+        assert_eq!(params.admitted("messages", 10_000_000).remaining, 0);
+        assert_eq!(params.admitted("messages", 10_000_000).reset_secs, 10);
+        assert_eq!(params.admitted("messages", 9_500_000).remaining, 0);
+        assert_eq!(params.admitted("messages", 8_500_000).remaining, 1);
+        // Refused, one request 0.4 s away: the whole burst is back 9.4 s after that.
+        let refused = params.refused("messages", 400_000);
+        assert_eq!((refused.remaining, refused.reset_secs), (0, 10));
         // No burst: 100 per second, one at a time.
         let strict = RateParams {
             emission_us: 10_000,
             tolerance_us: 0,
         };
-        assert_eq!(strict.admitted(10_000).remaining, 0);
-        assert_eq!(strict.admitted(10_000).window_secs, 1);
+        assert_eq!(strict.admitted("messages", 10_000).remaining, 0);
+        assert_eq!(strict.admitted("messages", 10_000).window_secs, 1);
     }
 
     #[test]

@@ -4,8 +4,9 @@
 //! once) and answering; the data goes here. The purge is its own task, apart from the reconcile
 //! loop, with its own schedule (`CONFAB_MYSQL_PURGE_INTERVAL_MS`) and statement size
 //! (`CONFAB_MYSQL_PURGE_CHUNK`): a million-row application never holds up counting, and each
-//! statement's locks stay small. It checks for shutdown between statements, so SIGTERM waits for
-//! at most one chunk. A deletion survives a crash or timeout of the request that asked for it,
+//! statement's locks stay small. Shutdown drops a pass wherever it is (each DELETE commits on
+//! its own, or not at all, and the next pass goes on from there), so SIGTERM never waits for a
+//! purge. A deletion survives a crash or timeout of the request that asked for it,
 //! and chats that events still in flight created after the deletion (the persister drops them,
 //! but one that raced the tombstone may land) are purged on a later pass.
 
@@ -46,36 +47,40 @@ pub async fn purge_deleted(db: &MySqlPool, metrics: &Metrics, chunk: u32) -> sql
     .await?;
     let mut purged = 0;
     for app in apps {
-        let messages = delete_in_chunks(
+        purged += delete_in_chunks(
             db,
+            metrics,
+            "messages",
             "DELETE FROM messages WHERE chat_id IN \
              (SELECT id FROM chats WHERE application_id = ?) LIMIT ?",
             app,
             chunk,
         )
         .await?;
-        metrics
-            .rows_purged
-            .with_label_values(&["messages"])
-            .inc_by(messages);
-        let chats = delete_in_chunks(
+        purged += delete_in_chunks(
             db,
+            metrics,
+            "chats",
             "DELETE FROM chats WHERE application_id = ? LIMIT ?",
             app,
             chunk,
         )
         .await?;
-        metrics
-            .rows_purged
-            .with_label_values(&["chats"])
-            .inc_by(chats);
-        purged += messages + chats;
         tracing::info!(application_id = app, "deleted application purged");
     }
     Ok(purged)
 }
 
-async fn delete_in_chunks(db: &MySqlPool, sql: &str, app: u64, chunk: u32) -> sqlx::Result<u64> {
+/// Runs `sql` (a `DELETE … LIMIT ?` of `table`'s rows of `app`) until it deletes less than a
+/// chunk, counting every statement's rows as they go.
+async fn delete_in_chunks(
+    db: &MySqlPool,
+    metrics: &Metrics,
+    table: &str,
+    sql: &str,
+    app: u64,
+    chunk: u32,
+) -> sqlx::Result<u64> {
     let mut total = 0;
     loop {
         let deleted = sqlx::query(sql)
@@ -84,6 +89,10 @@ async fn delete_in_chunks(db: &MySqlPool, sql: &str, app: u64, chunk: u32) -> sq
             .execute(db)
             .await?
             .rows_affected();
+        metrics
+            .rows_purged
+            .with_label_values(&[table])
+            .inc_by(deleted);
         total += deleted;
         if deleted < u64::from(chunk) {
             return Ok(total);

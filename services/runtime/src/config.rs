@@ -192,7 +192,7 @@ pub struct StreamConfig {
     /// `CONFAB_DUPLICATE_WINDOW_SECS`, default 120 (1 to 86400, at most the maximum age).
     pub duplicate_window: Duration,
     /// `CONFAB_MAX_DELIVER`, default 1000: deliveries of an event that keeps failing for a
-    /// transient reason before it is dead-lettered (with the 30 s backoff cap, about 8 hours;
+    /// transient reason before it is dead-lettered (with the jittered 30 s backoff cap, about 6 hours;
     /// 2 to 1000000).
     pub max_deliver: i64,
     /// `CONFAB_ACK_WAIT_SECS`, default 30 (1 to 3600).

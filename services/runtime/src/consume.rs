@@ -25,9 +25,10 @@ use crate::{dead_letter, metrics};
 /// How often [`export_pending`] asks the server for the consumer's backlog.
 const PENDING_INTERVAL: Duration = Duration::from_secs(5);
 
-/// Redelivery delays of handed-back events: from 0.5 s, doubling, capped at 30 s. With the
-/// default `CONFAB_MAX_DELIVER` of 1000 that rides out about eight hours of outage before an
-/// event is dead-lettered as `exhausted` (still stored in the dead-letter stream, for replay).
+/// Redelivery delays of handed-back events: from 0.5 s, doubling, capped at 30 s, jittered (a
+/// capped delay is 15–30 s, 22.5 s on average). With the default `CONFAB_MAX_DELIVER` of 1000
+/// that rides out about six hours of outage before an event is dead-lettered as `exhausted`
+/// (still stored in the dead-letter stream, for replay).
 pub const REDELIVERY: Backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
 
 /// Why a batch (or one event) could not be applied.

@@ -6,7 +6,7 @@
 //! 2. consumers drop events of tombstoned applications ([`deleted_applications`]): the persister
 //!    inside its batch transaction, the indexer before it indexes, so nothing comes back;
 //! 3. the counter reconciler's purge task deletes the MySQL rows in bounded chunks, on its own
-//!    schedule (`CONFAB_PURGE_INTERVAL_MS`, `CONFAB_PURGE_CHUNK`), apart from counting;
+//!    schedule (`CONFAB_MYSQL_PURGE_INTERVAL_MS`, `CONFAB_MYSQL_PURGE_CHUNK`), apart from counting;
 //! 4. the indexer's purge deletes the documents, repeated for a grace period.
 
 /// Which of `apps` are deleted (tombstones left by the admin API). Consumers drop events of

@@ -21,7 +21,9 @@ use crate::views::{ApplicationInput, ApplicationView};
         same key with the same body within 24 h answers what the first request answered (the same \
         application); with another body, 422 idempotency_key_reused.")),
     responses(
-        (status = 201, body = ApplicationView),
+        (status = 201, body = ApplicationView, headers(
+            ("RateLimit-Policy" = String, description = "while creation is limited per client: `\"applications\";q=<burst>;w=<seconds to refill it>`"),
+            ("RateLimit" = String, description = "`\"applications\";r=<creations left now>;t=<seconds until the whole burst is back>`"))),
         (status = 400, body = ErrorBody),
         (status = 403, description = "open creation is turned off (CONFAB_OPEN_APPLICATION_CREATION=false): applications come from the operator or the admin API", body = ErrorBody),
         (status = 429, description = "this client created too many applications; see `Retry-After`", body = ErrorBody),
@@ -34,7 +36,7 @@ pub async fn create(
     peer: Option<Extension<ConnectInfo<SocketAddr>>>,
     headers: HeaderMap,
     body: JsonObject,
-) -> Result<(StatusCode, Json<ApplicationView>)> {
+) -> Result<axum::response::Response> {
     if !state.tenancy.open_creation {
         return Err(ApiError::Forbidden(
             "creating applications here is turned off on this deployment; they are provisioned \
@@ -42,19 +44,33 @@ pub async fn create(
         ));
     }
     let name = state.limits.name(body.string("application", "name")?)?;
-    if let Some(params) = &state.tenancy.creation_rate {
+    let key = IdempotencyKey::from_request(&headers, "applications", &body.0)?;
+    // A retry of a request already recorded is answered as the first one was: it creates
+    // nothing, so it takes nothing from the client's creation limit.
+    let replay = match &key {
+        Some(key) => state.idempotency.lookup(key).await?.is_some(),
+        None => false,
+    };
+    let mut rate = None;
+    if let (Some(params), false) = (&state.tenancy.creation_rate, replay) {
         let client = client_of(&state, peer.as_ref().map(|p| p.0 .0), &headers);
-        state
-            .numbering
-            .admit(
-                &state.keys.creation_rate(&client),
-                params,
-                "application_creation",
-            )
-            .await?;
+        rate = Some(
+            state
+                .numbering
+                .admit(
+                    &state.keys.creation_rate(&client),
+                    params,
+                    (
+                        "applications",
+                        "application_creation",
+                        "this client creates applications faster than the deployment allows",
+                    ),
+                )
+                .await?,
+        );
     }
-    let external_key = match IdempotencyKey::from_request(&headers, "applications", &body.0)? {
-        Some(key) => Some(application_key(&state, &key).await?),
+    let external_key = match &key {
+        Some(key) => Some(application_key(&state, key).await?),
         None => None,
     };
     let token = Token::generate();
@@ -64,23 +80,31 @@ pub async fn create(
         .tokens
         .insert(row.token.clone(), state.tenant_of(&row));
     tracing::info!("application created");
-    Ok((StatusCode::CREATED, Json(row.into())))
+    let mut response = axum::response::IntoResponse::into_response((
+        StatusCode::CREATED,
+        Json(ApplicationView::from(row)),
+    ));
+    if let Some(rate) = &rate {
+        crate::error::rate_limit_headers(response.headers_mut(), rate);
+    }
+    Ok(response)
 }
 
-/// Who is creating an application, for the per-client limit: the first address of the
-/// configured client-IP header (behind a proxy), else the peer address.
+/// Who is creating an application, for the per-client limit: behind a proxy, the last address
+/// of the configured header (the one the proxy in front of the api appended; what comes before
+/// it, the client could have written itself), else the peer address. Only a well-formed IP
+/// address is taken from the header.
 fn client_of(state: &AppState, peer: Option<SocketAddr>, headers: &HeaderMap) -> String {
     state
         .tenancy
         .client_ip_header
         .as_deref()
-        .and_then(|name| headers.get(name))
+        .and_then(|name| headers.get_all(name).iter().next_back())
         .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.split(',').next())
-        .map(|first| first.trim().to_owned())
-        .filter(|first| !first.is_empty())
-        .or_else(|| peer.map(|p| p.ip().to_string()))
-        .unwrap_or_else(|| "unknown".to_owned())
+        .and_then(|value| value.rsplit(',').next())
+        .and_then(|last| last.trim().parse::<std::net::IpAddr>().ok())
+        .or_else(|| peer.map(|p| p.ip()))
+        .map_or_else(|| "unknown".to_owned(), |ip| ip.to_string())
 }
 
 /// The key the application of an idempotent request is inserted under: the one an earlier
