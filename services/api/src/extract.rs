@@ -197,13 +197,13 @@ impl FromRequestParts<AppState> for Page {
             .await
             .map_err(|e| ApiError::InvalidParameter(e.body_text()))?;
         let num = |field: &'static str, raw: Option<String>| -> Result<Option<u64>, ApiError> {
-            raw.filter(|s| !s.is_empty())
-                .map(|s| {
-                    s.parse::<u64>().map_err(|_| {
-                        ApiError::InvalidParameter(format!("`{field}` must be a positive integer"))
-                    })
+            // Present means a number: `?per_page=` is as wrong as `?per_page=x`.
+            raw.map(|s| {
+                s.parse::<u64>().map_err(|_| {
+                    ApiError::InvalidParameter(format!("`{field}` must be a positive integer"))
                 })
-                .transpose()
+            })
+            .transpose()
         };
         let number = num("page", q.page)?;
         let (limit, offset) = state.limits.page(number, num("per_page", q.per_page)?)?;

@@ -29,10 +29,28 @@ pub fn valid_key(key: &str) -> bool {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ApplicationSpec {
+    /// 1 to 255 characters after trimming; not blank.
+    #[cfg_attr(
+        feature = "openapi",
+        schema(min_length = 1, max_length = 255, pattern = "\\S")
+    )]
     pub name: String,
     /// Missing fields take the api's defaults.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "object")]
     pub quotas: QuotaRequest,
+}
+
+/// A struct from a JSON object only (serde's derive also takes the fields as an array).
+fn object<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::de::DeserializeOwned,
+{
+    let value = serde_json::Value::deserialize(deserializer)?;
+    if !value.is_object() {
+        return Err(serde::de::Error::custom("expected an object"));
+    }
+    serde_json::from_value(value).map_err(serde::de::Error::custom)
 }
 
 /// `POST /admin/v1/applications/{key}/rotate`.
@@ -42,9 +60,16 @@ pub struct ApplicationSpec {
 pub struct RotateRequest {
     /// Idempotency key: a rotation with the id of the last applied one changes nothing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(pattern = "^[A-Za-z0-9._:-]{1,128}$"))]
     pub request_id: Option<String>,
-    /// How long the replaced token keeps working; default 3600, 0 revokes it at once.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// How long the replaced token keeps working; default 3600, 0 revokes it at once; at most
+    /// 30 days.
+    #[serde(
+        default,
+        deserialize_with = "crate::quota::whole",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[cfg_attr(feature = "openapi", schema(minimum = 0, maximum = 2592000))]
     pub grace_seconds: Option<u64>,
 }
 

@@ -39,20 +39,84 @@ impl Default for Quotas {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct QuotaRequest {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Chats the application may have; 0: no limit; at most 2^53 - 1.
+    #[serde(
+        default,
+        deserialize_with = "whole",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[cfg_attr(
+        feature = "openapi",
+        schema(minimum = 0, maximum = 9007199254740991_u64)
+    )]
     pub max_chats: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Messages per second; 0: no limit; at most 10,000,000.
+    #[serde(
+        default,
+        deserialize_with = "whole",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[cfg_attr(feature = "openapi", schema(minimum = 0, maximum = 10000000))]
     pub messages_per_second: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Messages at once after idling: 1 to 10,000,000.
+    #[serde(
+        default,
+        deserialize_with = "whole",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 10000000))]
     pub message_burst: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Largest message body in bytes: 1 to the server's `CONFAB_MAX_BODY_BYTES` (65,536 by
+    /// default).
+    #[serde(
+        default,
+        deserialize_with = "whole",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 65536))]
     pub max_body_bytes: Option<u32>,
 }
+
+/// An optional unsigned integer, also written as a number with a zero fraction (`5.0`), which
+/// JSON Schema counts as an integer too.
+pub(crate) fn whole<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: TryFrom<u64>,
+{
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Number {
+        Int(u64),
+        Float(f64),
+    }
+    let Some(number) = Option::<Number>::deserialize(deserializer)? else {
+        return Ok(None);
+    };
+    let whole = match number {
+        Number::Int(n) => Some(n),
+        Number::Float(f) if f.fract() == 0.0 && (0.0..=u64::MAX as f64).contains(&f) => {
+            Some(f as u64)
+        }
+        Number::Float(_) => None,
+    };
+    whole
+        .and_then(|n| T::try_from(n).ok())
+        .map(Some)
+        .ok_or_else(|| serde::de::Error::custom("expected a whole number in range"))
+}
+
+/// The largest chat limit: the numbering script compares in Lua numbers, exact up to 2^53.
+pub const MAX_CHATS_LIMIT: u64 = (1 << 53) - 1;
+/// The largest message rate and burst an application may ask for.
+pub const MAX_RATE: u32 = 10_000_000;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum QuotaError {
     #[error("`message_burst` must be at least 1")]
     BurstBelowOne,
+    #[error("`{field}` must be at most {max}")]
+    TooLarge { field: &'static str, max: u64 },
     #[error("`max_body_bytes` must be between 1 and {max}")]
     BodyOutOfRange { max: u32 },
 }
@@ -62,6 +126,23 @@ impl QuotaRequest {
     pub fn validate(&self, hard_max_body_bytes: u32) -> Result<(), QuotaError> {
         if self.message_burst == Some(0) {
             return Err(QuotaError::BurstBelowOne);
+        }
+        for (field, value, max) in [
+            ("max_chats", self.max_chats, MAX_CHATS_LIMIT),
+            (
+                "messages_per_second",
+                self.messages_per_second.map(u64::from),
+                u64::from(MAX_RATE),
+            ),
+            (
+                "message_burst",
+                self.message_burst.map(u64::from),
+                u64::from(MAX_RATE),
+            ),
+        ] {
+            if value.is_some_and(|v| v > max) {
+                return Err(QuotaError::TooLarge { field, max });
+            }
         }
         if let Some(bytes) = self.max_body_bytes {
             if bytes == 0 || bytes > hard_max_body_bytes {
@@ -192,6 +273,32 @@ pub fn retry_after_secs(wait_us: u64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn quota_requests_take_whole_numbers_also_written_as_floats_and_refuse_too_large_ones() {
+        let request: QuotaRequest =
+            serde_json::from_str(r#"{"messages_per_second": 434312.0, "max_chats": 3}"#).unwrap();
+        assert_eq!(request.messages_per_second, Some(434_312));
+        assert_eq!(request.max_chats, Some(3));
+        for bad in [
+            r#"{"messages_per_second": 1.5}"#,
+            r#"{"messages_per_second": -1}"#,
+            r#"{"message_burst": 4294967296}"#,
+        ] {
+            assert!(serde_json::from_str::<QuotaRequest>(bad).is_err(), "{bad}");
+        }
+        let too_fast = QuotaRequest {
+            messages_per_second: Some(MAX_RATE + 1),
+            ..QuotaRequest::default()
+        };
+        assert_eq!(
+            too_fast.validate(65536),
+            Err(QuotaError::TooLarge {
+                field: "messages_per_second",
+                max: 10_000_000
+            })
+        );
+    }
 
     #[test]
     fn rate_limit_headers_count_down_the_burst_and_say_when_it_is_whole_again() {

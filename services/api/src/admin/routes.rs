@@ -26,7 +26,10 @@ impl<T: DeserializeOwned> FromRequest<AppState> for AdminJson<T> {
         let bytes = axum::body::Bytes::from_request(req, state)
             .await
             .map_err(|_| ApiError::PayloadTooLarge(state.max_request_bytes))?;
-        let bytes: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
+        // No body, or JSON `null`, is an empty object: every admin body is optional or fails on
+        // its missing fields with a clear 422.
+        let trimmed = bytes.trim_ascii();
+        let bytes: &[u8] = if trimmed.is_empty() || trimmed == b"null" {
             b"{}"
         } else {
             &bytes
@@ -70,10 +73,10 @@ impl AppState {
 }
 
 #[utoipa::path(get, path = "/admin/v1/applications/{key}", tag = "admin",
-    params(("key" = String, Path)), security(("admin_token" = [])),
+    params(("key" = String, Path, pattern = "^[A-Za-z0-9._:-]{1,128}$", description = "1 to 128 characters of A-Z a-z 0-9 . _ : - (400 otherwise)")), security(("admin_token" = [])),
     responses(
-        (status = 200, body = AdminApplication), (status = 401, body = ErrorBody),
-        (status = 404, body = ErrorBody)))]
+        (status = 200, body = AdminApplication), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 #[tracing::instrument(level = "debug", skip_all)]
 pub async fn show(
     State(state): State<AppState>,
@@ -86,7 +89,7 @@ pub async fn show(
 }
 
 #[utoipa::path(put, path = "/admin/v1/applications/{key}", tag = "admin",
-    params(("key" = String, Path)), request_body = ApplicationSpec, security(("admin_token" = [])),
+    params(("key" = String, Path, pattern = "^[A-Za-z0-9._:-]{1,128}$", description = "1 to 128 characters of A-Z a-z 0-9 . _ : - (400 otherwise)")), request_body = ApplicationSpec, security(("admin_token" = [])),
     responses(
         (status = 200, description = "updated", body = AdminApplication),
         (status = 201, description = "created", body = AdminApplication),
@@ -115,10 +118,11 @@ pub async fn put(
 }
 
 #[utoipa::path(post, path = "/admin/v1/applications/{key}/rotate", tag = "admin",
-    params(("key" = String, Path)), request_body = RotateRequest, security(("admin_token" = [])),
+    params(("key" = String, Path, pattern = "^[A-Za-z0-9._:-]{1,128}$", description = "1 to 128 characters of A-Z a-z 0-9 . _ : - (400 otherwise)")), request_body(content = Option<RotateRequest>, description = "optional: without a body, a rotation with the default grace"), security(("admin_token" = [])),
     responses(
-        (status = 200, body = AdminApplication), (status = 401, body = ErrorBody),
-        (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
+        (status = 200, body = AdminApplication), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 422, body = ErrorBody)))]
 #[tracing::instrument(level = "debug", skip_all)]
 pub async fn rotate(
     State(state): State<AppState>,
@@ -156,10 +160,11 @@ pub async fn rotate(
 }
 
 #[utoipa::path(delete, path = "/admin/v1/applications/{key}", tag = "admin",
-    params(("key" = String, Path)), security(("admin_token" = [])),
+    params(("key" = String, Path, pattern = "^[A-Za-z0-9._:-]{1,128}$", description = "1 to 128 characters of A-Z a-z 0-9 . _ : - (400 otherwise)")), security(("admin_token" = [])),
     responses(
         (status = 204, description = "deleted: tokens revoked, chats and messages purged shortly"),
-        (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 404, body = ErrorBody)))]
 #[tracing::instrument(level = "debug", skip_all)]
 pub async fn delete(State(state): State<AppState>, Path(raw): Path<String>) -> Result<StatusCode> {
     let deleted = store::delete(&state.db, key(&raw)?)

@@ -17,7 +17,7 @@ use crate::views::{ApplicationInput, ApplicationView};
 
 #[utoipa::path(post, path = "/api/v1/applications", tag = "applications",
     request_body(content((ApplicationInput = "application/json"), (ApplicationInput = "application/x-www-form-urlencoded"))),
-    params(("Idempotency-Key" = Option<String>, Header, description = "Makes a retry safe: the \
+    params(("Idempotency-Key" = Option<String>, Header, pattern = "^[ -~]{1,255}$", description = "Makes a retry safe: the \
         same key with the same body within 24 h answers what the first request answered (the same \
         application); with another body, 422 idempotency_key_reused.")),
     responses(

@@ -18,7 +18,7 @@ use crate::views::ChatView;
 
 #[utoipa::path(post, path = "/api/v1/applications/{token}/chats", tag = "chats",
     params(("token" = String, Path),
-        ("Idempotency-Key" = Option<String>, Header, description = "Makes a retry safe: the same key \
+        ("Idempotency-Key" = Option<String>, Header, pattern = "^[ -~]{1,255}$", description = "Makes a retry safe: the same key \
          with the same body within 24 h answers what the first request answered; with another \
          body, 422 idempotency_key_reused.")),
     responses(
@@ -70,7 +70,7 @@ pub async fn create(
 
 #[utoipa::path(get, path = "/api/v1/applications/{token}/chats", tag = "chats",
     params(("token" = String, Path), PageQuery),
-    responses((status = 200, body = [ChatView], headers(("Link" = String, description = "RFC 8288 paging links: `first`, `prev` after the first page, `next` when there are more items"))), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = [ChatView], headers(("Link" = String, description = "RFC 8288 paging links: `first`, `prev` after the first page, `next` when there are more items"))), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 #[tracing::instrument(level = "debug", skip_all)]
 pub async fn list(
     State(state): State<AppState>,

@@ -16,12 +16,16 @@ use crate::views::MessageView;
 #[into_params(parameter_in = Query)]
 pub struct SearchQuery {
     /// The words to find (each as a substring, case-insensitive): at least one word of 2 or more
-    /// letters or digits, at most 200 characters. One of `query` and `q` is required (400
-    /// `invalid_query` without either).
-    #[param(min_length = 2, max_length = 200)]
+    /// letters or digits, at most 200 characters. Required, unless its alias `q` is given.
+    #[param(
+        required = true,
+        min_length = 2,
+        max_length = 200,
+        pattern = "[^\\W_]{2}"
+    )]
     query: Option<String>,
     /// Alias of `query` (used when `query` is absent).
-    #[param(min_length = 2, max_length = 200)]
+    #[param(min_length = 2, max_length = 200, pattern = "[^\\W_]{2}")]
     q: Option<String>,
 }
 
@@ -45,9 +49,17 @@ pub async fn search(
     }
     let text = query.query.or(query.q).unwrap_or_default();
     // One hit more than the page tells whether there is a next page; at the edge of the result
-    // window there is none, and the page itself is asked for.
-    let request = SearchRequest::new(app, chat, &text, page.probe_limit(), page.offset)
-        .or_else(|_| SearchRequest::new(app, chat, &text, page.limit, page.offset))?;
+    // window there is none, and the page itself is asked for. A page past the window is empty.
+    let request = match SearchRequest::new(app, chat, &text, page.probe_limit(), page.offset)
+        .or_else(|_| SearchRequest::new(app, chat, &text, page.limit, page.offset))
+    {
+        Err(confab_search::QueryError::TooDeep) => {
+            // The text must still be a query.
+            confab_search::Terms::parse(&text)?;
+            return Ok(page.answer(Vec::<MessageView>::new()));
+        }
+        other => other?,
+    };
     let started = Instant::now();
     let hits = state.search.search(&request).await;
     state
