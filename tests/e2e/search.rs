@@ -121,13 +121,26 @@ async fn search_finds_partial_matches_within_one_chat_through_the_api() {
         "{link}"
     );
 
+    // Nothing to look for finds nothing: no query at all, or one without a word of two.
+    for path in [
+        format!("/api/v1/applications/{token}/chats/1/messages/search"),
+        s("%21%20%3F"),
+    ] {
+        let (status, hits) = c.get(&path).await;
+        assert_eq!(
+            (status, hits),
+            (StatusCode::OK, serde_json::json!([])),
+            "{path}"
+        );
+    }
+
     // Bad requests.
     for (path, status, code) in [
         (s(""), 400, "invalid_query"),
-        (s("%20%21"), 400, "invalid_query"),
+        (s("%21"), 400, "invalid_query"),
         (s(&"a".repeat(201)), 400, "invalid_query"),
         (
-            format!("/api/v1/applications/{token}/chats/1/messages/search"),
+            format!("/api/v1/applications/{token}/chats/1/messages/search?query=hello&q=x"),
             400,
             "invalid_query",
         ),

@@ -92,7 +92,11 @@ impl From<MessageRow> for MessageView {
 #[allow(dead_code)] // documents the request shape in the OpenAPI document
 pub struct ApplicationInput {
     /// 1 to 255 characters after trimming; not blank.
-    #[schema(min_length = 1, max_length = 255, pattern = "\\S")]
+    #[schema(
+        min_length = 1,
+        max_length = 255,
+        pattern = "[^\\t-\\r \\u0085\\u00a0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000\\ufeff]"
+    )]
     pub name: String,
 }
 
@@ -102,6 +106,9 @@ pub struct ApplicationInput {
 pub struct MessageInput {
     /// Not blank; at most `CONFAB_MAX_BODY_BYTES` (65,536) bytes of UTF-8, or the application's
     /// smaller `max_body_bytes` quota (413 beyond it).
-    #[schema(min_length = 1, pattern = "\\S")]
+    #[schema(
+        min_length = 1,
+        pattern = "[^\\t-\\r \\u0085\\u00a0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000\\ufeff]"
+    )]
     pub body: String,
 }

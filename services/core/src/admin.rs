@@ -32,7 +32,11 @@ pub struct ApplicationSpec {
     /// 1 to 255 characters after trimming; not blank.
     #[cfg_attr(
         feature = "openapi",
-        schema(min_length = 1, max_length = 255, pattern = "\\S")
+        schema(
+            min_length = 1,
+            max_length = 255,
+            pattern = "[^\\t-\\r \\u0085\\u00a0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000\\ufeff]"
+        )
     )]
     pub name: String,
     /// Missing fields take the api's defaults.

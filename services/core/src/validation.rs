@@ -36,10 +36,30 @@ pub enum ValidationError {
     OutOfRange { field: &'static str, max: u64 },
 }
 
+/// What counts as blank in a name or body: Unicode white space, and the zero-width no-break space
+/// (U+FEFF), which JavaScript's `\s` also counts. The OpenAPI document's `pattern` for them
+/// (a character outside exactly this set, [`NON_BLANK_PATTERN`]) reads the same in any regex
+/// dialect.
+pub fn is_blank_char(c: char) -> bool {
+    c.is_whitespace() || c == '\u{feff}'
+}
+
+/// At least one character that is not blank ([`is_blank_char`]), spelled out.
+pub const NON_BLANK_PATTERN: &str =
+    "[^\\t-\\r \\u0085\\u00a0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000\\ufeff]";
+
 impl Limits {
-    /// A trimmed, non-blank name within the length limit.
+    /// A trimmed, non-blank name within the length limit (also before trimming).
     pub fn name(&self, raw: Option<&str>) -> Result<String, ValidationError> {
-        let name = raw.map(str::trim).unwrap_or_default();
+        if raw.is_some_and(|raw| raw.chars().count() > self.max_name_chars) {
+            return Err(ValidationError::TooLong {
+                field: "name",
+                max: self.max_name_chars,
+            });
+        }
+        let name = raw
+            .map(|raw| raw.trim_matches(is_blank_char))
+            .unwrap_or_default();
         if name.is_empty() {
             return Err(ValidationError::Blank { field: "name" });
         }
@@ -55,7 +75,7 @@ impl Limits {
     /// A non-blank body within the size limit. The body is stored as given (not trimmed).
     pub fn body(&self, raw: Option<&str>) -> Result<String, ValidationError> {
         let body = raw.unwrap_or_default();
-        if body.trim().is_empty() {
+        if body.chars().all(is_blank_char) {
             return Err(ValidationError::Blank { field: "body" });
         }
         if body.len() > self.max_body_bytes {
@@ -102,6 +122,26 @@ pub fn number(raw: &str) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_blank_pattern_names_exactly_the_blank_characters() {
+        let listed = [
+            '\t', '\n', '\u{b}', '\u{c}', '\r', ' ', '\u{85}', '\u{a0}', '\u{1680}', '\u{2028}',
+            '\u{2029}', '\u{202f}', '\u{205f}', '\u{3000}', '\u{feff}',
+        ];
+        for c in (0..=0x10ffff).filter_map(char::from_u32) {
+            let in_pattern = listed.contains(&c) || ('\u{2000}'..='\u{200a}').contains(&c);
+            assert_eq!(is_blank_char(c), in_pattern, "U+{:04X}", c as u32);
+        }
+        assert_eq!(
+            NON_BLANK_PATTERN,
+            r"[^\t-\r \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\ufeff]"
+        );
+        let l = Limits::default();
+        assert!(l.name(Some("\u{feff}\u{85} ")).is_err());
+        assert!(l.body(Some("\u{feff}")).is_err());
+        assert_eq!(l.name(Some("\u{feff} a \u{85}")).unwrap(), "a");
+    }
 
     #[test]
     fn names_are_trimmed_and_bounded() {

@@ -34,13 +34,17 @@ impl<T: DeserializeOwned> FromRequest<AppState> for AdminJson<T> {
         } else {
             &bytes
         };
-        serde_json::from_slice(bytes).map(Self).map_err(|error| {
-            if error.is_data() {
-                ApiError::Unprocessable(error.to_string())
-            } else {
-                ApiError::MalformedJson(error.to_string())
-            }
-        })
+        let value: serde_json::Value = serde_json::from_slice(bytes)
+            .map_err(|error| ApiError::MalformedJson(error.to_string()))?;
+        // An object, not the fields as an array (which serde's derive would also take).
+        if !value.is_object() {
+            return Err(ApiError::Unprocessable(
+                "the request body must be a JSON object".into(),
+            ));
+        }
+        serde_json::from_value(value)
+            .map(Self)
+            .map_err(|error| ApiError::Unprocessable(error.to_string()))
     }
 }
 

@@ -15,17 +15,13 @@ use crate::views::MessageView;
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct SearchQuery {
-    /// The words to find (each as a substring, case-insensitive): at least one word of 2 or more
-    /// letters or digits, at most 200 characters. Required, unless its alias `q` is given.
-    #[param(
-        required = true,
-        min_length = 2,
-        max_length = 200,
-        pattern = "[^\\W_]{2}"
-    )]
+    /// The words to find (each as a substring, case-insensitive), 2 to 200 characters; words
+    /// are runs of letters or digits, and only those of 2 or more count. Without a word to look
+    /// for (no `query`, or one without such a word) the search finds nothing.
+    #[param(min_length = 2, max_length = 200)]
     query: Option<String>,
-    /// Alias of `query` (used when `query` is absent).
-    #[param(min_length = 2, max_length = 200, pattern = "[^\\W_]{2}")]
+    /// Alias of `query` (same rules), used when `query` is absent.
+    #[param(min_length = 2, max_length = 200)]
     q: Option<String>,
 }
 
@@ -47,7 +43,23 @@ pub async fn search(
     if !state.chat_exists(app, chat).await? {
         return Err(ApiError::NotFound("chat"));
     }
+    // Both spellings are checked when given, as the document says; `query` wins.
+    for given in [&query.query, &query.q].into_iter().flatten() {
+        if given.chars().count() < 2 {
+            return Err(confab_search::QueryError::Empty.into());
+        }
+        if given.chars().count() > confab_search::query::MAX_QUERY_CHARS {
+            return Err(confab_search::QueryError::TooLong.into());
+        }
+    }
     let text = query.query.or(query.q).unwrap_or_default();
+    if matches!(
+        confab_search::Terms::parse(&text),
+        Err(confab_search::QueryError::Empty)
+    ) {
+        // No word to look for: nothing can match.
+        return Ok(page.answer(Vec::<MessageView>::new()));
+    }
     // One hit more than the page tells whether there is a next page; at the edge of the result
     // window there is none, and the page itself is asked for. A page past the window is empty.
     let request = match SearchRequest::new(app, chat, &text, page.probe_limit(), page.offset)
