@@ -47,12 +47,16 @@ pub async fn create(
     let key = IdempotencyKey::from_request(&headers, "applications", &body.0)?;
     // A retry of a request already recorded is answered as the first one was: it creates
     // nothing, so it takes nothing from the client's creation limit.
-    let replay = match &key {
-        Some(key) => state.idempotency.lookup(key).await?.is_some(),
-        None => false,
+    let recorded = match &key {
+        Some(key) => state
+            .idempotency
+            .lookup(key)
+            .await?
+            .map(|(record, _)| record),
+        None => None,
     };
     let mut rate = None;
-    if let (Some(params), false) = (&state.tenancy.creation_rate, replay) {
+    if let (Some(params), None) = (&state.tenancy.creation_rate, &recorded) {
         let client = client_of(&state, peer.as_ref().map(|p| p.0 .0), &headers);
         rate = Some(
             state
@@ -70,7 +74,7 @@ pub async fn create(
         );
     }
     let external_key = match &key {
-        Some(key) => Some(application_key(&state, key).await?),
+        Some(key) => Some(application_key(&state, key, recorded).await?),
         None => None,
     };
     let token = Token::generate();
@@ -108,10 +112,15 @@ fn client_of(state: &AppState, peer: Option<SocketAddr>, headers: &HeaderMap) ->
 }
 
 /// The key the application of an idempotent request is inserted under: the one an earlier
-/// request with the same key recorded, or a new one recorded now.
-async fn application_key(state: &AppState, key: &IdempotencyKey) -> Result<String> {
+/// request with the same key recorded (`recorded`, as the caller looked it up), or a new one
+/// recorded now.
+async fn application_key(
+    state: &AppState,
+    key: &IdempotencyKey,
+    mut recorded: Option<Record>,
+) -> Result<String> {
     for _ in 0..3 {
-        if let Some((record, _)) = state.idempotency.lookup(key).await? {
+        if let Some(record) = recorded.take() {
             return record.application_key.ok_or(ApiError::IdempotencyMismatch);
         }
         let application_key = format!("idempotency:{}", uuid::Uuid::new_v4());
@@ -120,6 +129,11 @@ async fn application_key(state: &AppState, key: &IdempotencyKey) -> Result<Strin
             return Ok(application_key);
         }
         // Another request with this key recorded first: use its record.
+        recorded = state
+            .idempotency
+            .lookup(key)
+            .await?
+            .map(|(record, _)| record);
     }
     Err(ApiError::Unavailable(
         "idempotency record changed concurrently".to_owned(),
