@@ -4,7 +4,7 @@
 use std::time::Instant;
 
 use axum::extract::{Path, Query, State};
-use confab_search::SearchRequest;
+use confab_search::{QueryError, SearchRequest};
 use serde::Deserialize;
 
 use crate::error::{ApiError, ErrorBody, Result};
@@ -46,31 +46,26 @@ pub async fn search(
     // Both spellings are checked when given, as the document says; `query` wins.
     for given in [&query.query, &query.q].into_iter().flatten() {
         if given.chars().count() < 2 {
-            return Err(confab_search::QueryError::Empty.into());
+            return Err(QueryError::Empty.into());
         }
         if given.chars().count() > confab_search::query::MAX_QUERY_CHARS {
-            return Err(confab_search::QueryError::TooLong.into());
+            return Err(QueryError::TooLong.into());
         }
     }
     let text = query.query.or(query.q).unwrap_or_default();
-    if matches!(
-        confab_search::Terms::parse(&text),
-        Err(confab_search::QueryError::Empty)
-    ) {
-        // No word to look for: nothing can match.
-        return Ok(page.answer(Vec::<MessageView>::new()));
-    }
     // One hit more than the page tells whether there is a next page; at the edge of the result
-    // window there is none, and the page itself is asked for. A page past the window is empty.
-    let request = match SearchRequest::new(app, chat, &text, page.probe_limit(), page.offset)
-        .or_else(|_| SearchRequest::new(app, chat, &text, page.limit, page.offset))
-    {
-        Err(confab_search::QueryError::TooDeep) => {
-            // The text must still be a query.
-            confab_search::Terms::parse(&text)?;
-            return Ok(page.answer(Vec::<MessageView>::new()));
+    // window there is none, and the page itself is asked for.
+    let request = match SearchRequest::new(app, chat, &text, page.probe_limit(), page.offset) {
+        Err(QueryError::TooDeep) => SearchRequest::new(app, chat, &text, page.limit, page.offset),
+        other => other,
+    };
+    let request = match request {
+        Ok(request) => request,
+        // No word to look for, or a page past the result window: nothing can be there.
+        Err(QueryError::Empty | QueryError::TooDeep) => {
+            return Ok(page.answer(Vec::<MessageView>::new()))
         }
-        other => other?,
+        Err(other) => return Err(other.into()),
     };
     let started = Instant::now();
     let hits = state.search.search(&request).await;
