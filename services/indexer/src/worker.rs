@@ -127,8 +127,9 @@ impl Worker {
             count = dropped.len(),
             "dropping events of deleted applications"
         );
-        let messages: Vec<jetstream::Message> = dropped.into_iter().map(|d| d.message).collect();
-        self.consume.ack_all(&messages).await;
+        self.consume
+            .ack_all(dropped.iter().map(|d| &d.message))
+            .await;
         Ok(())
     }
 }

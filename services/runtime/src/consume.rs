@@ -101,9 +101,9 @@ impl Context {
     }
 
     /// Acks messages whose effects are committed. A failed ack only means a harmless redelivery.
-    pub async fn ack_all(&self, messages: &[jetstream::Message]) {
+    pub async fn ack_all<'a>(&self, messages: impl IntoIterator<Item = &'a jetstream::Message>) {
         let service = self.metrics.service;
-        let acks = futures::future::join_all(messages.iter().map(|m| m.ack())).await;
+        let acks = futures::future::join_all(messages.into_iter().map(|m| m.ack())).await;
         let failed = acks.iter().filter(|r| r.is_err()).count();
         if failed > 0 {
             tracing::warn!(
@@ -175,8 +175,7 @@ impl Context {
             .with_label_values(&[self.metrics.service])
             .observe(batch.len() as f64);
         handler.applied(batch);
-        let messages: Vec<jetstream::Message> = batch.iter().map(|d| d.message.clone()).collect();
-        self.ack_all(&messages).await;
+        self.ack_all(batch.iter().map(|d| &d.message)).await;
     }
 
     /// Decodes, applies and settles one delivered batch.
