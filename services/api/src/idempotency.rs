@@ -147,14 +147,17 @@ impl Idempotency {
 
     /// The record for `key` and its revision, if a request with that key came before.
     pub async fn lookup(&self, key: &IdempotencyKey) -> Result<Option<(Record, u64)>> {
-        let message = match self
-            .records
-            .get_last_raw_message_by_subject(&self.subject(key))
-            .await
-        {
-            Ok(message) => message,
-            Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => return Ok(None),
-            Err(e) => return Err(ApiError::Unavailable(format!("idempotency lookup: {e}"))),
+        let subject = self.subject(key);
+        let lookup = self.records.get_last_raw_message_by_subject(&subject);
+        let message = match self.js.within(lookup).await {
+            Some(Ok(message)) => message,
+            Some(Err(e)) if e.kind() == LastRawMessageErrorKind::NoMessageFound => return Ok(None),
+            Some(Err(e)) => return Err(ApiError::Unavailable(format!("idempotency lookup: {e}"))),
+            None => {
+                return Err(ApiError::Unavailable(
+                    "idempotency lookup timed out".to_owned(),
+                ))
+            }
         };
         let record: Record = serde_json::from_slice(&message.payload)
             .map_err(|e| ApiError::Unavailable(format!("idempotency record unreadable: {e}")))?;
@@ -206,12 +209,14 @@ impl Idempotency {
             self.subject(key),
             map,
             payload.into(),
-        )
-        .await;
-        match ack {
-            Ok(ack) => Ok(Some(ack.sequence)),
-            Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => Ok(None),
-            Err(e) => Err(ApiError::Unavailable(format!("idempotency record: {e}"))),
+        );
+        match self.js.within(ack).await {
+            Some(Ok(ack)) => Ok(Some(ack.sequence)),
+            Some(Err(e)) if e.kind() == PublishErrorKind::WrongLastSequence => Ok(None),
+            Some(Err(e)) => Err(ApiError::Unavailable(format!("idempotency record: {e}"))),
+            None => Err(ApiError::Unavailable(
+                "idempotency record timed out".to_owned(),
+            )),
         }
     }
 }

@@ -192,13 +192,13 @@ impl Publisher {
     async fn last_on(&self, subject: &str) -> Result<Option<bytes::Bytes>> {
         use async_nats::jetstream::stream::LastRawMessageErrorKind;
         let lookup = self.js.events.get_last_raw_message_by_subject(subject);
-        match tokio::time::timeout(self.js.config.publish_timeout, lookup).await {
-            Ok(Ok(message)) => Ok(Some(message.payload)),
-            Ok(Err(error)) if error.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(None),
-            Ok(Err(error)) => Err(ApiError::Unavailable(format!(
+        match self.js.within(lookup).await {
+            Some(Ok(message)) => Ok(Some(message.payload)),
+            Some(Err(error)) if error.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(None),
+            Some(Err(error)) => Err(ApiError::Unavailable(format!(
                 "jetstream last message lookup: {error}"
             ))),
-            Err(_) => Err(ApiError::Unavailable(
+            None => Err(ApiError::Unavailable(
                 "jetstream last message lookup timed out".to_owned(),
             )),
         }

@@ -51,6 +51,18 @@ pub struct JetStream {
     pub config: StreamConfig,
 }
 
+impl JetStream {
+    /// Runs one JetStream request of an api request (a lookup, an idempotency record) bounded
+    /// like one publish attempt, `CONFAB_PUBLISH_TIMEOUT_MS`: the context's own timeout is the
+    /// longer one stream and consumer management need, and a request must fail fast during a
+    /// leader election instead of waiting that out. `None` when the time ran out.
+    pub async fn within<T>(&self, request: impl std::future::Future<Output = T>) -> Option<T> {
+        tokio::time::timeout(self.config.publish_timeout, request)
+            .await
+            .ok()
+    }
+}
+
 /// The servers of a `NATS_URL`: one URL or a comma-separated list, as every NATS client takes
 /// it (`nats://a:4222,nats://b:4222`); the client connects to any and fails over to the others.
 pub fn server_list(url: &str) -> Vec<String> {
