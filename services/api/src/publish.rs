@@ -58,7 +58,8 @@ impl Publisher {
         envelope: &Envelope,
         trace: &TraceContext,
     ) -> Result<PublishOutcome> {
-        let kind = envelope.event.kind().as_str();
+        let event_kind = envelope.event.kind();
+        let kind = event_kind.as_str();
         let subject = self.js.subjects.for_event(&envelope.event);
         let dedup_id = envelope.dedup_id();
         let mut map = HeaderMap::new();
@@ -69,7 +70,7 @@ impl Publisher {
             envelope.version.to_string().as_str(),
         );
         // The PRODUCER span of this publish; the event carries its context.
-        let span = confab_runtime::trace::publish_span(kind, &subject, &dedup_id);
+        let span = confab_runtime::trace::publish_span(event_kind, &subject, &dedup_id);
         let parent = confab_runtime::trace::continue_trace(&span, Some(trace));
         confab_runtime::trace::inject(&parent, &mut HeaderInjector(&mut map));
         if envelope.event.created_number().is_some() {

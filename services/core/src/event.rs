@@ -100,6 +100,16 @@ impl EventKind {
             Self::MessageUpdated => "message.updated",
         }
     }
+
+    /// The name of the span that publishes an event of this kind (`publish <kind>`), a constant
+    /// so the request path formats nothing.
+    pub fn publish_span_name(self) -> &'static str {
+        match self {
+            Self::ChatCreated => "publish chat.created",
+            Self::MessageCreated => "publish message.created",
+            Self::MessageUpdated => "publish message.updated",
+        }
+    }
 }
 
 impl Event {

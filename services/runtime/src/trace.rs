@@ -140,17 +140,10 @@ pub fn trace_id(message: &jetstream::Message) -> Option<String> {
 
 /// The PRODUCER span of one publish (a child of the current request span); the event's
 /// `traceparent` is this span's context, so consumers' spans are its children.
-pub fn publish_span(event_type: &str, subject: &str, message_id: &str) -> Span {
-    // Named `publish <type>` without formatting a string on the request path.
-    let name = match event_type {
-        "chat.created" => "publish chat.created",
-        "message.created" => "publish message.created",
-        "message.updated" => "publish message.updated",
-        _ => "publish",
-    };
+pub fn publish_span(kind: confab_core::event::EventKind, subject: &str, message_id: &str) -> Span {
     tracing::info_span!(
         "publish",
-        otel.name = name,
+        otel.name = kind.publish_span_name(),
         otel.kind = "producer",
         messaging.system = "nats",
         messaging.operation.type = "publish",
