@@ -6,7 +6,7 @@ use std::time::Duration;
 use confab_core::quota::{Quotas, RateParams};
 use confab_core::validation::Limits;
 use confab_runtime::config::{
-    boolean, millis_within, parse_within, secs_within, socket_addr, string,
+    boolean, millis_within, parse_within, secret, secs_within, socket_addr, string,
 };
 use confab_runtime::{CommonConfig, ConfigError, Env, Secret};
 use confab_search::config::ElasticsearchConfig;
@@ -105,9 +105,7 @@ impl ApiConfig {
             1..=10_000,
         )?;
         Ok(Self {
-            internal_token: Some(string(env, "CONFAB_INTERNAL_TOKEN", ""))
-                .filter(|t| !t.is_empty())
-                .map(Secret::new),
+            internal_token: secret(env, "CONFAB_INTERNAL_TOKEN"),
             idempotency_stream: string(
                 env,
                 "CONFAB_IDEMPOTENCY_STREAM",
@@ -180,9 +178,7 @@ impl ApiConfig {
                 client_ip_header: Some(string(env, "CONFAB_CLIENT_IP_HEADER", ""))
                     .filter(|h| !h.is_empty()),
             },
-            admin_token: Some(string(env, "CONFAB_ADMIN_TOKEN", ""))
-                .filter(|t| !t.is_empty())
-                .map(Secret::new),
+            admin_token: secret(env, "CONFAB_ADMIN_TOKEN"),
             quota_defaults: Quotas {
                 // The numbering script compares in Lua numbers, exact up to 2^53.
                 max_chats: parse_within(

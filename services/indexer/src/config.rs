@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use confab_runtime::config::{millis_within, parse_within, socket_addr, string};
+use confab_runtime::config::{millis_within, parse_within, secret, socket_addr, string};
 use confab_runtime::{CommonConfig, ConfigError, Env, Secret};
 use confab_search::config::ElasticsearchConfig;
 
@@ -109,9 +109,7 @@ impl IndexerConfig {
                 60_000,
                 0..=86_400_000,
             )?,
-            internal_token: Some(string(env, "CONFAB_INTERNAL_TOKEN", ""))
-                .filter(|t| !t.is_empty())
-                .map(Secret::new),
+            internal_token: secret(env, "CONFAB_INTERNAL_TOKEN"),
         })
     }
 }

@@ -42,6 +42,13 @@ pub fn string(env: &Env, name: &str, default: &str) -> String {
         .unwrap_or_else(|| default.to_owned())
 }
 
+/// A secret setting: `None` when `name` is unset or empty.
+pub fn secret(env: &Env, name: &str) -> Option<crate::Secret<String>> {
+    env.get(name)
+        .filter(|v| !v.is_empty())
+        .map(|v| crate::Secret::new(v.clone()))
+}
+
 /// Reads and parses `name`, falling back to `default`. For numbers use [`parse_within`], which
 /// also bounds them.
 pub fn parse<T>(env: &Env, name: &'static str, default: T) -> Result<T, ConfigError>
