@@ -331,7 +331,10 @@ async fn bad_input_gets_the_documented_error_and_writes_nothing() {
         ),
     ];
     for (method, path, body, status, code) in &cases {
-        let (got, json) = c.raw(method.clone(), path, *body).await;
+        let (got, json) = match body {
+            Some(body) if body.len() > 1024 * 1024 => c.oversized(method, path, body).await,
+            _ => c.raw(method.clone(), path, *body).await,
+        };
         let shown = path.replace(&token, "{token}");
         assert_eq!(
             got,

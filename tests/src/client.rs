@@ -58,6 +58,57 @@ impl Client {
         )
     }
 
+    /// Sends a body larger than the server will read, the way a careful client does: it reads
+    /// the answer while it is still writing, and a write cut short by the server's close is not
+    /// an error. (An HTTP client that stops at the failed write would report a broken pipe
+    /// instead of the 413 the server sent before closing.)
+    pub async fn oversized(&self, method: &Method, path: &str, body: &str) -> (StatusCode, Value) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let authority = self
+            .base
+            .strip_prefix("http://")
+            .expect("plain-HTTP base URL");
+        let stream = tokio::net::TcpStream::connect(authority)
+            .await
+            .expect("connected");
+        let (mut reader, mut writer) = stream.into_split();
+        let request = format!(
+            "{method} {path} HTTP/1.1\r\nhost: {authority}\r\ncontent-type: application/json\r\n\
+             content-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        let write = tokio::spawn(async move {
+            // Cut short once the server has answered and closed: expected, not a failure.
+            let _ = writer.write_all(request.as_bytes()).await;
+        });
+        let mut answer = Vec::new();
+        let mut chunk = [0u8; 8192];
+        loop {
+            match reader.read(&mut chunk).await {
+                Ok(0) => break,
+                Ok(n) => answer.extend_from_slice(&chunk[..n]),
+                // A reset after the answer arrived ends the read, not the test.
+                Err(e) if !answer.is_empty() => {
+                    eprintln!("read ended by {e} after {} bytes", answer.len());
+                    break;
+                }
+                Err(e) => panic!("no answer to the oversized request: {e}"),
+            }
+        }
+        write.abort();
+        let text = String::from_utf8_lossy(&answer);
+        let (head, payload) = text.split_once("\r\n\r\n").expect("a whole response head");
+        let status: u16 = head
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .expect("a status line");
+        (
+            StatusCode::from_u16(status).expect("a valid status"),
+            serde_json::from_str(payload).unwrap_or(Value::Null),
+        )
+    }
+
     /// Sends a request with an optional raw body; returns the status and the parsed JSON
     /// (`Value::Null` when the body is not JSON).
     pub async fn raw(&self, method: Method, path: &str, body: Option<&str>) -> (StatusCode, Value) {
