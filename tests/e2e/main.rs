@@ -8,6 +8,7 @@ mod conformance;
 mod consumers;
 mod contract;
 mod counters;
+mod deletion;
 mod durability;
 mod health;
 mod idempotency;

@@ -495,7 +495,7 @@ async fn a_batch_written_while_its_application_was_deleted_is_removed_again() {
         .raw(Method::DELETE, "/admin/v1/applications/doomed", None)
         .await;
     assert_eq!(status, StatusCode::NO_CONTENT);
-    confab_indexer::purge::delete_if_deleted(&env.db, &backend, &[doomed_id, kept_id])
+    confab_indexer::purge::delete_if_deleted(&env.db, &backend, &[doc(doomed_id), doc(kept_id)])
         .await
         .unwrap();
     let found = |application_id| {

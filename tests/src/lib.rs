@@ -214,18 +214,20 @@ impl TestEnv {
         confab_counter_reconciler::pool(&config).unwrap()
     }
 
-    /// Whether every stored count equals the real number of rows.
+    /// Whether every stored count of a live parent equals the real number of its live (not
+    /// deleted) children. (A deleted chat's count is never shown again.)
     pub async fn counts_are_exact(&self) -> bool {
         self.count(
-            "SELECT COUNT(*) FROM chats c WHERE c.messages_count <> \
-             (SELECT COUNT(*) FROM messages m WHERE m.chat_id = c.id)",
+            "SELECT COUNT(*) FROM chats c WHERE c.deleted_at IS NULL AND c.messages_count <> \
+             (SELECT COUNT(*) FROM messages m WHERE m.chat_id = c.id AND m.deleted_at IS NULL)",
         )
         .await
             == 0
             && self
                 .count(
                     "SELECT COUNT(*) FROM applications a WHERE a.chats_count <> \
-                     (SELECT COUNT(*) FROM chats c WHERE c.application_id = a.id)",
+                     (SELECT COUNT(*) FROM chats c WHERE c.application_id = a.id \
+                      AND c.deleted_at IS NULL)",
                 )
                 .await
                 == 0

@@ -31,7 +31,8 @@ pub struct Sequence<'a, P> {
     pub key: String,
     /// The wildcard over this parent's creation subjects (for re-seeding).
     pub subjects: String,
-    /// The highest number persisted in MySQL (for re-seeding).
+    /// The highest number persisted in MySQL (for re-seeding); an error refuses the request (a
+    /// deleted parent).
     pub persisted_max: P,
     /// The quotas checked atomically with taking the number.
     pub admission: Admission,
@@ -60,7 +61,7 @@ impl AppState {
     ) -> Result<(u64, Envelope, Option<RateLimitState>)>
     where
         P: Fn() -> F,
-        F: Future<Output = sqlx::Result<Option<u64>>>,
+        F: Future<Output = Result<Option<u64>>>,
     {
         let mut recorded = Recorded::NotAsked;
         if let Some(key) = &sequence.idempotency {
@@ -75,8 +76,10 @@ impl AppState {
         let mut taken = 0;
         for _ in 0..MAX_NUMBER_ATTEMPTS {
             let seed = async {
-                let persisted = (sequence.persisted_max)().await?;
-                let in_flight = self.publisher.last_number_on(&sequence.subjects).await?;
+                let (persisted, in_flight) = tokio::try_join!(
+                    (sequence.persisted_max)(),
+                    self.publisher.last_number_on(&sequence.subjects)
+                )?;
                 Ok(reseed_value(persisted, in_flight).max(taken))
             };
             let Numbered { number, rate } = self

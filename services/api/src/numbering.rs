@@ -64,6 +64,8 @@ pub struct Admission {
     pub cap: u64,
     /// The rate limiter's key and parameters, if the rate is limited.
     pub rate: Option<(String, RateParams)>,
+    /// The parent's deletion mark: no number is taken while it is set.
+    pub gone: Option<String>,
 }
 
 /// The raising script's status when it moved the key (otherwise it answers like the first one).
@@ -177,6 +179,9 @@ fn invocation<'a>(
             invocation.key(key).arg(admission.cap).arg(0).arg(0);
         }
     }
+    if let Some(gone) = &admission.gone {
+        invocation.key(gone);
+    }
     invocation
 }
 
@@ -210,6 +215,7 @@ fn decide(
                 rate: params.map(|params| params.refused(MESSAGES, value)),
             })
         }
+        5 => Err(ApiError::NotFound("chat")),
         other => Err(ApiError::Unavailable(format!(
             "{kind} numbering answered an unknown status {other}"
         ))),

@@ -21,8 +21,8 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
     ),
     paths(
         applications::create, applications::list, applications::show, applications::update,
-        chats::create, chats::list, chats::show,
-        messages::create, messages::list, messages::show, messages::update,
+        chats::create, chats::list, chats::show, chats::delete,
+        messages::create, messages::list, messages::show, messages::update, messages::delete,
         search::search,
         admin::routes::show, admin::routes::put, admin::routes::rotate, admin::routes::delete,
     ),

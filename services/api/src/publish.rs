@@ -217,8 +217,8 @@ impl Publisher {
             .and_then(|envelope| envelope.event.created_number()))
     }
 
-    /// Whether the creation event on `subject` (one parent and number) is in the stream.
-    pub async fn creation_stored(&self, subject: &str) -> Result<bool> {
+    /// Whether the event on `subject` (one item's creation, or its deletion) is in the stream.
+    pub async fn stored(&self, subject: &str) -> Result<bool> {
         Ok(self.last_on(subject).await?.is_some())
     }
 }

@@ -132,7 +132,7 @@ pub async fn list_chats(
 ) -> sqlx::Result<Vec<ChatRow>> {
     sqlx::query_as(
         "SELECT number, messages_count, created_at, updated_at FROM chats \
-         WHERE application_id = ? ORDER BY number LIMIT ? OFFSET ?",
+         WHERE application_id = ? AND deleted_at IS NULL ORDER BY number LIMIT ? OFFSET ?",
     )
     .bind(application_id)
     .bind(limit)
@@ -148,7 +148,7 @@ pub async fn chat(
 ) -> sqlx::Result<Option<ChatRow>> {
     sqlx::query_as(
         "SELECT number, messages_count, created_at, updated_at FROM chats \
-         WHERE application_id = ? AND number = ?",
+         WHERE application_id = ? AND number = ? AND deleted_at IS NULL",
     )
     .bind(application_id)
     .bind(number)
@@ -188,7 +188,8 @@ pub async fn list_messages(
     sqlx::query_as(
         "SELECT m.number, m.body, m.created_at, m.updated_at \
          FROM chats c JOIN messages m ON m.chat_id = c.id \
-         WHERE c.application_id = ? AND c.number = ? ORDER BY m.number LIMIT ? OFFSET ?",
+         WHERE c.application_id = ? AND c.number = ? AND m.deleted_at IS NULL \
+         ORDER BY m.number LIMIT ? OFFSET ?",
     )
     .bind(application_id)
     .bind(chat_number)
@@ -207,11 +208,65 @@ pub async fn message(
     sqlx::query_as(
         "SELECT m.number, m.body, m.created_at, m.updated_at \
          FROM chats c JOIN messages m ON m.chat_id = c.id \
-         WHERE c.application_id = ? AND c.number = ? AND m.number = ?",
+         WHERE c.application_id = ? AND c.number = ? AND m.number = ? AND m.deleted_at IS NULL",
     )
     .bind(application_id)
     .bind(chat_number)
     .bind(number)
     .fetch_optional(db)
     .await
+}
+
+/// What MySQL holds of a chat or a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    Live,
+    /// A tombstone: deleted, its number still taken.
+    Deleted,
+}
+
+/// The state from `deleted_at IS NOT NULL` (an integer in MySQL), if there is a row.
+fn state(deleted: Option<i64>) -> Option<State> {
+    deleted.map(|deleted| {
+        if deleted != 0 {
+            State::Deleted
+        } else {
+            State::Live
+        }
+    })
+}
+
+/// Whether a chat is persisted, and deleted; `None` when it is not persisted (yet).
+pub async fn chat_state(
+    db: &MySqlPool,
+    application_id: u64,
+    number: u64,
+) -> sqlx::Result<Option<State>> {
+    let deleted: Option<i64> = sqlx::query_scalar(
+        "SELECT deleted_at IS NOT NULL FROM chats WHERE application_id = ? AND number = ?",
+    )
+    .bind(application_id)
+    .bind(number)
+    .fetch_optional(db)
+    .await?;
+    Ok(state(deleted))
+}
+
+/// Whether a message is persisted, and deleted; `None` when it is not persisted (yet).
+pub async fn message_state(
+    db: &MySqlPool,
+    application_id: u64,
+    chat_number: u64,
+    number: u64,
+) -> sqlx::Result<Option<State>> {
+    let deleted: Option<i64> = sqlx::query_scalar(
+        "SELECT m.deleted_at IS NOT NULL FROM chats c JOIN messages m ON m.chat_id = c.id \
+         WHERE c.application_id = ? AND c.number = ? AND m.number = ?",
+    )
+    .bind(application_id)
+    .bind(chat_number)
+    .bind(number)
+    .fetch_optional(db)
+    .await?;
+    Ok(state(deleted))
 }

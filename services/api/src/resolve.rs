@@ -1,8 +1,9 @@
 //! Resolving what a request names: token → application, and whether a chat or message exists.
 //!
 //! All of it is reads: an in-process cache first, then Redis (for chats acknowledged by JetStream
-//! but maybe not persisted yet), then MySQL, then the stream itself (an item acknowledged but not
-//! yet persisted whose Redis mark was lost with Redis' data).
+//! but maybe not persisted yet, and chats marked deleted), then MySQL, then the stream itself (an
+//! item acknowledged but not yet persisted whose Redis mark was lost with Redis' data, or a
+//! deletion not yet persisted).
 
 use confab_core::Token;
 use redis::AsyncCommands;
@@ -42,7 +43,9 @@ impl AppState {
         }
     }
 
-    /// Whether a chat exists: persisted, or created and still in flight.
+    /// Whether a chat takes new messages: persisted and not deleted, or created and still in
+    /// flight. Cached per replica once true: a chat's deletion is enforced where its numbers are
+    /// taken (the numbering script refuses a number in a chat marked deleted), not here.
     pub async fn chat_exists(&self, application_id: u64, number: u64) -> Result<bool> {
         if self.known_chats.contains_key(&(application_id, number)) {
             return Ok(true);
@@ -53,24 +56,47 @@ impl AppState {
             .exists(self.keys.chat_in_flight(application_id, number))
             .await?;
         self.metrics.dependencies.redis("chat_in_flight", started);
+        let subjects = &self.publisher.jetstream().subjects;
         let exists = in_flight
-            || repo::chat(&self.db, application_id, number)
-                .await?
-                .is_some()
-            || self
-                .publisher
-                .creation_stored(
-                    &self
-                        .publisher
-                        .jetstream()
-                        .subjects
-                        .chat_created(application_id, number),
-                )
-                .await?;
+            || match repo::chat_state(&self.db, application_id, number).await? {
+                Some(state) => state == repo::State::Live,
+                None => {
+                    self.publisher
+                        .stored(&subjects.chat_created(application_id, number))
+                        .await?
+                }
+            };
         if exists {
             self.known_chats.insert((application_id, number), ());
         }
         Ok(exists)
+    }
+
+    /// Whether a chat can be read, updated or deleted: not marked deleted in Redis (the mark is
+    /// set before a deletion is published, so a client reads its own deletion at once), not
+    /// deleted in MySQL, and persisted or in flight with no deletion in the stream.
+    pub async fn chat_live(&self, application_id: u64, number: u64) -> Result<bool> {
+        let mut redis = self.redis.clone();
+        let started = std::time::Instant::now();
+        let marked: bool = redis
+            .exists(self.keys.chat_deleted(application_id, number))
+            .await?;
+        self.metrics.dependencies.redis("chat_deleted", started);
+        Ok(!marked && self.chat_undeleted(application_id, number).await?)
+    }
+
+    /// Whether a chat exists and no deletion of it is persisted or stored in the stream (the
+    /// Redis mark aside).
+    pub async fn chat_undeleted(&self, application_id: u64, number: u64) -> Result<bool> {
+        let subjects = &self.publisher.jetstream().subjects;
+        match repo::chat_state(&self.db, application_id, number).await? {
+            Some(state) => Ok(state == repo::State::Live),
+            None => Ok(self.chat_exists(application_id, number).await?
+                && !self
+                    .publisher
+                    .stored(&subjects.chat_deleted(application_id, number))
+                    .await?),
+        }
     }
 
     /// Remembers a chat whose creation JetStream acknowledged, for every api replica.
@@ -88,24 +114,71 @@ impl AppState {
         Ok(())
     }
 
-    /// Whether a message exists: persisted, or its creation event stored in the stream. (A number
-    /// merely handed out by the sequence is not enough: its publish may have failed, and an
-    /// update must not create a message nobody created.)
+    /// Marks a chat deleted for every api replica (no expiry): from here on the numbering script
+    /// refuses its messages and reads answer 404.
+    pub async fn mark_chat_deleted(&self, application_id: u64, number: u64) -> Result<()> {
+        let mut redis = self.redis.clone();
+        let started = std::time::Instant::now();
+        let () = redis
+            .set(self.keys.chat_deleted(application_id, number), 1u8)
+            .await?;
+        self.metrics
+            .dependencies
+            .redis("mark_chat_deleted", started);
+        self.known_chats.invalidate(&(application_id, number));
+        Ok(())
+    }
+
+    /// The highest message number persisted in a chat, for re-seeding its sequence. Re-seeding
+    /// is also what follows a Redis loss, which loses the deletion marks: a chat deleted in MySQL
+    /// or in the stream is marked again here, and the message refused.
+    pub async fn persisted_message_max(
+        &self,
+        application_id: u64,
+        chat: u64,
+    ) -> Result<Option<u64>> {
+        let deletion_subject = self
+            .publisher
+            .jetstream()
+            .subjects
+            .chat_deleted(application_id, chat);
+        let (state, max, deletion) = tokio::try_join!(
+            async { Ok::<_, ApiError>(repo::chat_state(&self.db, application_id, chat).await?) },
+            async {
+                Ok::<_, ApiError>(repo::max_message_number(&self.db, application_id, chat).await?)
+            },
+            self.publisher.stored(&deletion_subject),
+        )?;
+        if state == Some(repo::State::Deleted) || deletion {
+            self.mark_chat_deleted(application_id, chat).await?;
+            return Err(ApiError::NotFound("chat"));
+        }
+        Ok(max)
+    }
+
+    /// Whether a message exists and is not deleted: persisted, or its creation event stored in
+    /// the stream with no deletion after it. (A number merely handed out by the sequence is not
+    /// enough: its publish may have failed, and an update must not create a message nobody
+    /// created.)
     pub async fn message_exists(
         &self,
         application_id: u64,
         chat: u64,
         number: u64,
     ) -> Result<bool> {
-        if repo::message(&self.db, application_id, chat, number)
-            .await?
-            .is_some()
-        {
-            return Ok(true);
+        match repo::message_state(&self.db, application_id, chat, number).await? {
+            Some(state) => Ok(state == repo::State::Live),
+            None => {
+                let subjects = &self.publisher.jetstream().subjects;
+                Ok(self
+                    .publisher
+                    .stored(&subjects.message_created(application_id, chat, number))
+                    .await?
+                    && !self
+                        .publisher
+                        .stored(&subjects.message_deleted(application_id, chat, number))
+                        .await?)
+            }
         }
-        let subjects = &self.publisher.jetstream().subjects;
-        self.publisher
-            .creation_stored(&subjects.message_created(application_id, chat, number))
-            .await
     }
 }

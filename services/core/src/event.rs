@@ -13,6 +13,8 @@
 //! | `p.v1.chat.created.{app}.{number}` | [`Event::ChatCreated`] |
 //! | `p.v1.message.created.{app}.{chat}.{number}` | [`Event::MessageCreated`] |
 //! | `p.v1.message.updated.{app}.{chat}` | [`Event::MessageUpdated`] |
+//! | `p.v1.message.deleted.{app}.{chat}.{number}` | [`Event::MessageDeleted`] |
+//! | `p.v1.chat.deleted.{app}.{number}` | [`Event::ChatDeleted`] |
 //! | `p.dlq.<original subject>` | dead letters (separate stream) |
 //!
 //! Every creation event has a subject of its own, one per (parent, number). The api publishes it
@@ -20,6 +22,11 @@
 //! event for a number while the first is retained, however long ago it was stored and whatever
 //! the duplicate window ([`crate::sequence`]). The highest number in flight for a parent is one
 //! "last message for subject" lookup on the parent's wildcard (`…created.{app}.*`) away.
+//!
+//! Deletions have a subject per deleted item too, so "is a deletion of this item stored?" is one
+//! lookup, and they dedup on the item. A deletion is final: consumers version every write of a
+//! message by its stream sequence, and a deletion by [`DELETION_VERSION`] plus its sequence, so no
+//! update can ever outrank it, whatever the order of delivery ([`write_version`]).
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -66,6 +73,38 @@ pub enum Event {
     MessageCreated(MessageWritten),
     #[serde(rename = "message.updated")]
     MessageUpdated(MessageWritten),
+    #[serde(rename = "message.deleted")]
+    MessageDeleted(MessageDeleted),
+    #[serde(rename = "chat.deleted")]
+    ChatDeleted(ChatDeleted),
+}
+
+/// Versions at or above this are deletions: every deletion outranks every other write of the
+/// same message (stream sequences stay far below 2^62).
+pub const DELETION_VERSION: u64 = 1 << 62;
+
+/// The version of a write to a message carried by `event` at `stream_sequence`: the sequence,
+/// or [`DELETION_VERSION`] plus it for a deletion, so a deletion is never overwritten.
+pub fn write_version(event: &Event, stream_sequence: u64) -> u64 {
+    match event {
+        Event::MessageDeleted(_) | Event::ChatDeleted(_) => DELETION_VERSION + stream_sequence,
+        _ => stream_sequence,
+    }
+}
+
+/// A message deleted by its tenant.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MessageDeleted {
+    pub application_id: u64,
+    pub chat_number: u64,
+    pub number: u64,
+}
+
+/// A chat deleted by its tenant, with all its messages.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChatDeleted {
+    pub application_id: u64,
+    pub number: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -90,6 +129,8 @@ pub enum EventKind {
     ChatCreated,
     MessageCreated,
     MessageUpdated,
+    MessageDeleted,
+    ChatDeleted,
 }
 
 impl EventKind {
@@ -98,6 +139,8 @@ impl EventKind {
             Self::ChatCreated => "chat.created",
             Self::MessageCreated => "message.created",
             Self::MessageUpdated => "message.updated",
+            Self::MessageDeleted => "message.deleted",
+            Self::ChatDeleted => "chat.deleted",
         }
     }
 
@@ -108,6 +151,8 @@ impl EventKind {
             Self::ChatCreated => "publish chat.created",
             Self::MessageCreated => "publish message.created",
             Self::MessageUpdated => "publish message.updated",
+            Self::MessageDeleted => "publish message.deleted",
+            Self::ChatDeleted => "publish chat.deleted",
         }
     }
 }
@@ -118,7 +163,7 @@ impl Event {
         match self {
             Self::ChatCreated(c) => Some(c.number),
             Self::MessageCreated(m) => Some(m.number),
-            Self::MessageUpdated(_) => None,
+            Self::MessageUpdated(_) | Self::MessageDeleted(_) | Self::ChatDeleted(_) => None,
         }
     }
 
@@ -127,6 +172,8 @@ impl Event {
             Self::ChatCreated(_) => EventKind::ChatCreated,
             Self::MessageCreated(_) => EventKind::MessageCreated,
             Self::MessageUpdated(_) => EventKind::MessageUpdated,
+            Self::MessageDeleted(_) => EventKind::MessageDeleted,
+            Self::ChatDeleted(_) => EventKind::ChatDeleted,
         }
     }
 }
@@ -151,7 +198,8 @@ impl Envelope {
     }
 
     /// The JetStream dedup id. Creation events dedup on (parent, number), which is what makes a
-    /// number handed out twice detectable; updates dedup on the event id (publish retries only).
+    /// number handed out twice detectable; deletions on their item (deleting twice is deleting
+    /// once); updates dedup on the event id (publish retries only).
     pub fn dedup_id(&self) -> String {
         match &self.event {
             Event::ChatCreated(c) => format!("chat:{}:{}", c.application_id, c.number),
@@ -159,6 +207,13 @@ impl Envelope {
                 format!("msg:{}:{}:{}", m.application_id, m.chat_number, m.number)
             }
             Event::MessageUpdated(_) => format!("upd:{}", self.id),
+            Event::MessageDeleted(m) => {
+                format!(
+                    "msg-del:{}:{}:{}",
+                    m.application_id, m.chat_number, m.number
+                )
+            }
+            Event::ChatDeleted(c) => format!("chat-del:{}:{}", c.application_id, c.number),
         }
     }
 
@@ -246,7 +301,20 @@ impl Subjects {
         )
     }
 
-    /// Message events only (created and updated), for consumers such as the indexer.
+    /// The subject of one message's deletion.
+    pub fn message_deleted(&self, application_id: u64, chat_number: u64, number: u64) -> String {
+        format!(
+            "{}.v1.message.deleted.{application_id}.{chat_number}.{number}",
+            self.prefix
+        )
+    }
+
+    /// The subject of one chat's deletion.
+    pub fn chat_deleted(&self, application_id: u64, number: u64) -> String {
+        format!("{}.v1.chat.deleted.{application_id}.{number}", self.prefix)
+    }
+
+    /// Message events only (created, updated and deleted), for consumers such as the indexer.
     pub fn all_message_events(&self) -> String {
         format!("{}.v1.message.>", self.prefix)
     }
@@ -258,6 +326,10 @@ impl Subjects {
                 self.message_created(m.application_id, m.chat_number, m.number)
             }
             Event::MessageUpdated(m) => self.message_updated(m.application_id, m.chat_number),
+            Event::MessageDeleted(m) => {
+                self.message_deleted(m.application_id, m.chat_number, m.number)
+            }
+            Event::ChatDeleted(c) => self.chat_deleted(c.application_id, c.number),
         }
     }
 
@@ -320,6 +392,26 @@ mod tests {
     }
 
     #[test]
+    fn a_deletion_outranks_every_write_and_dedups_on_its_item() {
+        let deleted = |number| {
+            Envelope::new(Event::MessageDeleted(MessageDeleted {
+                application_id: 7,
+                chat_number: 3,
+                number,
+            }))
+        };
+        let update = message(Event::MessageUpdated);
+        // A deletion early in the stream still outranks an update late in it.
+        assert!(write_version(&deleted(42).event, 5) > write_version(&update.event, 1 << 40));
+        assert!(write_version(&deleted(42).event, 6) > write_version(&deleted(42).event, 5));
+        assert_eq!(deleted(42).dedup_id(), deleted(42).dedup_id());
+        assert_ne!(deleted(42).dedup_id(), deleted(41).dedup_id());
+        let json: serde_json::Value = serde_json::from_slice(&deleted(42).encode()).unwrap();
+        assert_eq!(json["type"], "message.deleted");
+        assert_eq!(deleted(42).event.created_number(), None);
+    }
+
+    #[test]
     fn subjects_are_under_the_stream_filters() {
         let s = Subjects::new("t");
         assert_eq!(s.chat_created(1, 4), "t.v1.chat.created.1.4");
@@ -327,6 +419,8 @@ mod tests {
         assert_eq!(s.message_created(1, 2, 3), "t.v1.message.created.1.2.3");
         assert_eq!(s.messages_created(1, 2), "t.v1.message.created.1.2.*");
         assert_eq!(s.message_updated(1, 2), "t.v1.message.updated.1.2");
+        assert_eq!(s.message_deleted(1, 2, 3), "t.v1.message.deleted.1.2.3");
+        assert_eq!(s.chat_deleted(1, 4), "t.v1.chat.deleted.1.4");
         assert_eq!(
             s.dead_letter("t.v1.chat.created.1.4"),
             "t.dlq.v1.chat.created.1.4"

@@ -41,6 +41,14 @@ impl Keys {
     pub fn chat_in_flight(&self, application_id: u64, chat_number: u64) -> String {
         format!("{}chat:{application_id}:{chat_number}", self.prefix)
     }
+
+    /// Marks a deleted chat, without expiry: the message numbering script refuses a number in a
+    /// chat with this mark, atomically with taking it. (After Redis lost its data, the first
+    /// message of the chat re-seeds its sequence, and re-seeding finds the deletion in MySQL or
+    /// the stream and sets the mark again.)
+    pub fn chat_deleted(&self, application_id: u64, chat_number: u64) -> String {
+        format!("{}deleted:chat:{application_id}:{chat_number}", self.prefix)
+    }
 }
 
 #[cfg(test)]
@@ -54,6 +62,7 @@ mod tests {
             k.chat_sequence(1),
             k.message_sequence(1, 2),
             k.chat_in_flight(1, 2),
+            k.chat_deleted(1, 2),
         ];
         assert!(all.iter().all(|x| x.starts_with("t1:")));
         let set: std::collections::HashSet<_> = all.iter().collect();

@@ -79,7 +79,7 @@ pub async fn recount(tx: &mut Transaction<'_, MySql>, kind: Kind, ids: &[u64]) -
     }
     let mut q = QueryBuilder::<MySql>::new(format!(
         "UPDATE {parent} p SET p.{count} = (SELECT COUNT(*) FROM {child} c \
-         WHERE c.{child_parent} = p.id) WHERE p.id IN (",
+         WHERE c.{child_parent} = p.id AND c.deleted_at IS NULL) WHERE p.id IN (",
         parent = kind.parent_table,
         count = kind.count_column,
         child = kind.child_table,

@@ -34,7 +34,7 @@ async fn repair_kind(db: &MySqlPool, kind: Kind, chunk: u64) -> sqlx::Result<u64
     let Some(max) = max else { return Ok(0) };
     let sql = format!(
         "UPDATE {parent} p SET p.{count} = (SELECT COUNT(*) FROM {child} c \
-         WHERE c.{child_parent} = p.id) WHERE p.id BETWEEN ? AND ?",
+         WHERE c.{child_parent} = p.id AND c.deleted_at IS NULL) WHERE p.id BETWEEN ? AND ?",
         parent = kind.parent_table,
         count = kind.count_column,
         child = kind.child_table,

@@ -162,7 +162,7 @@ mod tests {
         ) -> BoxFuture<'a, confab_search::Result<Vec<Hit>>> {
             Box::pin(async { Ok(Vec::new()) })
         }
-        fn delete_application(&self, _: u64) -> BoxFuture<'_, confab_search::Result<()>> {
+        fn delete(&self, _: confab_search::Scope) -> BoxFuture<'_, confab_search::Result<()>> {
             Box::pin(async { Ok(()) })
         }
     }

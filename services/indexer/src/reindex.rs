@@ -63,7 +63,8 @@ pub async fn reindex(
 ) -> Result<u64, Error> {
     let total: i64 = sqlx::query_scalar(
         "SELECT COUNT(*) FROM messages m JOIN chats c ON c.id = m.chat_id \
-         JOIN applications a ON a.id = c.application_id WHERE a.deleted_at IS NULL",
+         JOIN applications a ON a.id = c.application_id \
+         WHERE a.deleted_at IS NULL AND c.deleted_at IS NULL",
     )
     .fetch_one(db)
     .await?;
@@ -75,7 +76,8 @@ pub async fn reindex(
             "SELECT m.id, c.application_id, c.number, m.number, m.body, m.version \
              FROM messages m JOIN chats c ON c.id = m.chat_id \
              JOIN applications a ON a.id = c.application_id \
-             WHERE m.id > ? AND a.deleted_at IS NULL ORDER BY m.id LIMIT ?",
+             WHERE m.id > ? AND a.deleted_at IS NULL AND c.deleted_at IS NULL \
+             ORDER BY m.id LIMIT ?",
         )
         .bind(after)
         .bind(CHUNK)
@@ -96,8 +98,7 @@ pub async fn reindex(
             )
             .collect();
         backend.index(&docs).await?;
-        let apps = purge::application_ids(&docs);
-        purge::delete_if_deleted(db, backend, &apps).await?;
+        purge::delete_if_deleted(db, backend, &docs).await?;
         let done = progress
             .indexed
             .fetch_add(docs.len() as u64, Ordering::SeqCst)

@@ -8,11 +8,16 @@
 //! - the creation event that claims each created row ([`Claim`]): a row belongs to the creation
 //!   event that made it, and another creation event for the same number is a conflict, never an
 //!   overwrite. Two creation events for one number in one batch: the first in the stream wins and
-//!   the other is listed in [`Plan::conflicts`].
+//!   the other is listed in [`Plan::conflicts`];
+//! - deletions: a deleted message is a write like the others, with an empty body, a deletion
+//!   time and a version above every update's ([`confab_core::event::write_version`]), so it is
+//!   final in any order; a deleted chat is a tombstone on its row, and the store drops every
+//!   message write for a chat that is deleted ([`Plan::retain_live_chats`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, Utc};
+use confab_core::event::write_version;
 use confab_core::{Envelope, Event};
 use uuid::Uuid;
 
@@ -38,6 +43,8 @@ pub struct MessageUpsert {
     pub at: DateTime<Utc>,
     /// The creation event of this message in the batch, if there is one.
     pub creation: Option<Uuid>,
+    /// A deletion: the body is empty and `at` is when the message was deleted.
+    pub deleted: bool,
 }
 
 /// A creation event's claim on the row of its number.
@@ -68,6 +75,8 @@ pub struct Plan {
     pub conflicts: Vec<u64>,
     /// Chats that received message writes (their `messages_count` may change). Sorted.
     pub counted_chats: Vec<ChatKey>,
+    /// Chats deleted by this batch, with the time of the (first) deletion.
+    pub deleted_chats: BTreeMap<ChatKey, DateTime<Utc>>,
     /// Message rows, at most one per (chat, number): the highest version in the batch wins here
     /// already, and the database keeps the highest version across batches. Sorted (lock order).
     pub messages: Vec<MessageUpsert>,
@@ -90,7 +99,7 @@ fn created(event: &Event) -> Option<Created> {
             },
             Some(m.number),
         )),
-        Event::MessageUpdated(_) => None,
+        Event::MessageUpdated(_) | Event::MessageDeleted(_) | Event::ChatDeleted(_) => None,
     }
 }
 
@@ -118,6 +127,7 @@ pub fn plan<'a>(events: impl IntoIterator<Item = &'a Sequenced> + Clone) -> Plan
     let mut chats: BTreeMap<ChatKey, DateTime<Utc>> = BTreeMap::new();
     let mut messages: BTreeMap<(ChatKey, u64), MessageUpsert> = BTreeMap::new();
     let mut counted_chats = BTreeSet::new();
+    let mut deleted_chats: BTreeMap<ChatKey, DateTime<Utc>> = BTreeMap::new();
     for e in events {
         if let Some(row) = created(&e.envelope.event) {
             if claims
@@ -135,47 +145,76 @@ pub fn plan<'a>(events: impl IntoIterator<Item = &'a Sequenced> + Clone) -> Plan
                 .and_modify(|t| *t = (*t).min(at))
                 .or_insert(at);
         };
-        match &e.envelope.event {
-            Event::ChatCreated(c) => need_chat(ChatKey {
-                application_id: c.application_id,
-                number: c.number,
-            }),
-            Event::MessageCreated(m) | Event::MessageUpdated(m) => {
+        let version = write_version(&e.envelope.event, e.stream_sequence);
+        let (chat, number, body) = match &e.envelope.event {
+            Event::ChatCreated(c) => {
+                need_chat(ChatKey {
+                    application_id: c.application_id,
+                    number: c.number,
+                });
+                continue;
+            }
+            Event::ChatDeleted(c) => {
                 let chat = ChatKey {
+                    application_id: c.application_id,
+                    number: c.number,
+                };
+                // The tombstone needs the row (its creation may not have been applied yet).
+                need_chat(chat.clone());
+                deleted_chats
+                    .entry(chat)
+                    .and_modify(|t| *t = (*t).min(at))
+                    .or_insert(at);
+                continue;
+            }
+            Event::MessageCreated(m) | Event::MessageUpdated(m) => (
+                ChatKey {
                     application_id: m.application_id,
                     number: m.chat_number,
-                };
-                need_chat(chat.clone());
-                // An update can insert a row too (its create lost or not yet applied), so every
-                // message write marks its chat; a recount is idempotent.
-                counted_chats.insert(chat.clone());
-                let creation = claims
-                    .get(&(chat.clone(), Some(m.number)))
-                    .map(|c| c.event_id);
-                let row = MessageUpsert {
-                    chat: chat.clone(),
-                    number: m.number,
-                    body: m.body.clone(),
-                    version: e.stream_sequence,
-                    at,
-                    creation,
-                };
-                messages
-                    .entry((chat, m.number))
-                    .and_modify(|existing| {
-                        if row.version > existing.version {
-                            *existing = row.clone();
-                        }
-                    })
-                    .or_insert(row);
-            }
-        }
+                },
+                m.number,
+                m.body.as_str(),
+            ),
+            Event::MessageDeleted(m) => (
+                ChatKey {
+                    application_id: m.application_id,
+                    number: m.chat_number,
+                },
+                m.number,
+                "",
+            ),
+        };
+        need_chat(chat.clone());
+        // An update or a deletion can insert a row too (its create lost or not yet applied), so
+        // every message write marks its chat; a recount is idempotent.
+        counted_chats.insert(chat.clone());
+        let creation = claims
+            .get(&(chat.clone(), Some(number)))
+            .map(|c| c.event_id);
+        let row = MessageUpsert {
+            chat: chat.clone(),
+            number,
+            body: body.to_owned(),
+            version,
+            at,
+            creation,
+            deleted: matches!(e.envelope.event, Event::MessageDeleted(_)),
+        };
+        messages
+            .entry((chat, number))
+            .and_modify(|existing| {
+                if row.version > existing.version {
+                    *existing = row.clone();
+                }
+            })
+            .or_insert(row);
     }
     Plan {
         chats,
         claims,
         conflicts: conflicts.into_iter().collect(),
         counted_chats: counted_chats.into_iter().collect(),
+        deleted_chats,
         messages: messages.into_values().collect(),
     }
 }
@@ -212,6 +251,18 @@ impl Plan {
         let keep = |key: &ChatKey| !deleted.contains(&key.application_id);
         self.chats.retain(|key, _| keep(key));
         self.claims.retain(|(key, _), _| keep(key));
+        self.counted_chats.retain(keep);
+        self.deleted_chats.retain(|key, _| keep(key));
+        self.messages.retain(|m| keep(&m.chat));
+    }
+
+    /// Drops every message write to the given (deleted) chats, and their claims: a message of a
+    /// deleted chat, whenever it was written, is gone with the chat. The chats' own rows stay
+    /// (their tombstones).
+    pub fn retain_live_chats(&mut self, deleted: &[ChatKey]) {
+        let keep = |key: &ChatKey| !deleted.contains(key);
+        self.claims
+            .retain(|(key, message), _| message.is_none() || keep(key));
         self.counted_chats.retain(keep);
         self.messages.retain(|m| keep(&m.chat));
     }
@@ -309,6 +360,50 @@ mod tests {
     }
 
     #[test]
+    fn a_deletion_is_final_whatever_the_order_and_a_deleted_chat_drops_its_messages() {
+        use confab_core::event::{ChatDeleted, MessageDeleted, DELETION_VERSION};
+        let created = ev(4, Event::MessageCreated(msg(1, 1, "hello")));
+        let deleted = ev(
+            5,
+            Event::MessageDeleted(MessageDeleted {
+                application_id: 1,
+                chat_number: 1,
+                number: 1,
+            }),
+        );
+        let late_update = ev(9, Event::MessageUpdated(msg(1, 1, "edited")));
+        for events in [
+            vec![created.clone(), deleted.clone(), late_update.clone()],
+            vec![late_update.clone(), deleted.clone(), created.clone()],
+        ] {
+            let p = plan(&events);
+            assert_eq!(p.messages.len(), 1);
+            assert!(p.messages[0].deleted);
+            assert_eq!(p.messages[0].body, "");
+            assert_eq!(p.messages[0].version, DELETION_VERSION + 5);
+            // The row still belongs to its creation event (a second creation stays a conflict).
+            assert_eq!(p.messages[0].creation, Some(created.envelope.id));
+            assert_eq!(p.counted_chats.len(), 1);
+        }
+        let chat_deleted = ev(
+            10,
+            Event::ChatDeleted(ChatDeleted {
+                application_id: 1,
+                number: 1,
+            }),
+        );
+        let mut p = plan(&[created, chat_deleted, late_update]);
+        assert_eq!(p.deleted_chats.len(), 1);
+        assert_eq!(p.chats.len(), 1);
+        let chat = p.deleted_chats.keys().next().unwrap().clone();
+        p.retain_live_chats(&[chat]);
+        assert!(p.messages.is_empty());
+        assert!(p.counted_chats.is_empty());
+        assert!(p.claims.is_empty());
+        assert_eq!(p.chats.len(), 1, "the tombstone keeps its row");
+    }
+
+    #[test]
     fn a_second_creation_of_a_number_is_a_conflict_not_an_overwrite() {
         let first = ev(4, Event::MessageCreated(msg(1, 1, "first")));
         let second = ev(7, Event::MessageCreated(msg(1, 1, "second")));
@@ -370,6 +465,7 @@ mod tests {
                 version: n,
                 at: Utc::now(),
                 creation: None,
+                deleted: false,
             })
             .collect();
         let by_rows = chunks(&rows, 4, usize::MAX);

@@ -41,7 +41,8 @@ impl From<sqlx::Error> for StoreError {
 }
 
 /// Writes the plan in one transaction: ensure the chats, mark the changed parents for the counter
-/// reconciler, upsert the messages, then check that every created row belongs to the creation
+/// reconciler, tombstone the deleted chats and drop every message write to a deleted chat, upsert
+/// the messages, then check that every created row belongs to the creation
 /// event that claims it (else nothing is committed: [`StoreError::Conflicts`]).
 ///
 /// Lock order matters: the reconciler locks a parent's mark, then the parent row. Marks are
@@ -66,35 +67,33 @@ pub async fn apply(db: &MySqlPool, plan: &Plan) -> Result<(), StoreError> {
         filtered = copy;
         &filtered
     };
-    let mut ids = chat_ids(&mut tx, plan.chats.keys()).await?;
+    // Chats deleted before this batch, then also those it deletes.
+    let mut deleted_chats = Vec::new();
+    let mut ids = chat_ids(&mut tx, plan.chats.keys(), &mut deleted_chats).await?;
     let missing: Vec<_> = plan
         .chats
         .iter()
         .filter(|(key, _)| !ids.contains_key(key))
         .collect();
-    if !missing.is_empty() {
-        // New chats change their application's chats_count.
-        let mut apps: Vec<u64> = missing.iter().map(|(k, _)| k.application_id).collect();
-        apps.sort_unstable();
-        apps.dedup();
-        mark_dirty(
-            &mut tx,
-            "counter_dirty_applications",
-            "application_id",
-            &apps,
-        )
-        .await?;
-        insert_chats(&mut tx, &missing).await?;
-        ids.extend(chat_ids(&mut tx, missing.iter().map(|(k, _)| *k)).await?);
-    }
-    // New messages change their chat's messages_count.
-    let mut dirty_chats: Vec<u64> = plan
-        .counted_chats
+    // New and deleted chats change their application's chats_count.
+    let mut apps: Vec<u64> = missing
         .iter()
-        .filter_map(|key| ids.get(key).copied())
+        .map(|(k, _)| k.application_id)
+        .chain(plan.deleted_chats.keys().map(|k| k.application_id))
         .collect();
-    dirty_chats.sort_unstable();
-    mark_dirty(&mut tx, "counter_dirty_chats", "chat_id", &dirty_chats).await?;
+    apps.sort_unstable();
+    apps.dedup();
+    mark_dirty(
+        &mut tx,
+        "counter_dirty_applications",
+        "application_id",
+        &apps,
+    )
+    .await?;
+    if !missing.is_empty() {
+        insert_chats(&mut tx, &missing).await?;
+        ids.extend(chat_ids(&mut tx, missing.iter().map(|(k, _)| *k), &mut deleted_chats).await?);
+    }
     if let Some(key) = plan.chats.keys().find(|k| !ids.contains_key(k)) {
         // Not visible yet (e.g. a concurrent insert by another replica): retry, never reject.
         return Err(StoreError::Transient(sqlx::Error::Protocol(format!(
@@ -102,6 +101,39 @@ pub async fn apply(db: &MySqlPool, plan: &Plan) -> Result<(), StoreError> {
             key.application_id, key.number
         ))));
     }
+    // Message writes change their chat's messages_count; a chat's mark is taken before its row
+    // is locked (the tombstone's update, the inserts' foreign-key checks). A chat deleted by now
+    // is marked too: a recount is idempotent, and the order stays the reconciler's.
+    let mut dirty_chats: Vec<u64> = plan
+        .counted_chats
+        .iter()
+        .chain(plan.deleted_chats.keys())
+        .filter_map(|key| ids.get(key).copied())
+        .collect();
+    dirty_chats.sort_unstable();
+    dirty_chats.dedup();
+    mark_dirty(&mut tx, "counter_dirty_chats", "chat_id", &dirty_chats).await?;
+    for (key, at) in &plan.deleted_chats {
+        sqlx::query("UPDATE chats SET deleted_at = ? WHERE id = ? AND deleted_at IS NULL")
+            .bind(at)
+            .bind(ids[key])
+            .execute(&mut *tx)
+            .await?;
+    }
+    deleted_chats.extend(plan.deleted_chats.keys().cloned());
+    let filtered_chats;
+    let plan = if deleted_chats.is_empty() {
+        plan
+    } else {
+        tracing::info!(
+            count = deleted_chats.len(),
+            "dropping message writes to deleted chats"
+        );
+        let mut copy = plan.clone();
+        copy.retain_live_chats(&deleted_chats);
+        filtered_chats = copy;
+        &filtered_chats
+    };
     for chunk in batch::chunks(
         &plan.messages,
         MAX_ROWS_PER_STATEMENT,
@@ -230,15 +262,19 @@ async fn mark_dirty(
     Ok(())
 }
 
+/// The ids of the chats at `keys` that have rows; the keys of those that are deleted (tombstones)
+/// are added to `deleted`.
 async fn chat_ids<'a>(
     tx: &mut Transaction<'_, MySql>,
     keys: impl Iterator<Item = &'a ChatKey>,
+    deleted: &mut Vec<ChatKey>,
 ) -> Result<HashMap<ChatKey, u64>, StoreError> {
     let keys: Vec<_> = keys.collect();
     let mut ids = HashMap::with_capacity(keys.len());
     for chunk in keys.chunks(MAX_ROWS_PER_STATEMENT) {
-        let mut q =
-            QueryBuilder::<MySql>::new("SELECT id, application_id, number FROM chats WHERE ");
+        let mut q = QueryBuilder::<MySql>::new(
+            "SELECT id, application_id, number, deleted_at IS NOT NULL FROM chats WHERE ",
+        );
         for (i, key) in chunk.iter().enumerate() {
             if i > 0 {
                 q.push(" OR ");
@@ -249,15 +285,16 @@ async fn chat_ids<'a>(
                 .push_bind(key.number)
                 .push(")");
         }
-        let rows: Vec<(u64, u64, u64)> = q.build_query_as().fetch_all(&mut **tx).await?;
-        for (id, application_id, number) in rows {
-            ids.insert(
-                ChatKey {
-                    application_id,
-                    number,
-                },
-                id,
-            );
+        let rows: Vec<(u64, u64, u64, i64)> = q.build_query_as().fetch_all(&mut **tx).await?;
+        for (id, application_id, number, tombstone) in rows {
+            let key = ChatKey {
+                application_id,
+                number,
+            };
+            if tombstone != 0 {
+                deleted.push(key.clone());
+            }
+            ids.insert(key, id);
         }
     }
     Ok(ids)
@@ -292,7 +329,7 @@ async fn upsert_messages(
 ) -> Result<(), StoreError> {
     let mut q = QueryBuilder::<MySql>::new(
         "INSERT INTO messages (chat_id, number, body, version, created_at, updated_at, \
-         creation_event_id) ",
+         creation_event_id, deleted_at) ",
     );
     q.push_values(rows, |mut row, m| {
         // Every chat of the plan was resolved above (or the transaction failed).
@@ -302,16 +339,19 @@ async fn upsert_messages(
             .push_bind(m.version)
             .push_bind(m.at)
             .push_bind(m.at)
-            .push_bind(m.creation.map(|id| id.as_bytes().to_vec()));
+            .push_bind(m.creation.map(|id| id.as_bytes().to_vec()))
+            .push_bind(m.deleted.then_some(m.at));
     });
     // Last writer (highest stream sequence) wins. MySQL applies assignments left to right with
     // the updated values visible, so `version` must be assigned after the columns it guards. A
     // row keeps the creation event that made it; a different one is found by
-    // `claim_conflicts` afterwards and the whole transaction rolled back.
+    // `claim_conflicts` afterwards and the whole transaction rolled back. A deletion's version is
+    // above every update's, so once deleted (empty body, `deleted_at` set) a row stays deleted.
     q.push(
         " ON DUPLICATE KEY UPDATE \
          body = IF(VALUES(version) > version, VALUES(body), body), \
          updated_at = IF(VALUES(version) > version, VALUES(updated_at), updated_at), \
+         deleted_at = IF(VALUES(version) > version, VALUES(deleted_at), deleted_at), \
          created_at = LEAST(created_at, VALUES(created_at)), \
          version = GREATEST(version, VALUES(version)), \
          creation_event_id = IFNULL(creation_event_id, VALUES(creation_event_id))",

@@ -21,7 +21,7 @@ use elasticsearch::indices::{IndicesCreateParts, IndicesExistsParts, IndicesRefr
 use elasticsearch::params::Conflicts;
 use elasticsearch::{BulkParts, DeleteByQueryParts, Elasticsearch, SearchParts};
 
-use crate::{newest_per_id, Error, Hit, Result, SearchBackend, SearchDoc, SearchRequest};
+use crate::{newest_per_id, Error, Hit, Result, Scope, SearchBackend, SearchDoc, SearchRequest};
 
 /// The checked-in index settings and mapping.
 pub const MAPPING: &str = include_str!("../elasticsearch/mapping.json");
@@ -224,7 +224,7 @@ impl SearchBackend for Elastic {
         })
     }
 
-    fn delete_application(&self, application_id: u64) -> BoxFuture<'_, Result<()>> {
+    fn delete(&self, scope: Scope) -> BoxFuture<'_, Result<()>> {
         Box::pin(async move {
             // A delete by query only sees what the last refresh made visible.
             self.client
@@ -240,7 +240,7 @@ impl SearchBackend for Elastic {
                 .delete_by_query(DeleteByQueryParts::Index(&[&self.index]))
                 .conflicts(Conflicts::Proceed)
                 .refresh(true)
-                .body(delete_application_body(application_id))
+                .body(delete_body(scope))
                 .send()
                 .await
                 .map_err(unavailable)?
@@ -252,9 +252,20 @@ impl SearchBackend for Elastic {
     }
 }
 
-/// The `_delete_by_query` body that removes one application's documents.
-pub fn delete_application_body(application_id: u64) -> Value {
-    json!({"query": {"term": {"application_id": application_id}}})
+/// The `_delete_by_query` body that removes one application's or one chat's documents.
+pub fn delete_body(scope: Scope) -> Value {
+    match scope {
+        Scope::Application(application_id) => {
+            json!({"query": {"term": {"application_id": application_id}}})
+        }
+        Scope::Chat {
+            application_id,
+            chat_number,
+        } => json!({"query": {"bool": {"filter": [
+            {"term": {"application_id": application_id}},
+            {"term": {"chat_number": chat_number}},
+        ]}}}),
+    }
 }
 
 /// Whether a `_delete_by_query` answer deleted everything it matched: documents rewritten while
@@ -279,10 +290,20 @@ mod tests {
     use crate::Terms;
 
     #[test]
-    fn deleting_an_application_is_a_term_query_on_its_id() {
+    fn deleting_an_application_or_a_chat_is_a_term_filter_on_its_ids() {
         assert_eq!(
-            delete_application_body(42),
+            delete_body(Scope::Application(42)),
             json!({"query": {"term": {"application_id": 42}}})
+        );
+        assert_eq!(
+            delete_body(Scope::Chat {
+                application_id: 42,
+                chat_number: 7
+            }),
+            json!({"query": {"bool": {"filter": [
+                {"term": {"application_id": 42}},
+                {"term": {"chat_number": 7}},
+            ]}}})
         );
     }
 
@@ -404,7 +425,12 @@ mod tests {
         )
         .await;
         fails_within("bulk", timeout, backend.index(std::slice::from_ref(&doc))).await;
-        fails_within("delete by query", timeout, backend.delete_application(1)).await;
+        fails_within(
+            "delete by query",
+            timeout,
+            backend.delete(Scope::Application(1)),
+        )
+        .await;
         fails_within("index creation", timeout, Box::pin(backend.ensure_index())).await;
     }
 
@@ -461,8 +487,8 @@ mod tests {
         fn search<'a>(&'a self, request: &'a SearchRequest) -> BoxFuture<'a, Result<Vec<Hit>>> {
             self.0.search(request)
         }
-        fn delete_application(&self, application_id: u64) -> BoxFuture<'_, Result<()>> {
-            self.0.delete_application(application_id)
+        fn delete(&self, scope: Scope) -> BoxFuture<'_, Result<()>> {
+            self.0.delete(scope)
         }
     }
 }

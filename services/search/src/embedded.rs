@@ -16,7 +16,7 @@ use tantivy::tokenizer::{LowerCaser, NgramTokenizer, SimpleTokenizer, TextAnalyz
 use tantivy::{doc, Index, IndexReader, IndexWriter, ReloadPolicy, TantivyDocument, Term};
 
 use crate::query::{NGRAM_MAX, NGRAM_MIN};
-use crate::{newest_per_id, Error, Hit, Result, SearchBackend, SearchDoc, SearchRequest};
+use crate::{newest_per_id, Error, Hit, Result, Scope, SearchBackend, SearchDoc, SearchRequest};
 
 const NGRAM_TOKENIZER: &str = "confab_ngram";
 const WORDS_TOKENIZER: &str = "confab_words";
@@ -159,15 +159,34 @@ impl Embedded {
         Ok(())
     }
 
-    fn delete_application_blocking(&self, application_id: u64) -> Result<()> {
+    fn delete_blocking(&self, scope: Scope) -> Result<()> {
+        let f = self.fields;
         let mut writer = self
             .writer
             .lock()
             .map_err(|_| Error::Unavailable("writer poisoned".into()))?;
-        writer.delete_term(Term::from_field_u64(
-            self.fields.application,
-            application_id,
-        ));
+        match scope {
+            Scope::Application(application_id) => {
+                writer.delete_term(Term::from_field_u64(f.application, application_id));
+            }
+            Scope::Chat {
+                application_id,
+                chat_number,
+            } => {
+                let term = |t: Term| {
+                    Box::new(TermQuery::new(t, IndexRecordOption::Basic)) as Box<dyn Query>
+                };
+                writer
+                    .delete_query(Box::new(BooleanQuery::new(vec![
+                        (
+                            Occur::Must,
+                            term(Term::from_field_u64(f.application, application_id)),
+                        ),
+                        (Occur::Must, term(Term::from_field_u64(f.chat, chat_number))),
+                    ])))
+                    .map_err(backend_error)?;
+            }
+        }
         writer.commit().map_err(backend_error)?;
         self.reader.reload().map_err(backend_error)?;
         Ok(())
@@ -255,11 +274,9 @@ impl SearchBackend for Shared {
         Box::pin(blocking(move || me.search_blocking(&request)))
     }
 
-    fn delete_application(&self, application_id: u64) -> BoxFuture<'_, Result<()>> {
+    fn delete(&self, scope: Scope) -> BoxFuture<'_, Result<()>> {
         let me = self.0.clone();
-        Box::pin(blocking(move || {
-            me.delete_application_blocking(application_id)
-        }))
+        Box::pin(blocking(move || me.delete_blocking(scope)))
     }
 }
 

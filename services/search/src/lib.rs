@@ -10,7 +10,8 @@
 //! word of it, all of the word's n-grams ([`query::Terms`]), scoped to one chat by filters on
 //! application id and chat number, and ranked by relevance with a bonus for whole-word matches.
 //! Documents carry a version (the JetStream sequence of the event): an older version never
-//! replaces a newer one, so redelivery and replays are harmless. `testing` is the behavioural
+//! replaces a newer one, so redelivery and replays are harmless. A deleted message is a document
+//! with an empty body (nothing matches it) and a deletion's version, which no update outranks. `testing` is the behavioural
 //! suite both backends must pass.
 //!
 //! Cargo features select what a binary links: `embedded` (tantivy), `elasticsearch`, `remote`
@@ -107,13 +108,22 @@ pub enum Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// What a purge removes: every document of a (deleted) application, or of one (deleted) chat.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    Application(u64),
+    Chat {
+        application_id: u64,
+        chat_number: u64,
+    },
+}
+
 /// A search backend. `index` applies a batch of documents (newest version wins); `search`
-/// answers one query; `delete_application` removes every document of one (deleted) application
-/// and is idempotent.
+/// answers one query; `delete` removes every document of a scope and is idempotent.
 pub trait SearchBackend: Send + Sync {
     fn index<'a>(&'a self, docs: &'a [SearchDoc]) -> BoxFuture<'a, Result<()>>;
     fn search<'a>(&'a self, request: &'a SearchRequest) -> BoxFuture<'a, Result<Vec<Hit>>>;
-    fn delete_application(&self, application_id: u64) -> BoxFuture<'_, Result<()>>;
+    fn delete(&self, scope: Scope) -> BoxFuture<'_, Result<()>>;
 }
 
 /// Keeps, per document id, only the highest version of a batch.

@@ -7,7 +7,7 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 
-use crate::{Error, Hit, Result, SearchBackend, SearchDoc, SearchRequest};
+use crate::{Error, Hit, Result, Scope, SearchBackend, SearchDoc, SearchRequest};
 
 /// The internal endpoint's query string.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -75,7 +75,7 @@ impl SearchBackend for Remote {
         Box::pin(async { Err(Error::Unsupported("index through the api")) })
     }
 
-    fn delete_application(&self, _application_id: u64) -> BoxFuture<'_, Result<()>> {
+    fn delete(&self, _scope: Scope) -> BoxFuture<'_, Result<()>> {
         Box::pin(async { Err(Error::Unsupported("delete through the api")) })
     }
 

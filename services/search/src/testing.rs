@@ -3,7 +3,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::{Hit, SearchBackend, SearchDoc, SearchRequest, Terms};
+use crate::{Hit, Scope, SearchBackend, SearchDoc, SearchRequest, Terms};
 
 static NEXT_APP: AtomicU64 = AtomicU64::new(0);
 
@@ -159,9 +159,42 @@ pub async fn suite(backend: &dyn SearchBackend) {
     gone_other_chat.put(1, 2, "Hello world").await;
     assert_eq!(gone.numbers("hello").await, vec![1]);
     for _ in 0..2 {
-        backend.delete_application(base + 5).await.expect("delete");
+        backend
+            .delete(Scope::Application(base + 5))
+            .await
+            .expect("delete");
     }
     assert_eq!(gone.numbers("hello").await, Vec::<u64>::new(), "deleted");
     assert_eq!(gone_other_chat.numbers("hello").await, Vec::<u64>::new());
     assert_eq!(c.numbers("hello").await, vec![1], "other applications stay");
+
+    // Deleting a chat removes its documents only: other chats of the application stay.
+    let doomed = Chat { chat: 7, ..c };
+    let neighbour = Chat { chat: 8, ..c };
+    doomed.put(1, 1, "Hello world").await;
+    neighbour.put(1, 1, "Hello world").await;
+    for _ in 0..2 {
+        backend
+            .delete(Scope::Chat {
+                application_id: c.app,
+                chat_number: 7,
+            })
+            .await
+            .expect("delete");
+    }
+    assert_eq!(doomed.numbers("hello").await, Vec::<u64>::new(), "deleted");
+    assert_eq!(
+        neighbour.numbers("hello").await,
+        vec![1],
+        "other chats stay"
+    );
+
+    // A deleted message is an empty body at a deletion's version: found by nothing, and no
+    // update, however late in the stream, brings it back.
+    let deletion = 1u64 << 62; // `confab_core::event::DELETION_VERSION`: outranks every update
+    neighbour.put(2, 3, "tombstone candidate").await;
+    neighbour.put(2, deletion + 4, "").await;
+    neighbour.put(2, 9, "tombstone candidate again").await;
+    assert_eq!(neighbour.numbers("tombstone").await, Vec::<u64>::new());
+    assert_eq!(neighbour.numbers("hello").await, vec![1]);
 }

@@ -4,8 +4,10 @@
 -- of the scripts has three fields: status, value, and `ahead`: after an admission, how far (µs)
 -- the limiter's state now runs ahead of the clock (-1: no rate limit), from which the api tells
 -- the client its remaining burst (the `RateLimit` header) without another round trip.
--- KEYS[1] is the sequence, KEYS[2] the rate state; ARGV[1] the cap (0: none), ARGV[2] the
--- emission interval in µs (0: no rate limit), ARGV[3] the tolerance in µs.
+-- KEYS[1] is the sequence, KEYS[2] the rate state, KEYS[3] (optional) the parent's deletion
+-- mark; ARGV[1] the cap (0: none), ARGV[2] the emission interval in µs (0: no rate limit),
+-- ARGV[3] the tolerance in µs. A parent marked deleted is the rejection {5, 0, -1}, before any
+-- other rule: no number is ever taken in a deleted chat.
 --
 -- The rate limiter is a GCRA: KEYS[2] holds the theoretical arrival time (TAT) of the next
 -- request, in µs. A request is admitted while it is at most `tolerance` ahead of the clock, and
@@ -13,6 +15,7 @@
 -- replica, so a replica's own clock never enters the decision.
 local ahead = -1
 local function check()
+  if KEYS[3] and redis.call('EXISTS', KEYS[3]) == 1 then return {5, 0, -1} end
   local cap = tonumber(ARGV[1])
   if cap > 0 and tonumber(redis.call('GET', KEYS[1])) >= cap then
     return {2, 0, -1}

@@ -79,6 +79,7 @@ fn rate_limited(rate_key: &str, per_second: u32, burst: u32) -> Admission {
     Admission {
         cap: 0,
         rate: Some((rate_key.to_owned(), quotas.rate().unwrap())),
+        gone: None,
     }
 }
 
@@ -189,7 +190,11 @@ async fn the_cap_is_exact_under_concurrency_on_both_paths() {
     let f = Fixture::new().await;
     let metrics = crate::metrics::Metrics::register(&confab_runtime::metrics::registry());
     let numbering = Numbering::new(f.conn.clone(), metrics.clone());
-    let capped = Admission { cap: 5, rate: None };
+    let capped = Admission {
+        cap: 5,
+        rate: None,
+        gone: None,
+    };
     let no_seed = || async { unreachable!("the key exists") };
     let seq = f.sequence("seq", 0).await;
     let answers = futures::future::join_all(
@@ -283,5 +288,50 @@ async fn replicas_decide_by_redis_time_not_their_own_clock() {
     );
     let RateParams { emission_us, .. } = admission.rate.as_ref().unwrap().1;
     assert_eq!(emission_us, ONE_PER_SECOND);
+    f.cleanup().await;
+}
+
+#[tokio::test]
+async fn no_number_is_taken_in_a_parent_marked_deleted_on_either_path() {
+    let f = Fixture::new().await;
+    let metrics = crate::metrics::Metrics::register(&confab_runtime::metrics::registry());
+    let numbering = Numbering::new(f.conn.clone(), metrics);
+    let mark = f.key("deleted");
+    let admission = Admission {
+        gone: Some(mark.clone()),
+        ..rate_limited(&f.key("rate"), 1, 5)
+    };
+    let seq = f.sequence("seq", 7).await;
+    let no_seed = || async { unreachable!("the key exists") };
+    let first = numbering
+        .next(&seq, "message", &admission, false, no_seed())
+        .await;
+    assert_eq!(
+        first.map(|n| n.number).ok(),
+        Some(8),
+        "not marked: admitted"
+    );
+    let mut conn = f.conn.clone();
+    let () = conn.set(&mark, 1u8).await.unwrap();
+    let refused = numbering
+        .next(&seq, "message", &admission, false, no_seed())
+        .await;
+    assert!(
+        matches!(refused, Err(ApiError::NotFound("chat"))),
+        "{refused:?}"
+    );
+    // The seeding path refuses too, and a refusal leaves the sequence where it was.
+    let raised = numbering
+        .next(&seq, "message", &admission, true, async { Ok(20) })
+        .await;
+    assert!(
+        matches!(raised, Err(ApiError::NotFound("chat"))),
+        "{raised:?}"
+    );
+    assert_eq!(
+        f.get(&seq).await.as_deref(),
+        Some("20"),
+        "the raise stays, no number taken"
+    );
     f.cleanup().await;
 }

@@ -1,10 +1,11 @@
 //! `/applications/{token}/chats`: creation numbers through Redis and publishes to JetStream,
-//! with no MySQL write; reads come from MySQL.
+//! deletion marks the chat in Redis and publishes, with no MySQL write; reads come from MySQL.
 
 use axum::extract::{Extension, Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
-use confab_core::event::{ChatCreated, Event};
+use confab_core::event::{ChatCreated, ChatDeleted, Event};
+use confab_core::Envelope;
 use confab_runtime::trace::TraceContext;
 
 use crate::allocate::Sequence;
@@ -42,10 +43,11 @@ pub async fn create(
         kind: "chat",
         key: state.keys.chat_sequence(app),
         subjects: state.publisher.jetstream().subjects.chats_created(app),
-        persisted_max: || repo::max_chat_number(&state.db, app),
+        persisted_max: || async { Ok(repo::max_chat_number(&state.db, app).await?) },
         admission: Admission {
             cap: tenant.quotas.chat_cap(),
             rate: None,
+            gone: None,
         },
         trace: &trace,
         idempotency: IdempotencyKey::from_request(&headers, &format!("chats {app}"), &body.0)?,
@@ -96,4 +98,36 @@ pub async fn show(
         .await?
         .ok_or(ApiError::NotFound("chat"))?;
     Ok(Json(row.into()))
+}
+
+#[utoipa::path(delete, path = "/api/v1/applications/{token}/chats/{number}", tag = "chats",
+    params(("token" = String, Path), ("number" = u64, Path)),
+    responses(
+        (status = 204, description = "deleted with its messages: from now on the chat is 404 and \
+            takes no message in any api replica; it leaves the counts, MySQL and search as the \
+            deletion is applied; its number is never reused"),
+        (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 503, description = "not deleted yet (the chat may already refuse new messages): \
+            retry", body = ErrorBody)))]
+#[tracing::instrument(level = "debug", skip_all)]
+pub async fn delete(
+    State(state): State<AppState>,
+    Extension(trace): Extension<TraceContext>,
+    Path((token, number)): Path<(String, String)>,
+) -> Result<StatusCode> {
+    let app = state.application_id(&extract::token(&token)?).await?;
+    let number = extract::number(&number, "chat")?;
+    // Not the Redis mark: a deletion that was marked but not published (a 503) can be retried.
+    if !state.chat_undeleted(app, number).await? {
+        return Err(ApiError::NotFound("chat"));
+    }
+    // Marked first: no message is numbered in the chat once its deletion may be in the stream.
+    state.mark_chat_deleted(app, number).await?;
+    let envelope = Envelope::new(Event::ChatDeleted(ChatDeleted {
+        application_id: app,
+        number,
+    }));
+    // Deletions dedup on their chat: a repeated deletion is stored once.
+    state.publisher.publish(&envelope, &trace).await?;
+    Ok(StatusCode::NO_CONTENT)
 }

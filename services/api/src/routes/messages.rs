@@ -1,10 +1,10 @@
-//! `/applications/{token}/chats/{number}/messages`: creation and body updates are published to
-//! JetStream (no MySQL write); reads come from MySQL.
+//! `/applications/{token}/chats/{number}/messages`: creation, body updates and deletion are
+//! published to JetStream (no MySQL write); reads come from MySQL.
 
 use axum::extract::{Extension, Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
-use confab_core::event::{Event, MessageWritten};
+use confab_core::event::{Event, MessageDeleted, MessageWritten};
 use confab_core::Envelope;
 use confab_runtime::trace::TraceContext;
 
@@ -17,11 +17,25 @@ use crate::repo;
 use crate::state::{AppState, Tenant};
 use crate::views::{MessageInput, MessageView};
 
+/// What a request does with the chat its path names.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Use {
+    /// Posts a message: the chat must exist (cached per replica); its deletion is enforced
+    /// where the number is taken, atomically ([`crate::numbering::Admission::gone`]).
+    Post,
+    /// Reads, updates or deletes: the chat must exist and not be deleted, in any replica.
+    Existing,
+}
+
 /// The application and chat a message path names, both checked to exist.
-async fn chat_of(state: &AppState, token: &str, chat: &str) -> Result<(Tenant, u64)> {
+pub async fn chat_of(state: &AppState, token: &str, chat: &str, to: Use) -> Result<(Tenant, u64)> {
     let tenant = state.tenant(&extract::token(token)?).await?;
     let chat = extract::number(chat, "chat")?;
-    if !state.chat_exists(tenant.id, chat).await? {
+    let exists = match to {
+        Use::Post => state.chat_exists(tenant.id, chat).await?,
+        Use::Existing => state.chat_live(tenant.id, chat).await?,
+    };
+    if !exists {
         return Err(ApiError::NotFound("chat"));
     }
     Ok((tenant, chat))
@@ -69,7 +83,7 @@ pub async fn create(
     headers: HeaderMap,
     input: JsonObject,
 ) -> Result<axum::response::Response> {
-    let (tenant, chat) = chat_of(&state, &token, &chat).await?;
+    let (tenant, chat) = chat_of(&state, &token, &chat, Use::Post).await?;
     let app = tenant.id;
     let body = checked_body(&state, &tenant, &input)?;
     let sequence = Sequence {
@@ -80,13 +94,15 @@ pub async fn create(
             .jetstream()
             .subjects
             .messages_created(app, chat),
-        persisted_max: || repo::max_message_number(&state.db, app, chat),
+        // Boxed: awaited only when re-seeding, it need not make every request's future larger.
+        persisted_max: || Box::pin(state.persisted_message_max(app, chat)),
         admission: Admission {
             cap: 0,
             rate: tenant
                 .quotas
                 .rate()
                 .map(|params| (state.keys.message_rate(app), params)),
+            gone: Some(state.keys.chat_deleted(app, chat)),
         },
         trace: &trace,
         idempotency: IdempotencyKey::from_request(
@@ -129,7 +145,7 @@ pub async fn list(
     Path((token, chat)): Path<(String, String)>,
     page: Page,
 ) -> Result<axum::response::Response> {
-    let (tenant, chat) = chat_of(&state, &token, &chat).await?;
+    let (tenant, chat) = chat_of(&state, &token, &chat, Use::Existing).await?;
     let app = tenant.id;
     let rows = repo::list_messages(&state.db, app, chat, page.probe_limit(), page.offset).await?;
     Ok(page.answer(rows.into_iter().map(MessageView::from).collect()))
@@ -144,7 +160,7 @@ pub async fn show(
     State(state): State<AppState>,
     Path((token, chat, number)): Path<(String, String, String)>,
 ) -> Result<Json<MessageView>> {
-    let (tenant, chat) = chat_of(&state, &token, &chat).await?;
+    let (tenant, chat) = chat_of(&state, &token, &chat, Use::Existing).await?;
     let app = tenant.id;
     let number = extract::number(&number, "message")?;
     let row = repo::message(&state.db, app, chat, number)
@@ -168,7 +184,7 @@ pub async fn update(
     Path((token, chat, number)): Path<(String, String, String)>,
     body: JsonObject,
 ) -> Result<Json<MessageView>> {
-    let (tenant, chat) = chat_of(&state, &token, &chat).await?;
+    let (tenant, chat) = chat_of(&state, &token, &chat, Use::Existing).await?;
     let app = tenant.id;
     let number = extract::number(&number, "message")?;
     if !state.message_exists(app, chat, number).await? {
@@ -189,4 +205,35 @@ pub async fn update(
         created_at: None,
         updated_at: Some(envelope.occurred_at),
     }))
+}
+
+#[utoipa::path(delete, path = "/api/v1/applications/{token}/chats/{number}/messages/{message_number}",
+    tag = "messages",
+    params(("token" = String, Path), ("number" = u64, Path), ("message_number" = u64, Path)),
+    responses(
+        (status = 204, description = "deleted: the message is 404 from now on in this api and \
+            removed from MySQL's reads, the counts and search as the deletion is applied; its \
+            number is never reused"),
+        (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 503, body = ErrorBody)))]
+#[tracing::instrument(level = "debug", skip_all)]
+pub async fn delete(
+    State(state): State<AppState>,
+    Extension(trace): Extension<TraceContext>,
+    Path((token, chat, number)): Path<(String, String, String)>,
+) -> Result<StatusCode> {
+    let (tenant, chat) = chat_of(&state, &token, &chat, Use::Existing).await?;
+    let app = tenant.id;
+    let number = extract::number(&number, "message")?;
+    if !state.message_exists(app, chat, number).await? {
+        return Err(ApiError::NotFound("message"));
+    }
+    let envelope = Envelope::new(Event::MessageDeleted(MessageDeleted {
+        application_id: app,
+        chat_number: chat,
+        number,
+    }));
+    // Deletions dedup on their message: a repeated deletion is stored once.
+    state.publisher.publish(&envelope, &trace).await?;
+    Ok(StatusCode::NO_CONTENT)
 }

@@ -29,7 +29,10 @@ fn resources() -> Router<AppState> {
             "/applications/{token}/chats",
             get(chats::list).post(chats::create),
         )
-        .route("/applications/{token}/chats/{number}", get(chats::show))
+        .route(
+            "/applications/{token}/chats/{number}",
+            get(chats::show).delete(chats::delete),
+        )
         .route(
             "/applications/{token}/chats/{number}/messages",
             get(messages::list).post(messages::create),
@@ -42,7 +45,8 @@ fn resources() -> Router<AppState> {
             "/applications/{token}/chats/{number}/messages/{message_number}",
             get(messages::show)
                 .patch(messages::update)
-                .put(messages::update),
+                .put(messages::update)
+                .delete(messages::delete),
         )
 }
 

@@ -8,7 +8,7 @@ use confab_search::{QueryError, SearchRequest};
 use serde::Deserialize;
 
 use crate::error::{ApiError, ErrorBody, Result};
-use crate::extract::{self, Page, PageQuery};
+use crate::extract::{Page, PageQuery};
 use crate::state::AppState;
 use crate::views::MessageView;
 
@@ -38,11 +38,9 @@ pub async fn search(
     Query(query): Query<SearchQuery>,
     page: Page,
 ) -> Result<axum::response::Response> {
-    let app = state.application_id(&extract::token(&token)?).await?;
-    let chat = extract::number(&chat, "chat")?;
-    if !state.chat_exists(app, chat).await? {
-        return Err(ApiError::NotFound("chat"));
-    }
+    let (tenant, chat) =
+        super::messages::chat_of(&state, &token, &chat, super::messages::Use::Existing).await?;
+    let app = tenant.id;
     // Both spellings are checked when given, as the document says; `query` wins.
     for given in [&query.query, &query.q].into_iter().flatten() {
         if given.chars().count() < 2 {
