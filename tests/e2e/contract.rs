@@ -411,6 +411,19 @@ async fn form_bodies_are_accepted_wherever_json_is() {
     assert_eq!(status, StatusCode::OK, "{updated}");
     assert_eq!(updated["body"], "edited");
 
+    // JSON labelled as a form, as `curl -d '{…}'` sends it (the README's quick start): JSON.
+    let (status, curl) = form(
+        Method::POST,
+        "/api/v1/applications".into(),
+        r#" {"name":"curl app"}"#,
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{curl}");
+    assert_eq!(curl["name"], "curl app");
+    let (status, broken) = form(Method::POST, messages.clone(), "{\"body\":").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{broken}");
+    assert_eq!(broken["error"]["code"], "malformed_json");
+
     // Neither JSON nor a form: the Content-Type says text, the body is broken JSON.
     let (status, error) = {
         let response = http

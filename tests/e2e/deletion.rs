@@ -26,12 +26,14 @@ async fn publish_around_the_api(env: &TestEnv, event: Event) {
         .unwrap();
 }
 
-async fn app_id(env: &TestEnv, token: &str) -> u64 {
-    sqlx::query_scalar("SELECT id FROM applications WHERE token = ?")
-        .bind(token)
-        .fetch_one(&env.db)
-        .await
-        .unwrap()
+/// Waits until the persister and the indexer consumed everything in the stream.
+async fn consumed(env: &TestEnv, what: &str) {
+    for consumer in ["confab-persister", "confab-indexer"] {
+        eventually(Duration::from_secs(20), what, || async {
+            env.consumer_drained(consumer).await
+        })
+        .await;
+    }
 }
 
 /// The numbers the indexer finds for `query` in a chat; a failing search fails the test.
@@ -74,7 +76,7 @@ async fn a_deleted_message_is_gone_everywhere_and_nothing_brings_it_back() {
     let search = Remote::new(&indexer.base, Duration::from_secs(5)).unwrap();
     let c = Client::new(&api.base);
     let token = c.create_app("forgetting").await;
-    let app = app_id(&env, &token).await;
+    let app = env.application_id(&token).await;
     let chat = c.create_chat(&token).await;
     for body in ["alpha one", "beta two", "gamma three"] {
         c.create_message(&token, chat, body).await;
@@ -153,12 +155,7 @@ async fn a_deleted_message_is_gone_everywhere_and_nothing_brings_it_back() {
     };
     publish_around_the_api(&env, Event::MessageUpdated(late("resurrected beta"))).await;
     publish_around_the_api(&env, Event::MessageCreated(late("recreated beta"))).await;
-    for consumer in ["confab-persister", "confab-indexer"] {
-        eventually(Duration::from_secs(20), "late events consumed", || async {
-            env.consumer_drained(consumer).await
-        })
-        .await;
-    }
+    consumed(&env, "late events consumed").await;
     assert_eq!(
         c.get(&format!("{messages}/2")).await.0,
         StatusCode::NOT_FOUND
@@ -181,12 +178,7 @@ async fn a_deleted_message_is_gone_everywhere_and_nothing_brings_it_back() {
         }),
     )
     .await;
-    for consumer in ["confab-persister", "confab-indexer"] {
-        eventually(Duration::from_secs(20), "deletion consumed", || async {
-            env.consumer_drained(consumer).await
-        })
-        .await;
-    }
+    consumed(&env, "deletion consumed").await;
     publish_around_the_api(
         &env,
         Event::MessageCreated(MessageWritten {
@@ -195,12 +187,7 @@ async fn a_deleted_message_is_gone_everywhere_and_nothing_brings_it_back() {
         }),
     )
     .await;
-    for consumer in ["confab-persister", "confab-indexer"] {
-        eventually(Duration::from_secs(20), "creation consumed", || async {
-            env.consumer_drained(consumer).await
-        })
-        .await;
-    }
+    consumed(&env, "creation consumed").await;
     assert_eq!(
         c.get(&format!("{messages}/4")).await.0,
         StatusCode::NOT_FOUND
@@ -241,7 +228,7 @@ async fn a_deleted_chat_takes_no_message_in_any_replica_and_is_purged() {
     let search = Remote::new(&indexer.base, Duration::from_secs(5)).unwrap();
     let (ca, cb) = (Client::new(&a.base), Client::new(&b.base));
     let token = ca.create_app("tidy").await;
-    let app = app_id(&env, &token).await;
+    let app = env.application_id(&token).await;
     assert_eq!(ca.create_chat(&token).await, 1);
     assert_eq!(ca.create_chat(&token).await, 2);
     for _ in 0..3 {
@@ -338,12 +325,7 @@ async fn a_deleted_chat_takes_no_message_in_any_replica_and_is_purged() {
         }),
     )
     .await;
-    for consumer in ["confab-persister", "confab-indexer"] {
-        eventually(Duration::from_secs(20), "late event consumed", || async {
-            env.consumer_drained(consumer).await
-        })
-        .await;
-    }
+    consumed(&env, "late event consumed").await;
     let in_chat1 =
         "SELECT COUNT(*) FROM messages m JOIN chats c ON c.id = m.chat_id WHERE c.number = 1";
     assert_eq!(env.count(in_chat1).await, 0);

@@ -222,14 +222,6 @@ async fn rebuild(indexer: &str) -> serde_json::Value {
     status().await
 }
 
-async fn app_id(env: &TestEnv, token: &str) -> u64 {
-    sqlx::query_scalar("SELECT id FROM applications WHERE token = ?")
-        .bind(token)
-        .fetch_one(&env.db)
-        .await
-        .unwrap()
-}
-
 /// Every hit for `query` in a chat, paging through 500 at a time.
 /// Every hit of `query`, over all pages; a failing search fails the test (an indexer answering
 /// 503 must not read as "nothing found").
@@ -262,7 +254,7 @@ async fn killing_the_indexer_mid_batch_leaves_every_message_searchable_exactly_o
     let c = Client::new(&api.base);
     let token = c.create_app("crashy search").await;
     c.create_chat(&token).await;
-    let app = app_id(&env, &token).await;
+    let app = env.application_id(&token).await;
     futures::stream::iter(0..1500u64)
         .map(|i| {
             let (c, token) = (c.clone(), token.clone());
@@ -323,7 +315,7 @@ async fn reindex_rebuilds_the_index_from_mysql() {
     let c = Client::new(&api.base);
     let token = c.create_app("rebuild").await;
     c.create_chat(&token).await;
-    let app = app_id(&env, &token).await;
+    let app = env.application_id(&token).await;
     for i in 0..300 {
         c.create_message(&token, 1, &format!("common number {i}"))
             .await;
@@ -375,7 +367,10 @@ async fn deleting_an_application_removes_its_documents_and_drops_its_late_events
             c.create_message(token, chat, "findable words").await;
         }
     }
-    let (doomed_id, kept_id) = (app_id(&env, &doomed).await, app_id(&env, &kept).await);
+    let (doomed_id, kept_id) = (
+        env.application_id(&doomed).await,
+        env.application_id(&kept).await,
+    );
     let indexer = env
         .spawn_indexer_with(&[
             ("CONFAB_SEARCH_PURGE_INTERVAL_MS", "100"),
@@ -477,7 +472,10 @@ async fn a_batch_written_while_its_application_was_deleted_is_removed_again() {
     let admin = Client::with_bearer(&api.base, ADMIN_TOKEN);
     let doomed = register(&admin, "doomed", json!({})).await;
     let kept = register(&admin, "kept", json!({})).await;
-    let (doomed_id, kept_id) = (app_id(&env, &doomed).await, app_id(&env, &kept).await);
+    let (doomed_id, kept_id) = (
+        env.application_id(&doomed).await,
+        env.application_id(&kept).await,
+    );
     let backend = Shared(Arc::new(Embedded::in_memory().unwrap()));
     let doc = |application_id| SearchDoc {
         application_id,

@@ -214,6 +214,15 @@ impl TestEnv {
         confab_counter_reconciler::pool(&config).unwrap()
     }
 
+    /// The internal id of the application a token belongs to.
+    pub async fn application_id(&self, token: &str) -> u64 {
+        sqlx::query_scalar("SELECT id FROM applications WHERE token = ?")
+            .bind(token)
+            .fetch_one(&self.db)
+            .await
+            .unwrap()
+    }
+
     /// Whether every stored count of a live parent equals the real number of its live (not
     /// deleted) children. (A deleted chat's count is never shown again.)
     pub async fn counts_are_exact(&self) -> bool {

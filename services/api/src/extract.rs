@@ -17,7 +17,7 @@ use crate::error::ApiError;
 use crate::state::AppState;
 
 /// A JSON object body, or a form body (`Content-Type: application/x-www-form-urlencoded`, flat or
-/// Rails-nested) read as one. Malformed JSON is a 400; an empty body is an empty object
+/// Rails-nested) read as one; a "form" that is a JSON object (what `curl -d '{…}'` sends) is JSON. Malformed JSON is a 400; an empty body is an empty object
 /// (creating a chat takes an optional body).
 pub struct JsonObject(pub serde_json::Map<String, Value>);
 
@@ -45,7 +45,11 @@ impl FromRequest<AppState> for JsonObject {
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Ok(Self(serde_json::Map::new()));
         }
-        if is_form {
+        // `curl -d '{…}'` labels a JSON body as a form: a body that opens like a JSON object is
+        // read as JSON whatever its label (an encoded form never starts with `{`: it would be
+        // `%7B`).
+        let opens_an_object = bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
+        if is_form && !opens_an_object {
             return Ok(Self(form_fields(&bytes)));
         }
         match serde_json::from_slice::<Value>(&bytes) {

@@ -1,6 +1,7 @@
 //! Applies a [`Plan`] to MySQL in one transaction. Idempotent: replaying any batch, in any order,
 //! leaves the same rows.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 
 use confab_runtime::{db, deletion};
@@ -53,20 +54,16 @@ pub async fn apply(db: &MySqlPool, plan: &Plan) -> Result<(), StoreError> {
         return Ok(());
     }
     let mut tx = db.begin().await?;
+    // Copied only when something is dropped from it.
+    let mut plan = Cow::Borrowed(plan);
     let deleted = deletion::deleted_applications(&mut *tx, &plan.applications()).await?;
-    let filtered;
-    let plan = if deleted.is_empty() {
-        plan
-    } else {
+    if !deleted.is_empty() {
         tracing::info!(
             count = deleted.len(),
             "dropping events of deleted applications"
         );
-        let mut copy = plan.clone();
-        copy.retain_applications(&deleted);
-        filtered = copy;
-        &filtered
-    };
+        plan.to_mut().retain_applications(&deleted);
+    }
     // Chats deleted before this batch, then also those it deletes.
     let mut deleted_chats = Vec::new();
     let mut ids = chat_ids(&mut tx, plan.chats.keys(), &mut deleted_chats).await?;
@@ -121,19 +118,13 @@ pub async fn apply(db: &MySqlPool, plan: &Plan) -> Result<(), StoreError> {
             .await?;
     }
     deleted_chats.extend(plan.deleted_chats.keys().cloned());
-    let filtered_chats;
-    let plan = if deleted_chats.is_empty() {
-        plan
-    } else {
+    if !deleted_chats.is_empty() {
         tracing::info!(
             count = deleted_chats.len(),
             "dropping message writes to deleted chats"
         );
-        let mut copy = plan.clone();
-        copy.retain_live_chats(&deleted_chats);
-        filtered_chats = copy;
-        &filtered_chats
-    };
+        plan.to_mut().retain_live_chats(&deleted_chats);
+    }
     for chunk in batch::chunks(
         &plan.messages,
         MAX_ROWS_PER_STATEMENT,
@@ -141,7 +132,7 @@ pub async fn apply(db: &MySqlPool, plan: &Plan) -> Result<(), StoreError> {
     ) {
         upsert_messages(&mut tx, chunk, &ids).await?;
     }
-    let conflicts = claim_conflicts(&mut tx, plan, &ids).await?;
+    let conflicts = claim_conflicts(&mut tx, &plan, &ids).await?;
     if !conflicts.is_empty() {
         // Dropping the transaction rolls it back.
         return Err(StoreError::Conflicts(conflicts));
