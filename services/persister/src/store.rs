@@ -118,12 +118,17 @@ pub async fn apply(db: &MySqlPool, plan: &Plan) -> Result<(), StoreError> {
             .await?;
     }
     deleted_chats.extend(plan.deleted_chats.keys().cloned());
-    if !deleted_chats.is_empty() {
+    if plan
+        .messages
+        .iter()
+        .any(|m| deleted_chats.contains(&m.chat))
+    {
+        let before = plan.messages.len();
+        plan.to_mut().retain_live_chats(&deleted_chats);
         tracing::info!(
-            count = deleted_chats.len(),
+            count = before - plan.messages.len(),
             "dropping message writes to deleted chats"
         );
-        plan.to_mut().retain_live_chats(&deleted_chats);
     }
     for chunk in batch::chunks(
         &plan.messages,

@@ -136,8 +136,14 @@ async def run_scenario(name: str, opts: Options, tmp_root: Path) -> bool:
     except HarnessError as failure:
         error = str(failure).splitlines()[0]
         log(f"HARNESS ERROR in {name}: {failure}")
-        for proc in failure.procs:
-            print(f"--- last lines of {proc.name} ({proc.log_path}) ---\n{proc.tail()}",
+        # The failing processes, then every other one (a server that died after it was ready
+        # shows up only in its own log, which teardown removes without --keep).
+        named = {proc.name for proc in failure.procs}
+        others = [proc for name, proc in env.procs.items() if name not in named]
+        for proc in [*failure.procs, *others]:
+            state = "running" if proc.running() else "not running"
+            print(f"--- last lines of {proc.name}, {state} ({proc.log_path}) ---\n"
+                  f"{proc.tail(lines=10 if proc.name not in named else 30)}",
                   file=sys.stderr)
     except Exception as failure:  # noqa: BLE001 - any other failure is the harness's own
         error = f"{type(failure).__name__}: {failure}".splitlines()[0]
