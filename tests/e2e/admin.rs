@@ -48,6 +48,20 @@ async fn the_admin_api_rejects_missing_or_wrong_credentials() {
         .await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{json}");
     let (status, json) = admin
+        .send(
+            Method::PUT,
+            path,
+            Some(json!({"name": "x", "quotas": {"max_subscriptions": 1_000_001}})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{json}");
+    assert!(
+        json["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("max_subscriptions")),
+        "{json}"
+    );
+    let (status, json) = admin
         .send(Method::PUT, path, Some(json!({"name": "x", "typo": 1})))
         .await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{json}");
@@ -69,13 +83,25 @@ async fn registration_is_idempotent_rotation_keeps_the_old_token_for_its_grace_a
     let admin = Client::with_bearer(&api.base, ADMIN_TOKEN);
     let c = Client::new(&api.base);
     let first = register(&admin, "team.shop", json!({})).await;
+    let (_, shown) = admin.get("/admin/v1/applications/team.shop").await;
+    assert_eq!(shown["quotas"]["max_subscriptions"], 1_000, "the default");
+    assert_eq!(shown["requested_quotas"], json!({}));
     assert_eq!(
-        register(&admin, "team.shop", json!({"max_chats": 9})).await,
+        register(
+            &admin,
+            "team.shop",
+            json!({"max_chats": 9, "max_subscriptions": 0})
+        )
+        .await,
         first
     );
     let (_, shown) = admin.get("/admin/v1/applications/team.shop").await;
     assert_eq!(shown["quotas"]["max_chats"], 9);
-    assert_eq!(shown["requested_quotas"], json!({"max_chats": 9}));
+    assert_eq!(shown["quotas"]["max_subscriptions"], 0, "0: no limit");
+    assert_eq!(
+        shown["requested_quotas"],
+        json!({"max_chats": 9, "max_subscriptions": 0})
+    );
 
     // Rotation with a grace period: both tokens work; the same request id again changes nothing.
     let rotate = |id: &'static str, grace: u64| {

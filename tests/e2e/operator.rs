@@ -77,6 +77,7 @@ async fn a_new_resource_gets_an_application_a_secret_and_a_ready_status() {
         status["quotas"]["maxChats"], 100_000,
         "defaults are reported"
     );
+    assert_eq!(status["quotas"]["maxSubscriptions"], 1_000);
 
     // A resync with nothing new writes the same conditions (same transition times) and tells
     // nothing: no event call comes, or the reconcile would block on it.

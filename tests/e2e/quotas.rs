@@ -177,11 +177,29 @@ async fn chat_limit_is_exact_under_concurrency_and_changes_without_restart() {
 async fn bodies_over_the_application_limit_are_413_and_rest_apps_get_the_defaults() {
     let env = admin_env().await;
     let api = env
-        .spawn_api_with(&[("CONFAB_DEFAULT_MAX_CHATS", "2")])
+        .spawn_api_with(&[
+            ("CONFAB_DEFAULT_MAX_CHATS", "2"),
+            ("CONFAB_DEFAULT_MAX_SUBSCRIPTIONS", "3"),
+        ])
         .await;
     let admin = Client::with_bearer(&api.base, ADMIN_TOKEN);
     let c = Client::new(&api.base);
     let token = register(&admin, "small", json!({"max_body_bytes": 10})).await;
+    // The quotas in force: what was asked for, the configured defaults elsewhere, read back from
+    // MySQL (the subscription limit is enforced by the live endpoints).
+    let (_, shown) = admin.get("/admin/v1/applications/small").await;
+    assert_eq!(shown["quotas"]["max_body_bytes"], 10);
+    assert_eq!(shown["quotas"]["max_chats"], 2);
+    assert_eq!(shown["quotas"]["max_subscriptions"], 3);
+    register(
+        &admin,
+        "small",
+        json!({"max_body_bytes": 10, "max_subscriptions": 7}),
+    )
+    .await;
+    let (_, shown) = admin.get("/admin/v1/applications/small").await;
+    assert_eq!(shown["quotas"]["max_subscriptions"], 7);
+    assert_eq!(shown["requested_quotas"]["max_subscriptions"], 7);
     let chat = c.create_chat(&token).await;
     let (status, body) = c.try_create_message(&token, chat, "0123456789").await;
     assert_eq!(status, StatusCode::CREATED, "{body}");

@@ -43,6 +43,7 @@ null in the values is not set at all, so the service's documented default applie
   (list "CONFAB_DEFAULT_MESSAGES_PER_SECOND" $q.messagesPerSecond)
   (list "CONFAB_DEFAULT_MESSAGE_BURST" $q.messageBurst)
   (list "CONFAB_DEFAULT_MAX_BODY_BYTES" $q.maxBodyBytes)
+  (list "CONFAB_DEFAULT_MAX_SUBSCRIPTIONS" $q.maxSubscriptions)
 ) }}
 {{- end }}
 

@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use confab_core::quota::{Quotas, RateParams};
+use confab_core::quota::{Quotas, RateParams, MAX_SUBSCRIPTIONS_LIMIT};
 use confab_core::validation::Limits;
 use confab_runtime::config::{
     boolean, millis_within, parse_within, secret, secs_within, socket_addr, string,
@@ -52,8 +52,9 @@ pub struct ApiConfig {
     /// Quotas of applications that did not ask for their own: `CONFAB_DEFAULT_MAX_CHATS`
     /// (100000, 0 to 2^53 - 1), `CONFAB_DEFAULT_MESSAGES_PER_SECOND` (1000, 0 to 10000000),
     /// `CONFAB_DEFAULT_MESSAGE_BURST` (2000, 1 to 10000000), `CONFAB_DEFAULT_MAX_BODY_BYTES`
-    /// (65536, 1 to 8388608; never above `CONFAB_MAX_BODY_BYTES`). 0 means no limit for chats
-    /// and rate.
+    /// (65536, 1 to 8388608; never above `CONFAB_MAX_BODY_BYTES`),
+    /// `CONFAB_DEFAULT_MAX_SUBSCRIPTIONS` (1000, 0 to 1000000). 0 means no limit for chats, rate
+    /// and subscriptions.
     pub quota_defaults: Quotas,
     /// `CONFAB_IDEMPOTENCY_STREAM`, default `<CONFAB_STREAM>_IDEMPOTENCY`: the JetStream stream
     /// of `Idempotency-Key` records.
@@ -206,6 +207,12 @@ impl ApiConfig {
                     quotas.max_body_bytes,
                     1..=BODY_BYTES_LIMIT,
                 )?,
+                max_subscriptions: parse_within(
+                    env,
+                    "CONFAB_DEFAULT_MAX_SUBSCRIPTIONS",
+                    quotas.max_subscriptions,
+                    0..=MAX_SUBSCRIPTIONS_LIMIT,
+                )?,
             },
         })
     }
@@ -251,6 +258,8 @@ mod tests {
             ("CONFAB_DEFAULT_MESSAGES_PER_SECOND", "10000001"),
             ("CONFAB_DEFAULT_MESSAGE_BURST", "0"),
             ("CONFAB_DEFAULT_MAX_BODY_BYTES", "0"),
+            ("CONFAB_DEFAULT_MAX_SUBSCRIPTIONS", "-1"),
+            ("CONFAB_DEFAULT_MAX_SUBSCRIPTIONS", "1000001"),
             ("CONFAB_HTTP_ADDR", "0.0.0.0:0"),
             ("CONFAB_MAX_DELIVER", "0"),
         ] {
@@ -273,17 +282,20 @@ mod tests {
         let c = ApiConfig::from_env(&env(&[
             ("CONFAB_DEFAULT_MAX_CHATS", "0"),
             ("CONFAB_DEFAULT_MESSAGES_PER_SECOND", "0"),
+            ("CONFAB_DEFAULT_MAX_SUBSCRIPTIONS", "0"),
             ("CONFAB_TOKEN_CACHE_TTL_MS", "0"),
             ("CONFAB_MAX_PER_PAGE", "20"),
         ]))
         .unwrap();
         assert_eq!(c.quota_defaults.max_chats, 0);
         assert_eq!(c.quota_defaults.messages_per_second, 0);
+        assert_eq!(c.quota_defaults.max_subscriptions, 0);
         assert_eq!(c.token_cache_ttl, Duration::ZERO);
         assert_eq!(c.limits.page(None, None).unwrap(), (20, 0));
         let defaults = ApiConfig::from_env(&env(&[])).unwrap();
         assert_eq!(defaults.limits.page(None, None).unwrap(), (50, 0));
         assert_eq!(defaults.search_timeout, Duration::from_secs(2));
+        assert_eq!(defaults.quota_defaults.max_subscriptions, 1_000);
         assert!(defaults.internal_token.is_none());
         let with_token = ApiConfig::from_env(&env(&[("CONFAB_INTERNAL_TOKEN", "s3cret")])).unwrap();
         assert_eq!(with_token.internal_token.unwrap().expose(), "s3cret");

@@ -17,6 +17,7 @@ pub struct ApplicationRow {
     pub messages_per_second: Option<u32>,
     pub message_burst: Option<u32>,
     pub max_body_bytes: Option<u32>,
+    pub max_subscriptions: Option<u32>,
 }
 
 impl ApplicationRow {
@@ -27,6 +28,7 @@ impl ApplicationRow {
             messages_per_second: self.messages_per_second,
             message_burst: self.message_burst,
             max_body_bytes: self.max_body_bytes,
+            max_subscriptions: self.max_subscriptions,
         }
     }
 }
@@ -48,7 +50,7 @@ pub struct MessageRow {
 }
 
 pub const APPLICATION_COLUMNS: &str = "id, name, token, chats_count, created_at, updated_at, \
-     max_chats, messages_per_second, message_burst, max_body_bytes";
+     max_chats, messages_per_second, message_burst, max_body_bytes, max_subscriptions";
 
 /// Inserts an application; with `external_key`, a row already inserted under that key is
 /// returned as it is instead (a retried idempotent request).

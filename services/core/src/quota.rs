@@ -3,7 +3,8 @@
 //! An application stores the quotas it *asked for* (each optional); the api fills the gaps from
 //! its configured defaults when it reads them, so changing a default reaches every application
 //! that did not set its own. Enforcement lives in the api: the chat limit and the message rate in
-//! one Redis script each (atomic across replicas), the body size before anything is published.
+//! one Redis script each (atomic across replicas), the body size before anything is published,
+//! concurrent live subscriptions in a Redis lease set shared by every replica.
 
 use serde::{Deserialize, Serialize};
 
@@ -20,6 +21,8 @@ pub struct Quotas {
     pub message_burst: u32,
     /// Largest message body, in bytes of UTF-8.
     pub max_body_bytes: u32,
+    /// Concurrent live subscriptions (SSE/WebSocket) across all replicas; 0 means no limit.
+    pub max_subscriptions: u32,
 }
 
 impl Default for Quotas {
@@ -30,6 +33,7 @@ impl Default for Quotas {
             messages_per_second: 1_000,
             message_burst: 2_000,
             max_body_bytes: 64 * 1024,
+            max_subscriptions: 1_000,
         }
     }
 }
@@ -75,6 +79,15 @@ pub struct QuotaRequest {
     )]
     #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 65536))]
     pub max_body_bytes: Option<u32>,
+    /// Concurrent live subscriptions (SSE/WebSocket) across all replicas; 0: no limit; at most
+    /// 1,000,000.
+    #[serde(
+        default,
+        deserialize_with = "whole",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[cfg_attr(feature = "openapi", schema(minimum = 0, maximum = 1000000))]
+    pub max_subscriptions: Option<u32>,
 }
 
 /// An optional unsigned integer, also written as a number with a zero fraction (`5.0`), which
@@ -110,6 +123,8 @@ where
 pub const MAX_CHATS_LIMIT: u64 = (1 << 53) - 1;
 /// The largest message rate and burst an application may ask for.
 pub const MAX_RATE: u32 = 10_000_000;
+/// The largest subscription limit an application may ask for.
+pub const MAX_SUBSCRIPTIONS_LIMIT: u32 = 1_000_000;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum QuotaError {
@@ -139,6 +154,11 @@ impl QuotaRequest {
                 self.message_burst.map(u64::from),
                 u64::from(MAX_RATE),
             ),
+            (
+                "max_subscriptions",
+                self.max_subscriptions.map(u64::from),
+                u64::from(MAX_SUBSCRIPTIONS_LIMIT),
+            ),
         ] {
             if value.is_some_and(|v| v > max) {
                 return Err(QuotaError::TooLarge { field, max });
@@ -167,6 +187,7 @@ impl QuotaRequest {
                 .max_body_bytes
                 .unwrap_or(defaults.max_body_bytes)
                 .min(hard_max_body_bytes),
+            max_subscriptions: self.max_subscriptions.unwrap_or(defaults.max_subscriptions),
         }
     }
 }
@@ -348,6 +369,50 @@ mod tests {
         assert_eq!(q.max_chats, 3);
         assert_eq!(q.messages_per_second, defaults.messages_per_second);
         assert_eq!(q.max_body_bytes, 1000, "the hard limit wins over a default");
+        assert_eq!(q.max_subscriptions, 1_000);
+    }
+
+    #[test]
+    fn subscriptions_default_to_1000_zero_means_no_limit_and_more_than_a_million_is_refused() {
+        let defaults = Quotas {
+            max_subscriptions: 7,
+            ..Quotas::default()
+        };
+        assert_eq!(Quotas::default().max_subscriptions, 1_000);
+        assert_eq!(
+            QuotaRequest::default()
+                .resolve(&defaults, 10)
+                .max_subscriptions,
+            7,
+            "a missing limit follows the default"
+        );
+        let unlimited: QuotaRequest =
+            serde_json::from_str(r#"{"max_subscriptions": 0.0}"#).unwrap();
+        assert_eq!(unlimited.max_subscriptions, Some(0));
+        assert_eq!(unlimited.validate(10), Ok(()));
+        assert_eq!(unlimited.resolve(&defaults, 10).max_subscriptions, 0);
+        let most = QuotaRequest {
+            max_subscriptions: Some(MAX_SUBSCRIPTIONS_LIMIT),
+            ..QuotaRequest::default()
+        };
+        assert_eq!(most.validate(10), Ok(()));
+        let too_many = QuotaRequest {
+            max_subscriptions: Some(MAX_SUBSCRIPTIONS_LIMIT + 1),
+            ..QuotaRequest::default()
+        };
+        assert_eq!(
+            too_many.validate(10),
+            Err(QuotaError::TooLarge {
+                field: "max_subscriptions",
+                max: 1_000_000
+            })
+        );
+        assert!(serde_json::from_str::<QuotaRequest>(r#"{"max_subscriptions": -1}"#).is_err());
+        assert_eq!(
+            serde_json::to_value(most).unwrap(),
+            serde_json::json!({"max_subscriptions": 1_000_000}),
+            "only what was asked for is shown"
+        );
     }
 
     #[test]

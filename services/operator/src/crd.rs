@@ -25,6 +25,7 @@ pub const PAUSE_ANNOTATION: &str = "confab.dev/pause-reconciliation";
 pub const MAX_CHATS_LIMIT: u64 = (1 << 53) - 1;
 pub const RATE_LIMIT: u32 = 10_000_000;
 pub const BODY_BYTES_LIMIT: u32 = 8 * 1024 * 1024;
+pub const SUBSCRIPTIONS_LIMIT: u32 = confab_core::quota::MAX_SUBSCRIPTIONS_LIMIT;
 pub const GRACE_SECONDS_LIMIT: u64 = 2_592_000;
 
 /// The spec of an Application: a tenant application of Confab with its quotas. The operator
@@ -107,6 +108,11 @@ pub struct QuotaSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = BODY_BYTES_LIMIT))]
     pub max_body_bytes: Option<u32>,
+    /// Concurrent live subscriptions (SSE/WebSocket) across every api replica; 0 means no limit.
+    /// At most 1,000,000.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = SUBSCRIPTIONS_LIMIT))]
+    pub max_subscriptions: Option<u32>,
 }
 
 /// A request to replace the application's token.
@@ -188,7 +194,7 @@ pub struct ApplicationStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_rotation: Option<String>,
     /// The quotas in force, the api's defaults filled in (`maxChats`, `messagesPerSecond`,
-    /// `messageBurst`, `maxBodyBytes`).
+    /// `messageBurst`, `maxBodyBytes`, `maxSubscriptions`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quotas: Option<BTreeMap<String, u64>>,
 }
@@ -236,6 +242,7 @@ impl ApplicationSpec {
                 messages_per_second: self.quotas.messages_per_second,
                 message_burst: self.quotas.message_burst,
                 max_body_bytes: self.quotas.max_body_bytes,
+                max_subscriptions: self.quotas.max_subscriptions,
             },
         }
     }

@@ -142,6 +142,7 @@ fn full_spec() -> Value {
             "messagesPerSecond": RATE_LIMIT,
             "messageBurst": 1,
             "maxBodyBytes": BODY_BYTES_LIMIT,
+            "maxSubscriptions": SUBSCRIPTIONS_LIMIT,
         },
         "tokenRotation": {"requestId": "2026-11-26", "graceSeconds": GRACE_SECONDS_LIMIT},
         "deletionPolicy": "Delete",
@@ -167,6 +168,7 @@ fn good_objects_are_accepted() {
         full_spec(),
         with(full_spec(), "/quotas/maxChats", json!(0)),
         with(full_spec(), "/quotas/messagesPerSecond", json!(0)),
+        with(full_spec(), "/quotas/maxSubscriptions", json!(0)),
         with(full_spec(), "/tokenRotation/graceSeconds", json!(0)),
     ] {
         let refused = refusals(&object("shop", spec.clone()), None);
@@ -224,6 +226,18 @@ fn bad_objects_are_refused_with_a_reason() {
                 json!(BODY_BYTES_LIMIT + 1),
             ),
             "maxBodyBytes",
+        ),
+        (
+            with(full_spec(), "/quotas/maxSubscriptions", json!(-1)),
+            "maxSubscriptions",
+        ),
+        (
+            with(
+                full_spec(),
+                "/quotas/maxSubscriptions",
+                json!(SUBSCRIPTIONS_LIMIT + 1),
+            ),
+            "maxSubscriptions",
         ),
         (
             with(full_spec(), "/tokenRotation/graceSeconds", json!(-1)),
@@ -320,6 +334,7 @@ fn changes_that_cannot_be_honoured_are_refused_on_update() {
     let allowed_updates = [
         with(full_spec(), "/displayName", json!("Shop 2")),
         with(full_spec(), "/quotas/maxChats", json!(5)),
+        with(full_spec(), "/quotas/maxSubscriptions", json!(10)),
         with(full_spec(), "/deletionPolicy", json!("Retain")),
         with(
             full_spec(),
@@ -336,4 +351,28 @@ fn changes_that_cannot_be_honoured_are_refused_on_update() {
         let refused = refusals(&object("shop", spec.clone()), Some(&old));
         assert!(refused.is_empty(), "{spec}: {refused:#?}");
     }
+}
+
+/// Every quota of the spec reaches the admin API under the api's name, and an unset one stays
+/// unset (the api's default, followed when it changes).
+#[test]
+fn the_admin_api_is_asked_for_exactly_the_quotas_of_the_spec() {
+    let spec: ApplicationSpec = serde_json::from_value(full_spec()).unwrap();
+    let asked = spec.admin_spec();
+    assert_eq!(asked.name, "Shop");
+    assert_eq!(
+        asked.quotas,
+        confab_core::quota::QuotaRequest {
+            max_chats: Some(MAX_CHATS_LIMIT),
+            messages_per_second: Some(RATE_LIMIT),
+            message_burst: Some(1),
+            max_body_bytes: Some(BODY_BYTES_LIMIT),
+            max_subscriptions: Some(SUBSCRIPTIONS_LIMIT),
+        }
+    );
+    let plain: ApplicationSpec = serde_json::from_value(json!({"displayName": "Shop"})).unwrap();
+    assert_eq!(
+        plain.admin_spec().quotas,
+        confab_core::quota::QuotaRequest::default()
+    );
 }

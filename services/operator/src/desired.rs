@@ -208,6 +208,10 @@ fn quotas_in_force(r: &AdminApplication) -> BTreeMap<String, u64> {
             "maxBodyBytes".to_owned(),
             u64::from(r.quotas.max_body_bytes),
         ),
+        (
+            "maxSubscriptions".to_owned(),
+            u64::from(r.quotas.max_subscriptions),
+        ),
     ])
 }
 
@@ -325,6 +329,17 @@ mod tests {
         );
         assert_eq!(first.chats_count, Some(7));
         assert_eq!(first.observed_generation, Some(3));
+        assert_eq!(
+            first.quotas,
+            Some(BTreeMap::from([
+                ("maxChats".to_owned(), 100_000),
+                ("messagesPerSecond".to_owned(), 1_000),
+                ("messageBurst".to_owned(), 2_000),
+                ("maxBodyBytes".to_owned(), 65_536),
+                ("maxSubscriptions".to_owned(), 1_000),
+            ])),
+            "every quota in force, the defaults filled in"
+        );
         assert!(first
             .conditions
             .iter()

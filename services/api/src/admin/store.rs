@@ -68,13 +68,15 @@ async fn upsert_once(
         Some(row) => {
             sqlx::query(
                 "UPDATE applications SET name = ?, max_chats = ?, messages_per_second = ?, \
-                 message_burst = ?, max_body_bytes = ?, updated_at = ? WHERE id = ?",
+                 message_burst = ?, max_body_bytes = ?, max_subscriptions = ?, updated_at = ? \
+                 WHERE id = ?",
             )
             .bind(&spec.name)
             .bind(q.max_chats)
             .bind(q.messages_per_second)
             .bind(q.message_burst)
             .bind(q.max_body_bytes)
+            .bind(q.max_subscriptions)
             .bind(now)
             .bind(row.app.id)
             .execute(&mut *tx)
@@ -84,8 +86,8 @@ async fn upsert_once(
         None => {
             sqlx::query(
                 "INSERT INTO applications (name, token, chats_count, external_key, max_chats, \
-                 messages_per_second, message_burst, max_body_bytes, created_at, updated_at) \
-                 VALUES (?, ?, 0, ?, ?, ?, ?, ?, ?, ?)",
+                 messages_per_second, message_burst, max_body_bytes, max_subscriptions, \
+                 created_at, updated_at) VALUES (?, ?, 0, ?, ?, ?, ?, ?, ?, ?, ?)",
             )
             .bind(&spec.name)
             .bind(Token::generate().expose())
@@ -94,6 +96,7 @@ async fn upsert_once(
             .bind(q.messages_per_second)
             .bind(q.message_burst)
             .bind(q.max_body_bytes)
+            .bind(q.max_subscriptions)
             .bind(now)
             .bind(now)
             .execute(&mut *tx)
