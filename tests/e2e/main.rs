@@ -13,6 +13,7 @@ mod durability;
 mod health;
 mod idempotency;
 mod invariants;
+mod live;
 mod numbering;
 mod observability;
 mod operator;

@@ -8,6 +8,7 @@
 #![allow(clippy::unwrap_used, clippy::missing_panics_doc)]
 
 pub mod client;
+pub mod live;
 
 use std::future::Future;
 use std::time::{Duration, Instant};

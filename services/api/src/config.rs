@@ -27,6 +27,8 @@ pub struct ApiConfig {
     /// its quotas) is reused before MySQL is asked again; quota changes, rotations' revocations
     /// and deletions reach every replica within it.
     pub token_cache_ttl: Duration,
+    /// `CONFAB_LIVE_*`: live delivery ([`crate::live::LiveConfig`]).
+    pub live: crate::live::LiveConfig,
     /// `CONFAB_IN_FLIGHT_TTL_SECS`, default 3600 (1 to 604800): how long Redis remembers a chat whose creation
     /// is acknowledged but maybe not yet persisted.
     pub in_flight_ttl: Duration,
@@ -146,6 +148,7 @@ impl ApiConfig {
             )?,
             // 0 turns the cache off; the cache refuses a TTL of a thousand years and more.
             token_cache_ttl: millis_within(env, "CONFAB_TOKEN_CACHE_TTL_MS", 5_000, 0..=3_600_000)?,
+            live: crate::live::LiveConfig::from_env(env)?,
             in_flight_ttl: secs_within(env, "CONFAB_IN_FLIGHT_TTL_SECS", 3600, 1..=604_800)?,
             search: match ElasticsearchConfig::from_env(env) {
                 Some(elasticsearch) => SearchConfig::Elasticsearch(elasticsearch),

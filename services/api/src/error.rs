@@ -29,6 +29,11 @@ pub enum ApiError {
     NotFound(&'static str),
     #[error("the application reached its limit of {0} chats")]
     ChatLimit(u64),
+    /// What was asked for is older than what the server keeps; the text says what to do.
+    #[error("{0}")]
+    Gone(&'static str),
+    #[error("the application has {0} live subscriptions open, its limit")]
+    SubscriptionLimit(u32),
     #[error("{what}; retry in {retry_after_secs} s")]
     RateLimited {
         /// What was exceeded, for the message.
@@ -106,7 +111,8 @@ pub struct ErrorBody {
 pub struct ErrorDetail {
     /// Stable, machine-readable: `malformed_json`, `invalid_parameter`, `invalid_query`,
     /// `validation_failed`,
-    /// `payload_too_large`, `not_found`, `chat_limit_reached`, `rate_limited`, `unauthorized`,
+    /// `payload_too_large`, `not_found`, `gone`, `chat_limit_reached`, `rate_limited`,
+    /// `subscription_limit_reached`, `unauthorized`,
     /// `method_not_allowed`, `idempotency_key_reused`, `timeout`, `unavailable`, `internal`.
     pub code: &'static str,
     pub message: String,
@@ -132,6 +138,10 @@ impl ApiError {
             }
             Self::NotFound(_) | Self::NoRoute => (StatusCode::NOT_FOUND, "not_found"),
             Self::ChatLimit(_) => (StatusCode::CONFLICT, "chat_limit_reached"),
+            Self::Gone(_) => (StatusCode::GONE, "gone"),
+            Self::SubscriptionLimit(_) => {
+                (StatusCode::TOO_MANY_REQUESTS, "subscription_limit_reached")
+            }
             Self::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
             Self::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
             Self::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),

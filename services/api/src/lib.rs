@@ -15,6 +15,7 @@ pub mod error;
 pub mod extract;
 pub mod http;
 pub mod idempotency;
+pub mod live;
 pub mod metrics;
 pub mod numbering;
 pub mod openapi;
@@ -101,6 +102,7 @@ pub async fn connect(config: &ApiConfig, metrics: metrics::Metrics) -> Result<Ap
         admin_token: config.admin_token.clone(),
         quota_defaults: config.quota_defaults,
         hard_max_body_bytes: config.hard_max_body_bytes(),
+        live: config.live.clone(),
     }))
 }
 
@@ -138,6 +140,15 @@ pub async fn run(
         registry,
         shutdown.wait(),
     ));
+    // Live streams never finish on their own: at shutdown they end with a reconnect hint, so
+    // the graceful shutdown below can drain their connections.
+    tokio::spawn({
+        let (live, closing) = (state.live.clone(), shutdown.wait());
+        async move {
+            closing.await;
+            live.close();
+        }
+    });
     tracing::info!(addr = %listeners.http.local_addr()?, "api listening");
     // With the peer address, which the per-client limit on application creation keys on.
     axum::serve(

@@ -21,6 +21,7 @@ pub struct Metrics {
     pub quota_rejections: IntCounterVec,
     pub search: Search,
     pub dependencies: Dependencies,
+    pub live: crate::live::LiveMetrics,
 }
 
 impl Metrics {
@@ -83,15 +84,22 @@ impl Metrics {
                 registry,
                 "confab_quota_rejections_total",
                 "Requests refused by a quota, by quota (chats, message_rate, body_size, \
-                 application_creation).",
+                 application_creation, subscriptions).",
                 &["quota"],
             ),
             search: Search::register(registry, &["query"]),
             dependencies: Dependencies::register(registry),
+            live: crate::live::LiveMetrics::register(registry),
         };
         // Series that only move during incidents exist at zero from the start, so `rate()` and
         // `increase()` see their first increment and dashboards show 0 instead of "no data".
-        for quota in ["chats", "message_rate", "body_size", "application_creation"] {
+        for quota in [
+            "chats",
+            "message_rate",
+            "body_size",
+            "application_creation",
+            "subscriptions",
+        ] {
             m.quota_rejections.with_label_values(&[quota]);
         }
         for kind in ["chat", "message"] {

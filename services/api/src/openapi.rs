@@ -4,7 +4,7 @@ use utoipa::OpenApi;
 
 use crate::admin;
 use crate::error::{ErrorBody, ErrorDetail};
-use crate::routes::{applications, chats, messages, search};
+use crate::routes::{applications, chats, events, messages, search};
 use crate::views::{ApplicationInput, ApplicationView, ChatView, MessageInput, MessageView};
 use confab_core::admin::{AdminApplication, ApplicationSpec, RotateRequest};
 use confab_core::quota::{QuotaRequest, Quotas};
@@ -23,7 +23,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
         applications::create, applications::list, applications::show, applications::update,
         chats::create, chats::list, chats::show, chats::delete,
         messages::create, messages::list, messages::show, messages::update, messages::delete,
-        search::search,
+        events::events, search::search,
         admin::routes::show, admin::routes::put, admin::routes::rotate, admin::routes::delete,
     ),
     components(schemas(

@@ -59,6 +59,10 @@ pub struct Shared {
     /// `CONFAB_MAX_BODY_BYTES` as a quota bound.
     pub hard_max_body_bytes: u32,
     pub metrics: Metrics,
+    /// Live delivery: this replica's chat feeds.
+    pub live: crate::live::Hub,
+    /// How long a token lookup is reused (live streams re-check their token within it).
+    pub token_cache_ttl: Duration,
 }
 
 /// An application as a tenant request sees it: its id and the quotas in force.
@@ -86,10 +90,18 @@ pub struct StateParts {
     pub quota_defaults: Quotas,
     pub hard_max_body_bytes: u32,
     pub metrics: Metrics,
+    pub live: crate::live::LiveConfig,
 }
 
 impl AppState {
     pub fn new(parts: StateParts) -> Self {
+        let live = crate::live::Hub::new(
+            parts.publisher.jetstream().clone(),
+            parts.redis.clone(),
+            parts.keys.clone(),
+            parts.live,
+            parts.metrics.live.clone(),
+        );
         Self(Arc::new(Shared {
             numbering: Numbering::new(parts.redis.clone(), parts.metrics.clone()),
             db: parts.db,
@@ -112,6 +124,8 @@ impl AppState {
             admin_token: parts.admin_token,
             quota_defaults: parts.quota_defaults,
             hard_max_body_bytes: parts.hard_max_body_bytes,
+            live,
+            token_cache_ttl: parts.token_cache_ttl,
             metrics: parts.metrics,
         }))
     }

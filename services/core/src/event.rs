@@ -12,7 +12,7 @@
 //! |---|---|
 //! | `p.v1.chat.created.{app}.{number}` | [`Event::ChatCreated`] |
 //! | `p.v1.message.created.{app}.{chat}.{number}` | [`Event::MessageCreated`] |
-//! | `p.v1.message.updated.{app}.{chat}` | [`Event::MessageUpdated`] |
+//! | `p.v1.message.updated.{app}.{chat}.{number}` | [`Event::MessageUpdated`] |
 //! | `p.v1.message.deleted.{app}.{chat}.{number}` | [`Event::MessageDeleted`] |
 //! | `p.v1.chat.deleted.{app}.{number}` | [`Event::ChatDeleted`] |
 //! | `p.dlq.<original subject>` | dead letters (separate stream) |
@@ -22,6 +22,10 @@
 //! event for a number while the first is retained, however long ago it was stored and whatever
 //! the duplicate window ([`crate::sequence`]). The highest number in flight for a parent is one
 //! "last message for subject" lookup on the parent's wildcard (`…created.{app}.*`) away.
+//!
+//! Every message event of one chat matches `p.v1.message.*.{app}.{chat}.*`
+//! ([`Subjects::chat_events`]): live delivery follows a chat with one filtered consumer (an update
+//! had the chat's subject alone before 2026-12, and such older updates are not replayed live).
 //!
 //! Deletions have a subject per deleted item too, so "is a deletion of this item stored?" is one
 //! lookup, and they dedup on the item. A deletion is final: consumers version every write of a
@@ -294,9 +298,18 @@ impl Subjects {
         )
     }
 
-    pub fn message_updated(&self, application_id: u64, chat_number: u64) -> String {
+    /// The subject of one message's updates.
+    pub fn message_updated(&self, application_id: u64, chat_number: u64, number: u64) -> String {
         format!(
-            "{}.v1.message.updated.{application_id}.{chat_number}",
+            "{}.v1.message.updated.{application_id}.{chat_number}.{number}",
+            self.prefix
+        )
+    }
+
+    /// Every message event of one chat (creations, updates, deletions), for live delivery.
+    pub fn chat_events(&self, application_id: u64, chat_number: u64) -> String {
+        format!(
+            "{}.v1.message.*.{application_id}.{chat_number}.*",
             self.prefix
         )
     }
@@ -319,13 +332,34 @@ impl Subjects {
         format!("{}.v1.message.>", self.prefix)
     }
 
+    /// The (application, chat) a message event's subject names (`p.v1.message.{kind}.{app}.
+    /// {chat}.{number}`), without decoding the event; `None` for anything else.
+    pub fn chat_of_message_event(&self, subject: &str) -> Option<(u64, u64)> {
+        let rest = subject
+            .strip_prefix(self.prefix.as_str())?
+            .strip_prefix(".v1.message.")?;
+        let mut tokens = rest.split('.');
+        let (_kind, app, chat, _number) = (
+            tokens.next()?,
+            tokens.next()?,
+            tokens.next()?,
+            tokens.next()?,
+        );
+        if tokens.next().is_some() {
+            return None;
+        }
+        Some((app.parse().ok()?, chat.parse().ok()?))
+    }
+
     pub fn for_event(&self, event: &Event) -> String {
         match event {
             Event::ChatCreated(c) => self.chat_created(c.application_id, c.number),
             Event::MessageCreated(m) => {
                 self.message_created(m.application_id, m.chat_number, m.number)
             }
-            Event::MessageUpdated(m) => self.message_updated(m.application_id, m.chat_number),
+            Event::MessageUpdated(m) => {
+                self.message_updated(m.application_id, m.chat_number, m.number)
+            }
             Event::MessageDeleted(m) => {
                 self.message_deleted(m.application_id, m.chat_number, m.number)
             }
@@ -418,7 +452,23 @@ mod tests {
         assert_eq!(s.chats_created(1), "t.v1.chat.created.1.*");
         assert_eq!(s.message_created(1, 2, 3), "t.v1.message.created.1.2.3");
         assert_eq!(s.messages_created(1, 2), "t.v1.message.created.1.2.*");
-        assert_eq!(s.message_updated(1, 2), "t.v1.message.updated.1.2");
+        assert_eq!(s.message_updated(1, 2, 3), "t.v1.message.updated.1.2.3");
+        assert_eq!(s.chat_events(1, 2), "t.v1.message.*.1.2.*");
+        for subject in [
+            s.message_created(1, 2, 3),
+            s.message_updated(1, 2, 3),
+            s.message_deleted(1, 2, 3),
+        ] {
+            assert_eq!(s.chat_of_message_event(&subject), Some((1, 2)), "{subject}");
+        }
+        for other in [
+            "t.v1.message.updated.1.2",
+            "t.v1.chat.created.1.4",
+            "u.v1.message.created.1.2.3",
+            "t.v1.message.created.1.x.3",
+        ] {
+            assert_eq!(s.chat_of_message_event(other), None, "{other}");
+        }
         assert_eq!(s.message_deleted(1, 2, 3), "t.v1.message.deleted.1.2.3");
         assert_eq!(s.chat_deleted(1, 4), "t.v1.chat.deleted.1.4");
         assert_eq!(

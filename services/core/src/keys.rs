@@ -49,6 +49,13 @@ impl Keys {
     pub fn chat_deleted(&self, application_id: u64, chat_number: u64) -> String {
         format!("{}deleted:chat:{application_id}:{chat_number}", self.prefix)
     }
+
+    /// The live subscriptions open on an application, across replicas: a sorted set of
+    /// subscription ids scored by when their lease ends (a replica that died leaves entries that
+    /// simply expire).
+    pub fn subscriptions(&self, application_id: u64) -> String {
+        format!("{}live:{application_id}", self.prefix)
+    }
 }
 
 #[cfg(test)]
@@ -63,6 +70,7 @@ mod tests {
             k.message_sequence(1, 2),
             k.chat_in_flight(1, 2),
             k.chat_deleted(1, 2),
+            k.subscriptions(1),
         ];
         assert!(all.iter().all(|x| x.starts_with("t1:")));
         let set: std::collections::HashSet<_> = all.iter().collect();

@@ -9,6 +9,7 @@
 //! - [`sequence`]: how a lost Redis sequence is re-seeded.
 //! - [`quota`]: per-application quotas and their defaults.
 //! - [`admin`]: the admin API's wire format (api and operator).
+//! - [`live`]: live delivery's cursor and creation order.
 //!
 //! ```text
 //!  client ──HTTP──▶ api ──INCR──▶ Redis            (numbers)
@@ -19,6 +20,7 @@
 pub mod admin;
 pub mod event;
 pub mod keys;
+pub mod live;
 pub mod quota;
 pub mod sequence;
 pub mod token;

@@ -11,7 +11,7 @@ use prometheus::core::Collector;
 use prometheus::{HistogramOpts, Opts};
 
 pub use prometheus::{
-    GaugeVec, Histogram, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Registry,
+    GaugeVec, Histogram, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Registry,
 };
 
 pub const LATENCY_BUCKETS: &[f64] = &[
@@ -63,6 +63,13 @@ pub fn gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -
     register(
         registry,
         GaugeVec::new(Opts::new(name, help), labels).expect("valid metric name"),
+    )
+}
+
+pub fn int_gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
+    register(
+        registry,
+        IntGauge::new(name, help).expect("valid metric name"),
     )
 }
 
@@ -278,8 +285,15 @@ impl Search {
 
 /// Observes, in a lag histogram, the seconds from `since` to now.
 pub fn observe_since(histogram: &HistogramVec, label: &str, since: chrono::DateTime<chrono::Utc>) {
+    histogram
+        .with_label_values(&[label])
+        .observe(seconds_since(since));
+}
+
+/// The seconds from `since` to now, never negative (clocks of two hosts can disagree).
+pub fn seconds_since(since: chrono::DateTime<chrono::Utc>) -> f64 {
     let lag = (chrono::Utc::now() - since).num_microseconds().unwrap_or(0) as f64 / 1e6;
-    histogram.with_label_values(&[label]).observe(lag.max(0.0));
+    lag.max(0.0)
 }
 
 /// `2xx`, `4xx`, ... for a status code.

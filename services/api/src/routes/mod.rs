@@ -3,6 +3,7 @@
 
 pub mod applications;
 pub mod chats;
+pub mod events;
 pub mod messages;
 pub mod search;
 
@@ -36,6 +37,10 @@ fn resources() -> Router<AppState> {
         .route(
             "/applications/{token}/chats/{number}/messages",
             get(messages::list).post(messages::create),
+        )
+        .route(
+            "/applications/{token}/chats/{number}/events",
+            get(events::events),
         )
         .route(
             "/applications/{token}/chats/{number}/messages/search",

@@ -1,0 +1,97 @@
+//! A resuming subscriber's replay: the chat's events after its cursor that the feed broadcast
+//! before the subscriber joined, read from the stream with a consumer of its own.
+//!
+//! The replay reads from the cursor's contiguous prefix up to the last sequence the feed had
+//! broadcast, keeps what the feed broadcast (what it still holds back arrives through the ring)
+//! and what the cursor has not received, and puts it in number order. It is read whole before the
+//! response starts, bounded by `CONFAB_LIVE_REPLAY_MAX` events (further behind: `410`, re-read
+//! the list) and by the stream's retention (events the stream no longer holds: `410`).
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Instant;
+
+use confab_core::live::{Cursor, Reorder};
+use futures::StreamExt;
+
+use super::feed::{self, Delivery};
+use super::{Error, HubInner};
+
+/// Reads what `cursor` misses of what the feed had broadcast (`broadcast`), in delivery order,
+/// each with its id (the cursor after it); `cursor` then counts it all as received.
+pub(super) async fn replay(
+    hub: &HubInner,
+    key: (u64, u64),
+    cursor: &mut Cursor,
+    broadcast: &Cursor,
+) -> Result<VecDeque<(Arc<Delivery>, String)>, Error> {
+    let until = broadcast.last();
+    let from = cursor.upto() + 1;
+    let mut out = VecDeque::new();
+    if from > until {
+        return Ok(out);
+    }
+    if from < feed::stream_state(hub).await?.first_sequence {
+        return Err(Error::Gone(
+            "the stream no longer holds events after this cursor; re-read the messages and \
+             subscribe without a cursor",
+        ));
+    }
+    let filter = hub.js.subjects.chat_events(key.0, key.1);
+    let (mut messages, pending) = feed::consumer(hub, filter, from).await?;
+    if pending == 0 {
+        return Ok(out);
+    }
+    // Everything is held until the end, then released in number order.
+    let mut reorder = Reorder::new(hub.config.reorder).after(0);
+    let mut ready = Vec::new();
+    let mut prev = cursor.upto();
+    let limit = hub.config.replay_max;
+    let mut read = 0;
+    while let Some(message) = tokio::time::timeout(REPLAY_IDLE, messages.next())
+        .await
+        .map_err(|_| Error::Unavailable("the stream stopped answering during a replay".into()))?
+    {
+        let message = message.map_err(Error::nats)?;
+        let info = message
+            .info()
+            .map_err(|e| Error::Unavailable(e.to_string()))?;
+        let (sequence, pending) = (info.stream_sequence, info.pending);
+        if sequence > until {
+            break;
+        }
+        read += 1;
+        if read > limit {
+            return Err(Error::Gone(
+                "this cursor is further behind than a replay reaches; re-read the messages and \
+                 subscribe without a cursor",
+            ));
+        }
+        if let Some(delivery) = Delivery::decode(sequence, prev, &message.payload) {
+            prev = sequence;
+            if broadcast.includes(sequence) {
+                let (number, created) = (delivery.number, delivery.created);
+                reorder.push(
+                    number,
+                    created,
+                    Arc::new(delivery),
+                    Instant::now(),
+                    &mut ready,
+                );
+            }
+        }
+        if sequence == until || pending == 0 {
+            break;
+        }
+    }
+    reorder.flush(&mut ready);
+    for delivery in ready {
+        if cursor.receive(delivery.sequence, delivery.prev) {
+            out.push_back((delivery, cursor.to_string()));
+        }
+    }
+    Ok(out)
+}
+
+/// How long a replay waits for the stream's next event before giving up.
+const REPLAY_IDLE: std::time::Duration = std::time::Duration::from_secs(5);

@@ -1,0 +1,188 @@
+//! Live-delivery clients for the tests and the live benchmark: Server-Sent Events over a
+//! streaming HTTP response, and WebSocket, both yielding the same [`LiveEvent`]s.
+
+use std::time::Duration;
+
+use futures::{SinkExt, StreamExt};
+use serde_json::Value;
+use tokio_tungstenite::tungstenite::Message;
+
+/// One event as a client sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LiveEvent {
+    /// `ready`, `message.created`, `message.updated`, `message.deleted` or `end`.
+    pub kind: String,
+    /// The event's id (the cursor to resume after it); empty for `end` over SSE.
+    pub id: String,
+    /// The message's public JSON (for `ready` and `end`, the whole frame).
+    pub data: Value,
+}
+
+impl LiveEvent {
+    pub fn number(&self) -> u64 {
+        self.data["number"].as_u64().unwrap_or(0)
+    }
+}
+
+type WsStream =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+enum Transport {
+    Sse {
+        body: std::pin::Pin<Box<dyn futures::Stream<Item = reqwest::Result<bytes::Bytes>> + Send>>,
+        buffer: String,
+    },
+    Ws(Box<WsStream>),
+}
+
+/// An open subscription.
+pub struct LiveClient {
+    transport: Transport,
+    /// Heartbeats seen (SSE comments, WebSocket pings).
+    pub heartbeats: u64,
+}
+
+/// The events path of a chat.
+pub fn events_path(base: &str, token: &str, chat: u64) -> String {
+    format!("{base}/api/v1/applications/{token}/chats/{chat}/events")
+}
+
+impl LiveClient {
+    /// Opens an SSE stream; `Err` carries the status and JSON body of a refusal.
+    pub async fn sse(
+        base: &str,
+        token: &str,
+        chat: u64,
+        last_event_id: Option<&str>,
+    ) -> Result<Self, (u16, Value)> {
+        let mut request = reqwest::Client::new()
+            .get(events_path(base, token, chat))
+            .header("accept", "text/event-stream");
+        if let Some(id) = last_event_id {
+            request = request.header("last-event-id", id);
+        }
+        let response = request
+            .send()
+            .await
+            .map_err(|e| (0, Value::String(e.to_string())))?;
+        let status = response.status().as_u16();
+        if status != 200 {
+            let body = response.json().await.unwrap_or(Value::Null);
+            return Err((status, body));
+        }
+        assert_eq!(
+            response.headers()["content-type"],
+            "text/event-stream",
+            "an SSE stream says so"
+        );
+        Ok(Self {
+            transport: Transport::Sse {
+                body: Box::pin(response.bytes_stream()),
+                buffer: String::new(),
+            },
+            heartbeats: 0,
+        })
+    }
+
+    /// Opens a WebSocket; `since` resumes. `Err` carries the refusal's status and body.
+    pub async fn websocket(
+        base: &str,
+        token: &str,
+        chat: u64,
+        since: Option<&str>,
+    ) -> Result<Self, (u16, Value)> {
+        let mut url = events_path(base, token, chat).replacen("http://", "ws://", 1);
+        if let Some(since) = since {
+            url.push_str(&format!("?since={since}"));
+        }
+        match tokio_tungstenite::connect_async(url).await {
+            Ok((socket, _)) => Ok(Self {
+                transport: Transport::Ws(Box::new(socket)),
+                heartbeats: 0,
+            }),
+            Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+                let status = response.status().as_u16();
+                let body = response
+                    .body()
+                    .as_ref()
+                    .and_then(|b| serde_json::from_slice(b).ok())
+                    .unwrap_or(Value::Null);
+                Err((status, body))
+            }
+            Err(other) => Err((0, Value::String(other.to_string()))),
+        }
+    }
+
+    /// The next event within `timeout`; `None` when the stream ended or nothing came.
+    pub async fn next(&mut self, timeout: Duration) -> Option<LiveEvent> {
+        tokio::time::timeout(timeout, self.next_event())
+            .await
+            .ok()
+            .flatten()
+    }
+
+    async fn next_event(&mut self) -> Option<LiveEvent> {
+        loop {
+            match &mut self.transport {
+                Transport::Sse { body, buffer } => {
+                    if let Some(end) = buffer.find("\n\n") {
+                        let frame: String = buffer.drain(..end + 2).collect();
+                        match parse_sse(&frame) {
+                            Some(event) => return Some(event),
+                            None => {
+                                self.heartbeats += 1;
+                                continue;
+                            }
+                        }
+                    }
+                    let chunk = body.next().await?.ok()?;
+                    buffer.push_str(&String::from_utf8_lossy(&chunk));
+                }
+                Transport::Ws(socket) => match socket.next().await?.ok()? {
+                    Message::Text(text) => {
+                        let frame: Value = serde_json::from_str(&text).ok()?;
+                        let kind = frame["type"].as_str().unwrap_or_default().to_owned();
+                        let id = frame["id"].as_str().unwrap_or_default().to_owned();
+                        let data = match kind.as_str() {
+                            "ready" | "end" => frame,
+                            _ => frame["data"].clone(),
+                        };
+                        return Some(LiveEvent { kind, id, data });
+                    }
+                    Message::Ping(_) => self.heartbeats += 1,
+                    Message::Close(_) => return None,
+                    _ => {}
+                },
+            }
+        }
+    }
+
+    /// Closes a WebSocket politely (an SSE stream is closed by dropping it).
+    pub async fn close(self) {
+        if let Transport::Ws(mut socket) = self.transport {
+            let _ = socket.send(Message::Close(None)).await;
+        }
+    }
+}
+
+/// One SSE frame; `None` for a comment (a heartbeat).
+fn parse_sse(frame: &str) -> Option<LiveEvent> {
+    let (mut kind, mut id, mut data) = (String::from("message"), String::new(), String::new());
+    let mut fields = 0;
+    for line in frame.lines() {
+        let (field, value) = line.split_once(':').unwrap_or((line, ""));
+        let value = value.strip_prefix(' ').unwrap_or(value);
+        match field {
+            "event" => kind = value.to_owned(),
+            "id" => id = value.to_owned(),
+            "data" => data.push_str(value),
+            _ => continue,
+        }
+        fields += 1;
+    }
+    (fields > 0).then(|| LiveEvent {
+        kind,
+        id,
+        data: serde_json::from_str(&data).unwrap_or(Value::Null),
+    })
+}
