@@ -97,6 +97,10 @@ WORKDIR /home/nonroot
 USER 65532:65532
 LABEL org.opencontainers.image.vendor="Confab" \
       org.opencontainers.image.licenses="Apache-2.0"
+# mimalloc (every binary's allocator) commits memory as it is used rather than a whole arena at
+# once: an idle HTTP connection (a live subscriber) then costs ~16 KB of resident memory instead
+# of ~28 KB (README, Benchmark).
+ENV MIMALLOC_ARENA_EAGER_COMMIT=0
 
 FROM runtime AS persister
 COPY --link --from=build-persister /out/confab-persister /usr/local/bin/confab-persister

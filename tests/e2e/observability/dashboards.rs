@@ -154,12 +154,24 @@ async fn wait_ready(url: &str, what: &str) {
     .await;
 }
 
-/// One round of tenant traffic: a chat with three messages, an update, reads, a 404, a search.
+/// One round of tenant traffic: a chat with three messages followed live, an update, reads, a
+/// 404, a search.
 async fn traffic(c: &Client, token: &str, round: i64) {
     let chat = c.create_chat(token).await;
     assert_eq!(i64::try_from(chat).unwrap(), round);
+    let mut live = confab_tests::live::LiveClient::sse(&c.base, token, chat, None)
+        .await
+        .unwrap();
     for body in ["hello dashboards", "second message", "third one"] {
         c.create_message(token, chat, body).await;
+    }
+    let mut delivered = 0;
+    while delivered < 3 {
+        let event = live
+            .next(Duration::from_secs(10))
+            .await
+            .expect("live events");
+        delivered += usize::from(event.kind == "message.created");
     }
     let messages = format!("/api/v1/applications/{token}/chats/{chat}/messages");
     c.get(&messages).await;

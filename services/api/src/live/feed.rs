@@ -145,7 +145,7 @@ impl Feed {
             let (number, created) = (delivery.number, delivery.created);
             let Shared { reorder, ready, .. } = &mut *shared;
             reorder.push(number, created, Arc::new(delivery), now, ready);
-            broadcast(&mut *shared);
+            broadcast(&mut shared);
         }
         shared.reorder.next_deadline()
     }
@@ -155,7 +155,7 @@ impl Feed {
         let mut shared = self.lock();
         let Shared { reorder, ready, .. } = &mut *shared;
         reorder.expire(now, ready);
-        broadcast(&mut *shared);
+        broadcast(&mut shared);
         shared.reorder.next_deadline()
     }
 
