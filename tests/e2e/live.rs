@@ -224,6 +224,85 @@ async fn a_client_that_resumes_gets_every_missed_event_once_then_live_ones() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_whose_chat_was_quiet_while_others_were_written_resumes_and_stays_resumable() {
+    let env = TestEnv::new().await;
+    let api = env.spawn_api().await;
+    let c = Client::new(&api.base);
+    let token = c.create_app("live").await;
+    let (quiet, busy) = (c.create_chat(&token).await, c.create_chat(&token).await);
+    // Keeps the replica's dispatcher running and shows when it has read the busy chat's events.
+    let mut watcher = open("sse", &api.base, &token, busy, None).await;
+    for transport in ["sse", "ws"] {
+        let mut client = open(transport, &api.base, &token, quiet, None).await;
+        c.create_message(&token, quiet, "before").await;
+        let last_id = take(&mut client, 1).await[0].id.clone();
+        drop(client);
+        // The quiet chat's feed goes with its last subscriber, while the stream moves on.
+        eventually(WAIT, "the quiet chat's feed to go", || async {
+            api.metric("confab_live_feeds").await == 1.0
+        })
+        .await;
+        for i in 0..3 {
+            c.create_message(&token, busy, &format!("elsewhere {i}"))
+                .await;
+        }
+        take(&mut watcher, 3).await;
+        let mut client = open(transport, &api.base, &token, quiet, Some(&last_id)).await;
+        let mut ids = Vec::new();
+        for text in ["after 1", "after 2"] {
+            let number = c.create_message(&token, quiet, text).await;
+            let event = take(&mut client, 1).await.remove(0);
+            assert_eq!(event.number(), number);
+            ids.push(event.id);
+        }
+        for id in &ids {
+            assert!(
+                !id.contains('.'),
+                "{transport}: nothing of the chat is missing below {id}"
+            );
+        }
+        drop(client);
+        // The id is good to resume from: nothing is replayed again, the next event comes.
+        let mut client = open(transport, &api.base, &token, quiet, Some(&ids[1])).await;
+        let number = c.create_message(&token, quiet, "after 3").await;
+        assert_eq!(created(&take(&mut client, 1).await), [number]);
+        drop(client);
+
+        // A cursor naming another chat's event above its prefix (sequences are global to the
+        // stream) does not hold the prefix back.
+        c.create_message(&token, busy, "elsewhere again").await;
+        let other = take(&mut watcher, 1).await.remove(0).id;
+        let crafted = format!("{}.{other}", ids[0]);
+        let mut client = open(transport, &api.base, &token, quiet, Some(&crafted)).await;
+        let replayed = take(&mut client, 2).await;
+        assert_eq!(
+            [&replayed[0].data["body"], &replayed[1].data["body"]],
+            ["after 2", "after 3"]
+        );
+        let number = c.create_message(&token, quiet, "after 4").await;
+        let event = take(&mut client, 1).await.remove(0);
+        assert_eq!(event.number(), number);
+        assert!(!event.id.contains('.'), "{transport}: {}", event.id);
+        drop(client);
+        eventually(WAIT, "the quiet chat's feed to go", || async {
+            api.metric("confab_live_feeds").await == 1.0
+        })
+        .await;
+    }
+    // A cursor beyond what the stream holds would swallow every live event: refused.
+    let (status, body) = LiveClient::sse(&api.base, &token, quiet, Some("999999999"))
+        .await
+        .err()
+        .expect("refused");
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (400, Some("invalid_parameter")),
+        "{body}"
+    );
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_survives_an_api_restart_by_resuming_on_another_replica() {
     let env = TestEnv::new().await;
     let first = env.spawn_api().await;
@@ -414,5 +493,39 @@ async fn a_subscriber_that_stops_reading_is_cut_off_without_holding_others_back_
             >= 1.0
     );
     assert!(api.metric("confab_live_events_dropped_total").await > 0.0);
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_sse_client_that_never_reads_again_is_cut_off_while_its_connection_is_still_open() {
+    let env = TestEnv::new().await;
+    let api = env
+        .spawn_api_with(&[
+            ("CONFAB_LIVE_BUFFER", "16"),
+            ("CONFAB_LIVE_HEARTBEAT_SECS", "1"),
+        ])
+        .await;
+    let c = Client::new(&api.base);
+    let token = c.create_app("live").await;
+    let chat = c.create_chat(&token).await;
+    let stalled = open("sse", &api.base, &token, chat, None).await;
+    let body = "x".repeat(60_000);
+    // Until the server can no longer write to it: its socket buffers are full.
+    for _ in 0..400 {
+        c.create_message(&token, chat, &body).await;
+    }
+    // Its subscription (and lease, and place in the feed) goes although it never reads again.
+    eventually(WAIT, "the stalled subscription to end", || async {
+        api.metric("confab_live_subscriptions{transport=\"sse\"}")
+            .await
+            == 0.0
+    })
+    .await;
+    assert!(
+        api.metric("confab_live_subscriptions_ended_total{reason=\"too_slow\"}")
+            .await
+            >= 1.0
+    );
+    drop(stalled);
     env.cleanup().await;
 }

@@ -28,6 +28,7 @@ pub mod views;
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use confab_core::keys::Keys;
@@ -151,13 +152,30 @@ pub async fn run(
     });
     tracing::info!(addr = %listeners.http.local_addr()?, "api listening");
     // With the peer address, which the per-client limit on application creation keys on.
-    axum::serve(
+    let serve = axum::serve(
         listeners.http,
         app(state.clone(), config.request_timeout)
             .into_make_service_with_connect_info::<std::net::SocketAddr>(),
     )
-    .with_graceful_shutdown(shutdown.wait())
-    .await?;
+    .with_graceful_shutdown(shutdown.wait());
+    // In-flight requests finish within the request timeout and live streams end within a
+    // heartbeat interval (the time their end frame may take); a connection whose client stopped
+    // reading could hold the drain for good, so it is not waited for past that.
+    let drain = config.request_timeout.max(config.live.heartbeat) + Duration::from_secs(1);
+    let deadline = {
+        let begun = shutdown.wait();
+        async move {
+            begun.await;
+            tokio::time::sleep(drain).await;
+        }
+    };
+    tokio::select! {
+        served = std::future::IntoFuture::into_future(serve) => served?,
+        () = deadline => tracing::warn!(
+            drain_secs = drain.as_secs(),
+            "connections still open after the drain; closing them"
+        ),
+    }
     shutdown::drain(
         &shutdown,
         Some(&state.publisher.jetstream().client),

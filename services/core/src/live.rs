@@ -64,6 +64,18 @@ impl Cursor {
         if sequence <= self.upto {
             return false;
         }
+        // Nothing of the chat lies strictly between `prev` and `sequence`: what a client's cursor
+        // named there is not an event of this chat (sequences are global to the stream), and
+        // would otherwise hold the prefix back for good.
+        let named: Vec<u64> = self
+            .above
+            .range(prev.saturating_add(1)..sequence)
+            .filter(|(_, known)| known.is_none())
+            .map(|(&s, _)| s)
+            .collect();
+        for s in named {
+            self.above.remove(&s);
+        }
         let fresh = match self.above.get_mut(&sequence) {
             Some(known) => {
                 *known = Some(prev);
@@ -133,14 +145,21 @@ impl fmt::Display for Cursor {
 ///
 /// A creation above the next expected number is held until the numbers below it arrive or its
 /// `window` passes (a number can be lost for good: the api took it and the publish failed). What
-/// arrives later than that is released late rather than never.
+/// arrives later than that is released late rather than never. A reorder that has released
+/// nothing yet (a feed that has just started) does not know which numbers are still in flight:
+/// it holds its first creations for a window as well, unless they start at number 1. Events
+/// released together go out as their creations in number order, then the others in the order
+/// they arrived, so the stream's own order is kept wherever it is a valid one.
 #[derive(Debug)]
 pub struct Reorder<T> {
     window: Duration,
     /// The highest creation number released so far.
     released: Option<u64>,
-    /// Held creations by number: the deadline and the events held (the creation first).
-    held: BTreeMap<u64, (Instant, Vec<T>)>,
+    /// Held creations by number: the deadline, and the events held with their arrival (the
+    /// creation first).
+    held: BTreeMap<u64, (Instant, Vec<(u64, T)>)>,
+    /// Counts arrivals, to release held events in the order they came.
+    arrivals: u64,
 }
 
 impl<T> Reorder<T> {
@@ -149,6 +168,7 @@ impl<T> Reorder<T> {
             window,
             released: None,
             held: BTreeMap::new(),
+            arrivals: 0,
         }
     }
 
@@ -162,27 +182,31 @@ impl<T> Reorder<T> {
     /// Takes the event of message `number` (a creation when `created`); what may be delivered
     /// now is appended to `out`, in order.
     pub fn push(&mut self, number: u64, created: bool, event: T, now: Instant, out: &mut Vec<T>) {
+        self.arrivals += 1;
+        let arrival = self.arrivals;
         if !created {
             match self.held.get_mut(&number) {
-                Some((_, events)) => events.push(event),
+                Some((_, events)) => events.push((arrival, event)),
                 None => out.push(event),
             }
             return;
         }
-        match self.released {
-            Some(released) if number > released.saturating_add(1) => {
-                self.held
-                    .entry(number)
-                    .or_insert_with(|| (now + self.window, Vec::new()))
-                    .1
-                    .push(event);
-            }
-            _ => {
-                out.push(event);
-                self.released = Some(self.released.map_or(number, |r| r.max(number)));
-                self.release_following(out);
-            }
+        let next = self
+            .released
+            .map_or(1, |released| released.saturating_add(1));
+        if number > next || (self.released.is_none() && number != 1) {
+            self.held
+                .entry(number)
+                .or_insert_with(|| (now + self.window, Vec::new()))
+                .1
+                .push((arrival, event));
+            return;
         }
+        out.push(event);
+        self.released = Some(self.released.map_or(number, |r| r.max(number)));
+        let mut groups = Vec::new();
+        self.release_following(&mut groups);
+        emit(groups, out);
     }
 
     /// When the earliest hold ends, if any.
@@ -202,11 +226,13 @@ impl<T> Reorder<T> {
             return;
         };
         let rest = self.held.split_off(&(last + 1));
-        for (_, (_, events)) in std::mem::replace(&mut self.held, rest) {
-            out.extend(events);
-        }
+        let mut groups: Vec<_> = std::mem::replace(&mut self.held, rest)
+            .into_values()
+            .map(|(_, events)| events)
+            .collect();
         self.released = Some(self.released.map_or(last, |r| r.max(last)));
-        self.release_following(out);
+        self.release_following(&mut groups);
+        emit(groups, out);
     }
 
     /// Releases everything held, in order (the end of a replay: nothing more will arrive).
@@ -214,20 +240,38 @@ impl<T> Reorder<T> {
         if let Some((&last, _)) = self.held.last_key_value() {
             self.released = Some(self.released.map_or(last, |r| r.max(last)));
         }
-        for (_, (_, events)) in std::mem::take(&mut self.held) {
-            out.extend(events);
-        }
+        let groups = std::mem::take(&mut self.held)
+            .into_values()
+            .map(|(_, events)| events)
+            .collect();
+        emit(groups, out);
     }
 
-    fn release_following(&mut self, out: &mut Vec<T>) {
+    /// Takes the held creations that now follow the released ones, in number order.
+    fn release_following(&mut self, groups: &mut Vec<Vec<(u64, T)>>) {
         while let Some(released) = self.released {
             let Some((_, events)) = self.held.remove(&(released + 1)) else {
                 break;
             };
-            out.extend(events);
+            groups.push(events);
             self.released = Some(released + 1);
         }
     }
+}
+
+/// Held groups released together (in number order, each its creation first): the creations in
+/// that order, then the other events in the order they arrived.
+fn emit<T>(groups: Vec<Vec<(u64, T)>>, out: &mut Vec<T>) {
+    let mut others = Vec::new();
+    for group in groups {
+        let mut events = group.into_iter();
+        if let Some((_, creation)) = events.next() {
+            out.push(creation);
+        }
+        others.extend(events);
+    }
+    others.sort_by_key(|(arrival, _)| *arrival);
+    out.extend(others.into_iter().map(|(_, event)| event));
 }
 
 #[cfg(test)]
@@ -302,7 +346,7 @@ mod tests {
     #[test]
     fn creations_are_released_in_number_order_with_their_updates_after_them() {
         let t = Instant::now();
-        let mut r = Reorder::new(Duration::from_millis(100));
+        let mut r = Reorder::new(Duration::from_millis(100)).after(3);
         assert_eq!(push(&mut r, 4, true, "c4", t), ["c4"]);
         assert_eq!(push(&mut r, 6, true, "c6", t), Vec::<&str>::new());
         assert_eq!(push(&mut r, 6, false, "u6", t), Vec::<&str>::new());
@@ -316,7 +360,7 @@ mod tests {
     fn a_number_that_never_arrives_holds_the_next_for_the_window_only() {
         let t = Instant::now();
         let window = Duration::from_millis(100);
-        let mut r = Reorder::new(window);
+        let mut r = Reorder::new(window).after(0);
         push(&mut r, 1, true, "c1", t);
         assert!(push(&mut r, 3, true, "c3", t).is_empty());
         assert!(push(&mut r, 5, true, "c5", t + window / 2).is_empty());
@@ -328,6 +372,60 @@ mod tests {
         r.expire(t + window, &mut out);
         assert_eq!(out, ["c3", "c4", "c5"]);
         assert_eq!(push(&mut r, 6, true, "c6", t + window), ["c6"]);
+    }
+
+    #[test]
+    fn a_new_feed_holds_its_first_creations_for_a_window_as_lower_ones_may_be_in_flight() {
+        let t = Instant::now();
+        let window = Duration::from_millis(100);
+        let mut r = Reorder::new(window);
+        assert!(push(&mut r, 6, true, "c6", t).is_empty());
+        assert!(push(&mut r, 6, false, "u6", t).is_empty());
+        assert_eq!(
+            push(&mut r, 2, false, "u2", t),
+            ["u2"],
+            "its creation came before"
+        );
+        assert!(push(&mut r, 5, true, "c5", t + window / 2).is_empty());
+        let mut out = Vec::new();
+        r.expire(t + window / 2, &mut out);
+        assert!(out.is_empty());
+        r.expire(t + window, &mut out);
+        assert_eq!(out, ["c5", "c6", "u6"]);
+        assert_eq!(push(&mut r, 7, true, "c7", t + window), ["c7"]);
+
+        // A chat's first number cannot have a lower one in flight.
+        let mut r = Reorder::new(window);
+        assert!(push(&mut r, 2, true, "c2", t).is_empty());
+        assert_eq!(push(&mut r, 1, true, "c1", t), ["c1", "c2"]);
+    }
+
+    #[test]
+    fn events_released_together_keep_the_streams_order_after_the_creations() {
+        let t = Instant::now();
+        let window = Duration::from_millis(100);
+        let mut r = Reorder::new(window).after(0);
+        assert!(push(&mut r, 3, true, "c3", t).is_empty());
+        assert!(push(&mut r, 2, true, "c2", t).is_empty());
+        assert!(push(&mut r, 3, false, "u3", t).is_empty());
+        assert!(push(&mut r, 2, false, "d2", t).is_empty());
+        assert_eq!(
+            push(&mut r, 1, true, "c1", t),
+            ["c1", "c2", "c3", "u3", "d2"]
+        );
+    }
+
+    #[test]
+    fn what_a_cursor_named_between_two_events_of_the_chat_is_dropped() {
+        // A client's cursor may name a sequence that is not this chat's (sequences are global).
+        let mut c = Cursor::parse("10.12.30").unwrap();
+        assert!(
+            c.receive(14, 10),
+            "12 lies between 10 and 14: not the chat's"
+        );
+        assert_eq!(c.to_string(), "14.30");
+        assert!(c.receive(31, 14), "30 lies between 14 and 31");
+        assert_eq!(c.to_string(), "31");
     }
 
     #[test]
@@ -344,7 +442,7 @@ mod tests {
     #[test]
     fn a_later_hold_that_ends_first_releases_the_lower_ones_before_it() {
         let t = Instant::now();
-        let mut r = Reorder::new(Duration::from_millis(100));
+        let mut r = Reorder::new(Duration::from_millis(100)).after(0);
         push(&mut r, 1, true, "c1", t);
         push(&mut r, 5, true, "c5", t + Duration::from_millis(50));
         push(&mut r, 3, true, "c3", t);

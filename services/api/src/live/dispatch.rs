@@ -32,6 +32,8 @@ pub(super) struct Router {
     /// Feeds holding creations back, to release when their hold ends.
     holding: HashSet<(u64, u64)>,
     pub running: bool,
+    /// Counts the dispatcher's starts: a deletion watcher of an earlier run stops.
+    generation: u64,
 }
 
 /// Consecutive consumer errors after which the dispatcher gives up (its feeds end, and their
@@ -42,13 +44,15 @@ const MAX_CONSECUTIVE_ERRORS: u32 = 5;
 pub(super) async fn start(hub: &Arc<HubInner>) -> Result<(), Error> {
     let last = feed::stream_state(hub).await?.last_sequence;
     let (messages, _) = feed::consumer(hub, hub.js.subjects.all_message_events(), last + 1).await?;
-    {
+    let generation = {
         let mut router = hub.router();
         router.position = last;
         router.running = true;
-    }
+        router.generation += 1;
+        router.generation
+    };
     tokio::spawn(run(Arc::downgrade(hub), messages));
-    tokio::spawn(watch_deletions(Arc::downgrade(hub)));
+    tokio::spawn(watch_deletions(Arc::downgrade(hub), generation));
     Ok(())
 }
 
@@ -132,7 +136,7 @@ async fn sleep_until(deadline: Option<Instant>) {
 
 /// Ends the feeds of deleted chats: a chat's deletion is an event on the chat's subject, not a
 /// message event, so the dispatcher looks at the chats' deletion marks instead.
-async fn watch_deletions(hub: Weak<HubInner>) {
+async fn watch_deletions(hub: Weak<HubInner>, generation: u64) {
     let Some(every) = hub.upgrade().map(|hub| hub.config.heartbeat) else {
         return;
     };
@@ -142,7 +146,7 @@ async fn watch_deletions(hub: Weak<HubInner>) {
         let Some(hub) = hub.upgrade() else { return };
         let feeds: Vec<Arc<Feed>> = {
             let router = hub.router();
-            if !router.running {
+            if !router.running || router.generation != generation {
                 return;
             }
             router.feeds.values().filter_map(Weak::upgrade).collect()

@@ -73,9 +73,11 @@ impl Lease {
         if now < self.renew_at {
             return;
         }
-        self.renew_at = now + self.length / 3;
-        if let Err(error) = self.run(0).await {
-            tracing::warn!(%error, "renewing a live subscription's lease");
+        // Moved on only once renewed: a renewal that failed, or was cancelled half-way (a
+        // WebSocket frame from the client), is tried again at the next check.
+        match self.run(0).await {
+            Ok(_) => self.renew_at = now + self.length / 3,
+            Err(error) => tracing::warn!(%error, "renewing a live subscription's lease"),
         }
     }
 

@@ -74,6 +74,9 @@ pub enum Error {
     Unavailable(String),
     #[error("{0}")]
     Gone(&'static str),
+    /// The resume point cannot be one this chat's stream handed out.
+    #[error("{0}")]
+    Invalid(&'static str),
     #[error("the application has {0} live subscriptions open, its limit")]
     Limit(u32),
 }
@@ -89,6 +92,7 @@ impl From<Error> for ApiError {
         match error {
             Error::Unavailable(cause) => ApiError::Unavailable(cause),
             Error::Gone(why) => ApiError::Gone(why),
+            Error::Invalid(why) => ApiError::InvalidParameter(format!("event id: {why}")),
             Error::Limit(limit) => ApiError::SubscriptionLimit(limit),
         }
     }
@@ -193,20 +197,21 @@ impl HubInner {
 
     /// The chat's live feed, or a new one when the dispatcher runs; `None` when it does not.
     fn feed(self: &Arc<Self>, key: (u64, u64)) -> Option<Arc<Feed>> {
+        // An ended feed found here is dropped after the lock is released: when this was its
+        // last reference, dropping it takes the router's lock ([`HubInner::forget`]).
+        let ended;
         let mut router = self.router();
         if !router.running {
             return None;
         }
-        if let Some(feed) = router
-            .feeds
-            .get(&key)
-            .and_then(Weak::upgrade)
-            .filter(|feed| feed.is_live())
-        {
-            return Some(feed);
+        match router.feeds.get(&key).and_then(Weak::upgrade) {
+            Some(feed) if feed.is_live() => return Some(feed),
+            found => ended = found,
         }
         let feed = Feed::new(self, key, router.position + 1);
         router.feeds.insert(key, Arc::downgrade(&feed));
+        drop(router);
+        drop(ended);
         Some(feed)
     }
 }
@@ -433,6 +438,20 @@ impl Subscription {
             tokio::select! {
                 biased;
                 () = closed(&mut self.closing) => return Next::End(End::ShuttingDown),
+                // Before the ring: a subscriber that always has an event waiting is still
+                // re-checked and keeps its lease (the tick is ready once per interval).
+                _ = self.check.tick() => {
+                    // Boxed: these futures are large and run rarely, and every idle subscriber
+                    // would otherwise carry their space in its own (memory per subscriber).
+                    let tenant = Box::pin(self.state.tenant(&self.token)).await;
+                    if let Err(ApiError::NotFound(_)) = tenant {
+                        return Next::End(End::Revoked);
+                    }
+                    // Renewed on its own clock: a busy stream sends no heartbeats.
+                    if let Some(lease) = &mut self.lease {
+                        Box::pin(lease.renew_if_due()).await;
+                    }
+                }
                 received = self.rx.recv() => match received {
                     Ok(delivery) => {
                         if self.cursor.receive(delivery.sequence, delivery.prev) {
@@ -454,18 +473,6 @@ impl Subscription {
                         return Next::End(self.feed.ended().unwrap_or(End::FeedLost));
                     }
                 },
-                _ = self.check.tick() => {
-                    // Boxed: these futures are large and run rarely, and every idle subscriber
-                    // would otherwise carry their space in its own (memory per subscriber).
-                    let tenant = Box::pin(self.state.tenant(&self.token)).await;
-                    if let Err(ApiError::NotFound(_)) = tenant {
-                        return Next::End(End::Revoked);
-                    }
-                    // Renewed on its own clock: a busy stream sends no heartbeats.
-                    if let Some(lease) = &mut self.lease {
-                        Box::pin(lease.renew_if_due()).await;
-                    }
-                }
                 _ = self.heartbeat.tick() => return Next::Heartbeat,
             }
         }

@@ -26,7 +26,30 @@ pub(super) async fn replay(
     broadcast: &Cursor,
 ) -> Result<VecDeque<(Arc<Delivery>, String)>, Error> {
     let until = broadcast.last();
-    let from = cursor.upto() + 1;
+    if cursor.last() > until && cursor.last() > feed::stream_state(hub).await?.last_sequence {
+        // Otherwise every live event would be taken for one already received.
+        return Err(Error::Invalid(
+            "the event id names events the stream has not stored",
+        ));
+    }
+    let out = read(hub, key, cursor, broadcast).await?;
+    // The subscriber now has everything the feed had broadcast when it joined (it had some of
+    // it, the replay brought the rest), so the prefix the feed knows to be complete is the
+    // subscriber's too: the feed's next event follows it. Without this, a cursor whose chat
+    // had no events while the stream moved on would stay below the feed's first event forever.
+    cursor.received_below(broadcast.upto().saturating_add(1));
+    Ok(out)
+}
+
+/// The replay proper: the chat's events after `cursor` up to the last one the feed broadcast.
+async fn read(
+    hub: &HubInner,
+    key: (u64, u64),
+    cursor: &mut Cursor,
+    broadcast: &Cursor,
+) -> Result<VecDeque<(Arc<Delivery>, String)>, Error> {
+    let until = broadcast.last();
+    let from = cursor.upto().saturating_add(1);
     let mut out = VecDeque::new();
     if from > until {
         return Ok(out);

@@ -17,6 +17,7 @@ use axum::response::{IntoResponse, Response};
 use confab_core::live::Cursor;
 use futures::Stream;
 use serde::Deserialize;
+use tokio::sync::mpsc;
 
 use crate::error::{ApiError, ErrorBody, Result};
 use crate::extract;
@@ -54,7 +55,11 @@ pub async fn events(
         axum::extract::ws::rejection::WebSocketUpgradeRejection,
     >,
 ) -> Result<Response> {
-    let wants_websocket = headers.contains_key(axum::http::header::UPGRADE);
+    // Only a WebSocket upgrade is one: another (`h2c` from `curl --http2`) is plain SSE.
+    let wants_websocket = headers
+        .get(axum::http::header::UPGRADE)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| value.trim().eq_ignore_ascii_case("websocket"));
     let upgrade = match upgrade {
         Ok(upgrade) => Some(upgrade),
         Err(rejection) if wants_websocket => {
@@ -136,36 +141,63 @@ fn ended(end: End, cursor: &str) -> String {
     .to_string()
 }
 
-/// The subscription as SSE frames; the stream ends after `end`.
+/// Frames an SSE subscriber may have waiting for its client (boxed: the queue's slots are
+/// allocated up front, and an idle subscriber should not pay for frames it does not hold).
+const SSE_QUEUE: usize = 8;
+
+/// The subscription as SSE frames; the stream ends after `end`. A task of its own writes them:
+/// the server takes a frame from the body only when the socket can take it, so a client that
+/// stops reading would otherwise stall its subscription unseen, with its lease renewed and its
+/// share of the feed held for as long as the connection lasts.
 fn sse(subscription: Subscription) -> impl Stream<Item = std::result::Result<Event, Infallible>> {
+    let (tx, rx) = mpsc::channel(SSE_QUEUE);
+    tokio::spawn(pump(subscription, tx));
+    futures::stream::unfold(rx, |mut rx| async move {
+        let event: Box<Event> = rx.recv().await?;
+        Some((Ok(*event), rx))
+    })
+}
+
+/// Puts the subscription's frames in the body's queue. A client that takes none for a
+/// heartbeat interval is cut off (`too_slow`): its subscription, lease and place in the feed go
+/// at once, whatever the kernel still holds for it. A client that went away ends it too.
+async fn pump(mut subscription: Subscription, tx: mpsc::Sender<Box<Event>>) {
+    let timeout = subscription.heartbeat();
     let cursor = subscription.cursor();
-    let first = Event::default()
+    let mut frame = Event::default()
         .id(cursor.clone())
         .event("ready")
         .retry(RECONNECT)
         .data(ready(&cursor));
-    futures::stream::once(async move { Ok(first) }).chain(futures::stream::unfold(
-        Some(subscription),
-        |subscription| async move {
-            let mut subscription = subscription?;
-            let event = match subscription.next().await {
-                Next::Event(delivery, id) => Event::default()
-                    .id(id)
-                    .event(delivery.kind)
-                    .data(&delivery.data),
-                Next::Heartbeat => Event::default().comment(""),
-                Next::End(end) => {
-                    let cursor = subscription.cursor();
-                    let event = Event::default().event("end").data(ended(end, &cursor));
-                    return Some((Ok(event), None));
-                }
-            };
-            Some((Ok(event), Some(subscription)))
-        },
-    ))
+    let mut last = false;
+    loop {
+        match tokio::time::timeout(timeout, tx.send(Box::new(frame))).await {
+            Ok(Ok(())) if !last => {}
+            Ok(_) => return,
+            Err(_) => {
+                subscription.cut_off();
+                return;
+            }
+        }
+        let next = tokio::select! {
+            next = subscription.next() => next,
+            () = tx.closed() => return,
+        };
+        frame = match next {
+            Next::Event(delivery, id) => Event::default()
+                .id(id)
+                .event(delivery.kind)
+                .data(&delivery.data),
+            Next::Heartbeat => Event::default().comment(""),
+            Next::End(end) => {
+                last = true;
+                Event::default()
+                    .event("end")
+                    .data(ended(end, &subscription.cursor()))
+            }
+        };
+    }
 }
-
-use futures::StreamExt as _;
 
 /// The subscription over a WebSocket: a text frame per event, pings as heartbeats, and a close
 /// frame (with the reason) at the end. A client that does not take a frame within a heartbeat
@@ -213,21 +245,34 @@ async fn websocket(mut socket: WebSocket, mut subscription: Subscription) {
                 return;
             }
         };
-        if send(&mut socket, message, timeout).await.is_err() {
-            subscription.cut_off();
-            return;
+        match send(&mut socket, message, timeout).await {
+            Ok(()) => {}
+            Err(Unsent::TimedOut) => {
+                subscription.cut_off();
+                return;
+            }
+            Err(Unsent::Closed) => return,
         }
     }
+}
+
+/// Why a WebSocket frame was not sent.
+enum Unsent {
+    /// The client did not take it within the timeout: too slow.
+    TimedOut,
+    /// The connection is gone.
+    Closed,
 }
 
 async fn send(
     socket: &mut WebSocket,
     message: Message,
     timeout: Duration,
-) -> std::result::Result<(), ()> {
+) -> std::result::Result<(), Unsent> {
     match tokio::time::timeout(timeout, socket.send(message)).await {
         Ok(Ok(())) => Ok(()),
-        _ => Err(()),
+        Ok(Err(_)) => Err(Unsent::Closed),
+        Err(_) => Err(Unsent::TimedOut),
     }
 }
 
