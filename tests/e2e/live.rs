@@ -310,17 +310,22 @@ async fn a_stream_survives_an_api_restart_by_resuming_on_another_replica() {
     let token = c.create_app("live").await;
     let chat = c.create_chat(&token).await;
     let mut client = open("sse", &first.base, &token, chat, None).await;
+    let mut ws = open("ws", &first.base, &token, chat, None).await;
     c.create_message(&token, chat, "before").await;
     let before = take(&mut client, 1).await;
+    take(&mut ws, 1).await;
 
-    // Graceful shutdown ends the stream with a reconnect hint instead of hanging the drain.
+    // Graceful shutdown ends the streams with a reconnect hint instead of hanging the drain,
+    // WebSocket ones too (whose connections the server no longer tracks once upgraded).
     let stopping = tokio::spawn(first.stop());
-    let end = next(&mut client, "the end of the stream").await;
-    assert_eq!(end.kind, "end");
-    assert_eq!(
-        (end.data["reason"].as_str(), end.data["resumable"].as_bool()),
-        (Some("shutting_down"), Some(true))
-    );
+    for client in [&mut client, &mut ws] {
+        let end = next(client, "the end of the stream").await;
+        assert_eq!(end.kind, "end");
+        assert_eq!(
+            (end.data["reason"].as_str(), end.data["resumable"].as_bool()),
+            (Some("shutting_down"), Some(true))
+        );
+    }
     stopping
         .await
         .unwrap()
@@ -527,5 +532,59 @@ async fn an_sse_client_that_never_reads_again_is_cut_off_while_its_connection_is
             >= 1.0
     );
     drop(stalled);
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_keeps_its_ids_contiguous_and_ready_names_the_point_resumed_from() {
+    let env = TestEnv::new().await;
+    let api = env.spawn_api().await;
+    let c = Client::new(&api.base);
+    let token = c.create_app("live").await;
+    let chat = c.create_chat(&token).await;
+    let path = format!("/api/v1/applications/{token}/chats/{chat}/messages");
+    for transport in ["sse", "ws"] {
+        let mut client = open(transport, &api.base, &token, chat, None).await;
+        c.create_message(&token, chat, "seen").await;
+        let since = take(&mut client, 1).await.remove(0).id;
+        drop(client);
+        // Creations and updates interleaved in the stream, more than a cursor may name above
+        // its prefix if the replay put all creations first.
+        let mut numbers = Vec::new();
+        for i in 0..(confab_core::live::MAX_CURSOR_GAPS as u64 + 10) {
+            let number = c.create_message(&token, chat, &format!("m{i}")).await;
+            let (status, _) = c
+                .send(
+                    Method::PATCH,
+                    &format!("{path}/{number}"),
+                    Some(json!({"body": format!("m{i}!")})),
+                )
+                .await;
+            assert_eq!(status, StatusCode::OK);
+            numbers.push(number);
+        }
+        let mut client = match transport {
+            "sse" => LiveClient::sse(&api.base, &token, chat, Some(&since)).await,
+            _ => LiveClient::websocket(&api.base, &token, chat, Some(&since)).await,
+        }
+        .unwrap_or_else(|e| panic!("{transport} refused: {e:?}"));
+        let ready = client.next(WAIT).await.expect("ready");
+        assert_eq!(ready.kind, "ready");
+        assert_eq!(
+            ready.data["id"], since,
+            "{transport}: before its replay the client stands where it resumed from"
+        );
+        let replayed = take(&mut client, numbers.len() * 2).await;
+        for (pair, number) in replayed.chunks(2).zip(&numbers) {
+            assert_eq!(
+                (pair[0].kind.as_str(), pair[1].kind.as_str()),
+                ("message.created", "message.updated")
+            );
+            assert_eq!((pair[0].number(), pair[1].number()), (*number, *number));
+            for event in pair {
+                assert!(!event.id.contains('.'), "{transport}: {}", event.id);
+            }
+        }
+    }
     env.cleanup().await;
 }

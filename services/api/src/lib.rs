@@ -158,10 +158,10 @@ pub async fn run(
             .into_make_service_with_connect_info::<std::net::SocketAddr>(),
     )
     .with_graceful_shutdown(shutdown.wait());
-    // In-flight requests finish within the request timeout and live streams end within a
-    // heartbeat interval (the time their end frame may take); a connection whose client stopped
-    // reading could hold the drain for good, so it is not waited for past that.
-    let drain = config.request_timeout.max(config.live.heartbeat) + Duration::from_secs(1);
+    // In-flight requests finish within the request timeout and live streams end within two
+    // heartbeat intervals (what their end and close frames may take); a connection whose client
+    // stopped reading could hold the drain for good, so it is not waited for past that.
+    let drain = config.request_timeout.max(2 * config.live.heartbeat) + Duration::from_secs(1);
     let deadline = {
         let begun = shutdown.wait();
         async move {
@@ -173,8 +173,16 @@ pub async fn run(
         served = std::future::IntoFuture::into_future(serve) => served?,
         () = deadline => tracing::warn!(
             drain_secs = drain.as_secs(),
-            "connections still open after the drain; closing them"
+            "connections still open after the drain; not waiting for them"
         ),
+    }
+    // Upgraded (WebSocket) connections are no longer the server's to wait for: their streams
+    // are, so that their clients get the end and its reconnect hint before the process exits.
+    if tokio::time::timeout(drain, state.live.closed())
+        .await
+        .is_err()
+    {
+        tracing::warn!("live streams still open after the drain; not waiting for them");
     }
     shutdown::drain(
         &shutdown,

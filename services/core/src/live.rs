@@ -148,8 +148,7 @@ impl fmt::Display for Cursor {
 /// arrives later than that is released late rather than never. A reorder that has released
 /// nothing yet (a feed that has just started) does not know which numbers are still in flight:
 /// it holds its first creations for a window as well, unless they start at number 1. Events
-/// released together go out as their creations in number order, then the others in the order
-/// they arrived, so the stream's own order is kept wherever it is a valid one.
+/// released together keep the stream's order wherever it is a valid one ([`release_order`]).
 #[derive(Debug)]
 pub struct Reorder<T> {
     window: Duration,
@@ -172,8 +171,7 @@ impl<T> Reorder<T> {
         }
     }
 
-    /// A reorder that has released every creation up to `number` (a replay, which releases the
-    /// rest with [`Reorder::flush`]: everything after `number` is held until then).
+    /// A reorder that has released every creation up to `number`.
     pub fn after(mut self, number: u64) -> Self {
         self.released = Some(number);
         self
@@ -235,18 +233,6 @@ impl<T> Reorder<T> {
         emit(groups, out);
     }
 
-    /// Releases everything held, in order (the end of a replay: nothing more will arrive).
-    pub fn flush(&mut self, out: &mut Vec<T>) {
-        if let Some((&last, _)) = self.held.last_key_value() {
-            self.released = Some(self.released.map_or(last, |r| r.max(last)));
-        }
-        let groups = std::mem::take(&mut self.held)
-            .into_values()
-            .map(|(_, events)| events)
-            .collect();
-        emit(groups, out);
-    }
-
     /// Takes the held creations that now follow the released ones, in number order.
     fn release_following(&mut self, groups: &mut Vec<Vec<(u64, T)>>) {
         while let Some(released) = self.released {
@@ -259,19 +245,83 @@ impl<T> Reorder<T> {
     }
 }
 
-/// Held groups released together (in number order, each its creation first): the creations in
-/// that order, then the other events in the order they arrived.
+/// Held groups released together (in number order, each its creation first) in delivery order.
 fn emit<T>(groups: Vec<Vec<(u64, T)>>, out: &mut Vec<T>) {
-    let mut others = Vec::new();
-    for group in groups {
-        let mut events = group.into_iter();
-        if let Some((_, creation)) = events.next() {
-            out.push(creation);
+    let mut events = Vec::new();
+    for (rank, group) in groups.into_iter().enumerate() {
+        for (i, (arrival, event)) in group.into_iter().enumerate() {
+            events.push((arrival, rank, i == 0, event));
         }
-        others.extend(events);
     }
-    others.sort_by_key(|(arrival, _)| *arrival);
-    out.extend(others.into_iter().map(|(_, event)| event));
+    in_delivery_order(events, out);
+}
+
+/// One event of a batch to put in delivery order ([`release_order`]).
+#[derive(Debug)]
+pub struct Released<T> {
+    /// Its place in the stream.
+    pub arrival: u64,
+    /// The message it is about.
+    pub number: u64,
+    pub created: bool,
+    pub event: T,
+}
+
+/// A batch of a chat's events in delivery order: the creations in the order of their numbers,
+/// every other event after its message's creation when that is in the batch, and otherwise the
+/// stream's order. Where the stream's order is a valid one (the usual case) it is kept exactly,
+/// so the cursors of a replay stay contiguous.
+pub fn release_order<T>(batch: Vec<Released<T>>) -> Vec<T> {
+    let mut numbers: Vec<u64> = batch
+        .iter()
+        .filter(|e| e.created)
+        .map(|e| e.number)
+        .collect();
+    numbers.sort_unstable();
+    numbers.dedup();
+    let mut seen = vec![false; numbers.len()];
+    let mut events = Vec::with_capacity(batch.len());
+    for e in batch {
+        let rank = numbers.binary_search(&e.number).ok();
+        match rank {
+            Some(r) if e.created && !seen[r] => {
+                seen[r] = true;
+                events.push((e.arrival, r, true, e.event));
+            }
+            // An event of a message created before the batch, or a repeated creation (not
+            // expected): in the stream's order, after the batch's creation of it if any.
+            Some(r) => events.push((e.arrival, r, false, e.event)),
+            None => events.push((e.arrival, usize::MAX, false, e.event)),
+        }
+    }
+    let mut out = Vec::with_capacity(events.len());
+    in_delivery_order(events, &mut out);
+    out
+}
+
+/// `(arrival, rank of the message's creation in number order, is that creation, event)`, where
+/// every rank below `usize::MAX` has exactly one creation: walks the stream's order, holding a
+/// creation until those of lower rank are out and any other event until its creation is.
+fn in_delivery_order<T>(mut events: Vec<(u64, usize, bool, T)>, out: &mut Vec<T>) {
+    events.sort_by_key(|e| e.0);
+    let ranks = events.iter().filter(|e| e.2).count();
+    let mut parked: Vec<Option<T>> = (0..ranks).map(|_| None).collect();
+    let mut waiting: Vec<Vec<T>> = (0..ranks).map(|_| Vec::new()).collect();
+    let mut next = 0;
+    for (_, rank, creation, event) in events {
+        if creation {
+            parked[rank] = Some(event);
+            while let Some(creation) = parked.get_mut(next).and_then(Option::take) {
+                out.push(creation);
+                out.append(&mut waiting[next]);
+                next += 1;
+            }
+        } else if rank < next || rank >= ranks {
+            out.push(event);
+        } else {
+            waiting[rank].push(event);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -401,7 +451,7 @@ mod tests {
     }
 
     #[test]
-    fn events_released_together_keep_the_streams_order_after_the_creations() {
+    fn events_released_together_keep_the_streams_order_where_it_is_valid() {
         let t = Instant::now();
         let window = Duration::from_millis(100);
         let mut r = Reorder::new(window).after(0);
@@ -409,9 +459,56 @@ mod tests {
         assert!(push(&mut r, 2, true, "c2", t).is_empty());
         assert!(push(&mut r, 3, false, "u3", t).is_empty());
         assert!(push(&mut r, 2, false, "d2", t).is_empty());
+        assert!(push(&mut r, 4, true, "c4", t).is_empty());
+        assert!(push(&mut r, 4, false, "u4", t).is_empty());
         assert_eq!(
             push(&mut r, 1, true, "c1", t),
-            ["c1", "c2", "c3", "u3", "d2"]
+            ["c1", "c2", "c3", "u3", "d2", "c4", "u4"]
+        );
+    }
+
+    fn batch(events: &[(u64, bool, &'static str)]) -> Vec<Released<&'static str>> {
+        events
+            .iter()
+            .enumerate()
+            .map(|(i, &(number, created, event))| Released {
+                arrival: i as u64,
+                number,
+                created,
+                event,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_batch_in_a_valid_stream_order_keeps_it() {
+        let events = [
+            (10, true, "c10"),
+            (10, false, "u10"),
+            (3, false, "u3"),
+            (11, true, "c11"),
+            (11, false, "u11"),
+            (10, false, "d10"),
+        ];
+        assert_eq!(
+            release_order(batch(&events)),
+            ["c10", "u10", "u3", "c11", "u11", "d10"]
+        );
+    }
+
+    #[test]
+    fn a_batch_puts_creations_in_number_order_and_their_events_after_them() {
+        let events = [
+            (6, true, "c6"),
+            (6, false, "u6"),
+            (2, false, "u2"),
+            (5, true, "c5"),
+            (5, false, "u5"),
+            (7, true, "c7"),
+        ];
+        assert_eq!(
+            release_order(batch(&events)),
+            ["u2", "c5", "c6", "u6", "u5", "c7"]
         );
     }
 
@@ -429,17 +526,6 @@ mod tests {
     }
 
     #[test]
-    fn a_replay_holds_everything_after_its_start_until_flushed() {
-        let t = Instant::now();
-        let mut r = Reorder::new(Duration::from_millis(100)).after(0);
-        assert!(push(&mut r, 4, true, "c4", t).is_empty());
-        assert!(push(&mut r, 3, true, "c3", t).is_empty());
-        let mut out = Vec::new();
-        r.flush(&mut out);
-        assert_eq!(out, ["c3", "c4"]);
-    }
-
-    #[test]
     fn a_later_hold_that_ends_first_releases_the_lower_ones_before_it() {
         let t = Instant::now();
         let mut r = Reorder::new(Duration::from_millis(100)).after(0);
@@ -449,7 +535,7 @@ mod tests {
         let mut out = Vec::new();
         r.expire(t + Duration::from_millis(100), &mut out);
         assert_eq!(out, ["c3"]);
-        r.flush(&mut out);
+        r.expire(t + Duration::from_millis(150), &mut out);
         assert_eq!(out, ["c3", "c5"]);
         assert_eq!(push(&mut r, 6, true, "c6", t), ["c6"]);
     }

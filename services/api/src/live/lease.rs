@@ -73,11 +73,15 @@ impl Lease {
         if now < self.renew_at {
             return;
         }
-        // Moved on only once renewed: a renewal that failed, or was cancelled half-way (a
-        // WebSocket frame from the client), is tried again at the next check.
+        // A renewal that failed is tried again after a ninth of the lease (two more tries
+        // before it expires), not at every check: Redis being away must not hold every
+        // subscriber up at each of them.
         match self.run(0).await {
             Ok(_) => self.renew_at = now + self.length / 3,
-            Err(error) => tracing::warn!(%error, "renewing a live subscription's lease"),
+            Err(error) => {
+                self.renew_at = now + self.length / 9;
+                tracing::warn!(%error, "renewing a live subscription's lease");
+            }
         }
     }
 

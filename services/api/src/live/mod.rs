@@ -146,7 +146,7 @@ impl LiveMetrics {
             delivery: metrics::histogram(
                 registry,
                 "confab_live_delivery_seconds",
-                "Time from the api's publish of an event to its write to a live subscriber.",
+                "Time from the api's publish of an event to its hand-over to a live subscriber's connection.",
                 metrics::LATENCY_BUCKETS,
             ),
         };
@@ -177,6 +177,8 @@ pub struct HubInner {
     /// The dispatcher is started once, by whoever needs it first.
     starting: tokio::sync::Mutex<()>,
     closing: watch::Sender<bool>,
+    /// One reference per open subscription (and this one): what shutdown waits for.
+    open: Arc<()>,
 }
 
 impl HubInner {
@@ -236,12 +238,20 @@ impl Hub {
             router: Mutex::new(dispatch::Router::default()),
             starting: tokio::sync::Mutex::new(()),
             closing: watch::channel(false).0,
+            open: Arc::new(()),
         }))
     }
 
     /// Ends every stream with a reconnect hint (graceful shutdown).
     pub fn close(&self) {
         self.0.closing.send_replace(true);
+    }
+
+    /// Resolves once no subscription is open.
+    pub async fn closed(&self) {
+        while Arc::strong_count(&self.0.open) > 1 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     async fn feed(&self, key: (u64, u64)) -> Result<Arc<Feed>, Error> {
@@ -285,11 +295,14 @@ impl Hub {
                 break (feed, joined);
             }
         };
-        let (cursor, backlog) = match since {
-            None => (joined.broadcast, VecDeque::new()),
+        let (cursor, backlog, resumed) = match since {
+            None => (joined.broadcast, VecDeque::new(), None),
             Some(mut cursor) => {
+                let resumed = cursor.to_string();
                 let backlog = replay::replay(hub, key, &mut cursor, &joined.broadcast).await?;
-                (cursor, backlog)
+                // Before a backlog, the client still stands where it resumed from.
+                let resumed = (!backlog.is_empty()).then_some(resumed);
+                (cursor, backlog, resumed)
             }
         };
         let check =
@@ -304,6 +317,8 @@ impl Hub {
             rx: joined.rx,
             cursor,
             backlog,
+            resumed,
+            _open: hub.open.clone(),
             heartbeat: interval(hub.config.heartbeat),
             check: interval(check),
             closing: hub.closing.subscribe(),
@@ -389,6 +404,10 @@ pub struct Subscription {
     cursor: Cursor,
     /// Replayed events with their ids, delivered before the live ones.
     backlog: VecDeque<(Arc<Delivery>, String)>,
+    /// The cursor resumed from, when a backlog follows (the `ready` event's id).
+    resumed: Option<String>,
+    /// Counts it open ([`Hub::closed`]).
+    _open: Arc<()>,
     heartbeat: tokio::time::Interval,
     check: tokio::time::Interval,
     closing: watch::Receiver<bool>,
@@ -402,6 +421,13 @@ impl Subscription {
     /// The cursor of everything delivered so far.
     pub fn cursor(&self) -> String {
         self.cursor.to_string()
+    }
+
+    /// The id of the `ready` event: where the client stands before anything is sent (the
+    /// cursor it resumed from while a replay follows, so a client that drops before the replay
+    /// gets it again).
+    pub fn ready_id(&self) -> String {
+        self.resumed.clone().unwrap_or_else(|| self.cursor())
     }
 
     /// The heartbeat interval (also how long a WebSocket frame may take to be sent).

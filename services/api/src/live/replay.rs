@@ -9,9 +9,8 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::Instant;
 
-use confab_core::live::{Cursor, Reorder};
+use confab_core::live::{release_order, Cursor, Released};
 use futures::StreamExt;
 
 use super::feed::{self, Delivery};
@@ -65,9 +64,8 @@ async fn read(
     if pending == 0 {
         return Ok(out);
     }
-    // Everything is held until the end, then released in number order.
-    let mut reorder = Reorder::new(hub.config.reorder).after(0);
-    let mut ready = Vec::new();
+    // Everything is read, then put in delivery order at once.
+    let mut batch = Vec::new();
     let mut prev = cursor.upto();
     let limit = hub.config.replay_max;
     let mut read = 0;
@@ -93,22 +91,19 @@ async fn read(
         if let Some(delivery) = Delivery::decode(sequence, prev, &message.payload) {
             prev = sequence;
             if broadcast.includes(sequence) {
-                let (number, created) = (delivery.number, delivery.created);
-                reorder.push(
-                    number,
-                    created,
-                    Arc::new(delivery),
-                    Instant::now(),
-                    &mut ready,
-                );
+                batch.push(Released {
+                    arrival: sequence,
+                    number: delivery.number,
+                    created: delivery.created,
+                    event: Arc::new(delivery),
+                });
             }
         }
         if sequence == until || pending == 0 {
             break;
         }
     }
-    reorder.flush(&mut ready);
-    for delivery in ready {
+    for delivery in release_order(batch) {
         if cursor.receive(delivery.sequence, delivery.prev) {
             out.push_back((delivery, cursor.to_string()));
         }

@@ -163,7 +163,7 @@ fn sse(subscription: Subscription) -> impl Stream<Item = std::result::Result<Eve
 /// at once, whatever the kernel still holds for it. A client that went away ends it too.
 async fn pump(mut subscription: Subscription, tx: mpsc::Sender<Box<Event>>) {
     let timeout = subscription.heartbeat();
-    let cursor = subscription.cursor();
+    let cursor = subscription.ready_id();
     let mut frame = Event::default()
         .id(cursor.clone())
         .event("ready")
@@ -173,11 +173,12 @@ async fn pump(mut subscription: Subscription, tx: mpsc::Sender<Box<Event>>) {
     loop {
         match tokio::time::timeout(timeout, tx.send(Box::new(frame))).await {
             Ok(Ok(())) if !last => {}
-            Ok(_) => return,
-            Err(_) => {
+            // An end that cannot be sent was counted as what it was.
+            Err(_) if !last => {
                 subscription.cut_off();
                 return;
             }
+            _ => return,
         }
         let next = tokio::select! {
             next = subscription.next() => next,
@@ -204,7 +205,7 @@ async fn pump(mut subscription: Subscription, tx: mpsc::Sender<Box<Event>>) {
 /// interval is cut off.
 async fn websocket(mut socket: WebSocket, mut subscription: Subscription) {
     let timeout = subscription.heartbeat();
-    let cursor = subscription.cursor();
+    let cursor = subscription.ready_id();
     if send(&mut socket, Message::Text(ready(&cursor).into()), timeout)
         .await
         .is_err()
@@ -212,13 +213,20 @@ async fn websocket(mut socket: WebSocket, mut subscription: Subscription) {
         return;
     }
     loop {
-        let frame = tokio::select! {
-            next = subscription.next() => next,
-            incoming = socket.recv() => match incoming {
-                // Pings are answered by the library; what the client says is not read.
-                Some(Ok(Message::Close(_)) | Err(_)) | None => return,
-                Some(Ok(_)) => continue,
-            },
+        // The same `next` is polled across the client's frames: dropping it half-way (in a
+        // token re-check or a lease renewal) would skip that check.
+        let frame = {
+            let mut next = std::pin::pin!(subscription.next());
+            loop {
+                tokio::select! {
+                    frame = &mut next => break frame,
+                    incoming = socket.recv() => match incoming {
+                        // Pings are answered by the library; what the client says is not read.
+                        Some(Ok(Message::Close(_)) | Err(_)) | None => return,
+                        Some(Ok(_)) => {}
+                    },
+                }
+            }
         };
         let message = match frame {
             Next::Event(delivery, id) => Message::Text(
