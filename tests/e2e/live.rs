@@ -66,6 +66,25 @@ async fn open(
     client
 }
 
+/// Opening an SSE stream from `since` is refused with this status and error code.
+async fn refused_with(
+    base: &str,
+    token: &str,
+    chat: u64,
+    since: &str,
+    (status, code): (u16, &str),
+) {
+    let (got, body) = LiveClient::sse(base, token, chat, Some(since))
+        .await
+        .err()
+        .unwrap_or_else(|| panic!("{since} is refused"));
+    assert_eq!(
+        (got, body["error"]["code"].as_str()),
+        (status, Some(code)),
+        "{body}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn both_transports_deliver_creations_updates_and_deletions_as_they_happen() {
     let env = TestEnv::new().await;
@@ -168,15 +187,7 @@ async fn unknown_tokens_chats_and_cursors_are_refused_before_the_stream_opens() 
     let mut stream = js.get_stream(format!("T_{}", env.id)).await.unwrap();
     let last = stream.info().await.unwrap().state.last_sequence;
     stream.purge().sequence(last).await.unwrap();
-    let (status, body) = LiveClient::sse(&api.base, &token, chat, Some("0"))
-        .await
-        .err()
-        .expect("410");
-    assert_eq!(
-        (status, body["error"]["code"].as_str()),
-        (410, Some("gone")),
-        "{body}"
-    );
+    refused_with(&api.base, &token, chat, "0", (410, "gone")).await;
     env.cleanup().await;
 }
 
@@ -290,15 +301,14 @@ async fn a_client_whose_chat_was_quiet_while_others_were_written_resumes_and_sta
         .await;
     }
     // A cursor beyond what the stream holds would swallow every live event: refused.
-    let (status, body) = LiveClient::sse(&api.base, &token, quiet, Some("999999999"))
-        .await
-        .err()
-        .expect("refused");
-    assert_eq!(
-        (status, body["error"]["code"].as_str()),
-        (400, Some("invalid_parameter")),
-        "{body}"
-    );
+    refused_with(
+        &api.base,
+        &token,
+        quiet,
+        "999999999",
+        (400, "invalid_parameter"),
+    )
+    .await;
     env.cleanup().await;
 }
 
