@@ -187,22 +187,9 @@ impl Publisher {
         }
     }
 
-    /// The payload of the last event on `subject` (wildcards allowed), if any. Bounded like one
-    /// publish attempt, so a lookup during a leader election fails fast instead of holding the
-    /// request for the JetStream API's whole timeout.
+    /// The payload of the last event on `subject` (wildcards allowed), if any.
     async fn last_on(&self, subject: &str) -> Result<Option<bytes::Bytes>> {
-        use async_nats::jetstream::stream::LastRawMessageErrorKind;
-        let lookup = self.js.events.get_last_raw_message_by_subject(subject);
-        match self.js.within(lookup).await {
-            Some(Ok(message)) => Ok(Some(message.payload)),
-            Some(Err(error)) if error.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(None),
-            Some(Err(error)) => Err(ApiError::Unavailable(format!(
-                "jetstream last message lookup: {error}"
-            ))),
-            None => Err(ApiError::Unavailable(
-                "jetstream last message lookup timed out".to_owned(),
-            )),
-        }
+        last_on(&self.js, subject).await
     }
 
     /// The number of the last creation event stored under `pattern` (a parent's creation
@@ -210,17 +197,39 @@ impl Publisher {
     /// the highest number stored; the stream refuses the numbers it misses, and a collision
     /// raises the sequence again.
     pub async fn last_number_on(&self, pattern: &str) -> Result<Option<u64>> {
-        Ok(self
-            .last_on(pattern)
-            .await?
-            .and_then(|payload| Envelope::decode(&payload).ok())
-            .and_then(|envelope| envelope.event.created_number()))
+        last_number_on(&self.js, pattern).await
     }
 
     /// Whether the event on `subject` (one item's creation, or its deletion) is in the stream.
     pub async fn stored(&self, subject: &str) -> Result<bool> {
         Ok(self.last_on(subject).await?.is_some())
     }
+}
+
+/// The payload of the last event on `subject` (wildcards allowed), if any. Bounded like one
+/// publish attempt, so a lookup during a leader election fails fast instead of holding the
+/// request for the JetStream API's whole timeout.
+async fn last_on(js: &JetStream, subject: &str) -> Result<Option<bytes::Bytes>> {
+    use async_nats::jetstream::stream::LastRawMessageErrorKind;
+    let lookup = js.events.get_last_raw_message_by_subject(subject);
+    match js.within(lookup).await {
+        Some(Ok(message)) => Ok(Some(message.payload)),
+        Some(Err(error)) if error.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(None),
+        Some(Err(error)) => Err(ApiError::Unavailable(format!(
+            "jetstream last message lookup: {error}"
+        ))),
+        None => Err(ApiError::Unavailable(
+            "jetstream last message lookup timed out".to_owned(),
+        )),
+    }
+}
+
+/// The number of the last creation event stored under `pattern` ([`Publisher::last_number_on`]).
+pub async fn last_number_on(js: &JetStream, pattern: &str) -> Result<Option<u64>> {
+    Ok(last_on(js, pattern)
+        .await?
+        .and_then(|payload| Envelope::decode(&payload).ok())
+        .and_then(|envelope| envelope.event.created_number()))
 }
 
 fn decode_id(payload: &[u8]) -> std::result::Result<String, String> {

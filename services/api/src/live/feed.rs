@@ -102,8 +102,18 @@ pub struct Joined {
 }
 
 impl Feed {
-    /// A feed that is handed every event of the chat from stream sequence `start` on.
-    pub(super) fn new(hub: &Arc<HubInner>, key: (u64, u64), start: u64) -> Arc<Self> {
+    /// A feed that is handed every event of the chat from stream sequence `start` on, and that
+    /// has released its creations up to `released` when known.
+    pub(super) fn new(
+        hub: &Arc<HubInner>,
+        key: (u64, u64),
+        start: u64,
+        released: Option<u64>,
+    ) -> Arc<Self> {
+        let mut reorder = Reorder::new(hub.config.reorder);
+        if let Some(number) = released {
+            reorder = reorder.after(number);
+        }
         let (tx, _) = broadcast::channel(hub.config.buffer);
         hub.metrics.feeds.inc();
         Arc::new(Feed {
@@ -113,7 +123,7 @@ impl Feed {
                 tx: Some(tx),
                 ended: None,
                 prev: start - 1,
-                reorder: Reorder::new(hub.config.reorder),
+                reorder,
                 ready: Vec::new(),
             }),
             hub: Arc::downgrade(hub),
@@ -192,6 +202,21 @@ impl Drop for Feed {
         if let Some(hub) = self.hub.upgrade() {
             hub.metrics.feeds.dec();
             hub.forget(self.key);
+        }
+    }
+}
+
+/// The number of the chat's last creation stored (0: none yet), from which a new feed releases
+/// creations; `None` when the stream cannot say (the feed then holds its first creations for a
+/// reorder window). A creation stored just after it may still be in flight with a lower number:
+/// it arrives late, as after any reorder window.
+pub(super) async fn last_created(hub: &HubInner, key: (u64, u64)) -> Option<u64> {
+    let pattern = hub.js.subjects.messages_created(key.0, key.1);
+    match crate::publish::last_number_on(&hub.js, &pattern).await {
+        Ok(number) => Some(number.unwrap_or(0)),
+        Err(error) => {
+            tracing::debug!(%error, "looking up a chat's last creation for its live feed");
+            None
         }
     }
 }

@@ -197,8 +197,16 @@ impl HubInner {
         }
     }
 
-    /// The chat's live feed, or a new one when the dispatcher runs; `None` when it does not.
-    fn feed(self: &Arc<Self>, key: (u64, u64)) -> Option<Arc<Feed>> {
+    /// The chat's live feed, if this replica has one that has not ended.
+    fn existing(&self, key: (u64, u64)) -> Option<Arc<Feed>> {
+        // Dropped after the lock is released, like in [`HubInner::feed`].
+        let found = self.router().feeds.get(&key).and_then(Weak::upgrade);
+        found.filter(|feed| feed.is_live())
+    }
+
+    /// The chat's live feed, or a new one (which has released the creations up to `released`)
+    /// when the dispatcher runs; `None` when it does not.
+    fn feed(self: &Arc<Self>, key: (u64, u64), released: Option<u64>) -> Option<Arc<Feed>> {
         // An ended feed found here is dropped after the lock is released: when this was its
         // last reference, dropping it takes the router's lock ([`HubInner::forget`]).
         let ended;
@@ -210,7 +218,7 @@ impl HubInner {
             Some(feed) if feed.is_live() => return Some(feed),
             found => ended = found,
         }
-        let feed = Feed::new(self, key, router.position + 1);
+        let feed = Feed::new(self, key, router.position + 1, released);
         router.feeds.insert(key, Arc::downgrade(&feed));
         drop(router);
         drop(ended);
@@ -255,18 +263,24 @@ impl Hub {
     }
 
     async fn feed(&self, key: (u64, u64)) -> Result<Arc<Feed>, Error> {
-        if let Some(feed) = self.0.feed(key) {
+        if let Some(feed) = self.0.existing(key) {
+            return Ok(feed);
+        }
+        // A new feed releases creations from the chat's last one stored on: one lookup per
+        // feed, so its first creations need not wait out a reorder window.
+        let released = feed::last_created(&self.0, key).await;
+        if let Some(feed) = self.0.feed(key, released) {
             return Ok(feed);
         }
         let _one_at_a_time = self.0.starting.lock().await;
-        if let Some(feed) = self.0.feed(key) {
+        if let Some(feed) = self.0.feed(key, released) {
             return Ok(feed);
         }
         tokio::time::timeout(START_TIMEOUT, dispatch::start(&self.0))
             .await
             .map_err(|_| Error::Unavailable("nats: starting live delivery timed out".into()))??;
         self.0
-            .feed(key)
+            .feed(key, released)
             .ok_or_else(|| Error::Unavailable("live delivery stopped as it started".into()))
     }
 
