@@ -3,7 +3,10 @@
 //!
 //! The replay reads from the cursor's contiguous prefix up to the last sequence the feed had
 //! broadcast, keeps what the feed broadcast (what it still holds back arrives through the ring)
-//! and what the cursor has not received, and puts it in number order. It is read whole before the
+//! and what the cursor has not received, and puts it in delivery order
+//! ([`confab_core::live::release_order`]: creations by number, otherwise the stream's order).
+//! Afterwards the cursor also takes the feed's complete prefix, so the feed's next event follows
+//! it. It is read whole before the
 //! response starts, bounded by `CONFAB_LIVE_REPLAY_MAX` events (further behind: `410`, re-read
 //! the list) and by the stream's retention (events the stream no longer holds: `410`).
 
