@@ -204,16 +204,11 @@ async fn claim_conflicts(
         let mut q = QueryBuilder::<MySql>::new(
             "SELECT chat_id, number, creation_event_id FROM messages WHERE ",
         );
-        for (i, ((chat_id, number), _)) in chunk.iter().enumerate() {
-            if i > 0 {
-                q.push(" OR ");
-            }
-            q.push("(chat_id = ")
-                .push_bind(*chat_id)
-                .push(" AND number = ")
-                .push_bind(*number)
-                .push(")");
-        }
+        db::push_pairs_in(
+            &mut q,
+            ("chat_id", "number"),
+            chunk.iter().map(|(row, _)| *row),
+        );
         let rows: Vec<(u64, u64, Option<Vec<u8>>)> =
             q.build_query_as().fetch_all(&mut **tx).await?;
         let owners: HashMap<(u64, u64), Option<Vec<u8>>> = rows
@@ -271,16 +266,11 @@ async fn chat_ids<'a>(
         let mut q = QueryBuilder::<MySql>::new(
             "SELECT id, application_id, number, deleted_at IS NOT NULL FROM chats WHERE ",
         );
-        for (i, key) in chunk.iter().enumerate() {
-            if i > 0 {
-                q.push(" OR ");
-            }
-            q.push("(application_id = ")
-                .push_bind(key.application_id)
-                .push(" AND number = ")
-                .push_bind(key.number)
-                .push(")");
-        }
+        db::push_pairs_in(
+            &mut q,
+            ("application_id", "number"),
+            chunk.iter().map(|key| (key.application_id, key.number)),
+        );
         let rows: Vec<(u64, u64, u64, i64)> = q.build_query_as().fetch_all(&mut **tx).await?;
         for (id, application_id, number, tombstone) in rows {
             let key = ChatKey {

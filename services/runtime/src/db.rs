@@ -117,3 +117,23 @@ pub fn classify(error: &sqlx::Error) -> Failure {
         _ => Failure::Other,
     }
 }
+
+/// Appends `(first, second) IN ((?, ?), …)` over `pairs` (which must not be empty) to `query`.
+///
+/// A row-constructor `IN` list is looked up key by key (an `eq_ref` join over the list in
+/// MariaDB, a range per pair in MySQL) and each row read is checked against the list with a
+/// binary search. The same condition written as `(a = ? AND b = ?) OR …` makes the server
+/// evaluate the whole chain against every row read: quadratic in the batch (it was a fifth of
+/// MariaDB's CPU under the create-path benchmark at 500 pairs).
+pub fn push_pairs_in<'args>(
+    query: &mut sqlx::QueryBuilder<'args, sqlx::MySql>,
+    (first, second): (&str, &str),
+    pairs: impl IntoIterator<Item = (u64, u64)>,
+) {
+    query.push(format_args!("({first}, {second}) IN ("));
+    for (i, (a, b)) in pairs.into_iter().enumerate() {
+        query.push(if i == 0 { "(" } else { ", (" });
+        query.push_bind(a).push(", ").push_bind(b).push(")");
+    }
+    query.push(")");
+}

@@ -57,18 +57,8 @@ pub async fn deleted_chats<'c>(
         return Ok(Vec::new());
     }
     let mut q = sqlx::QueryBuilder::new(
-        "SELECT application_id, number FROM chats WHERE deleted_at IS NOT NULL AND (",
+        "SELECT application_id, number FROM chats WHERE deleted_at IS NOT NULL AND ",
     );
-    for (i, (application_id, number)) in chats.iter().enumerate() {
-        if i > 0 {
-            q.push(" OR ");
-        }
-        q.push("(application_id = ")
-            .push_bind(*application_id)
-            .push(" AND number = ")
-            .push_bind(*number)
-            .push(")");
-    }
-    q.push(")");
+    crate::db::push_pairs_in(&mut q, ("application_id", "number"), chats.iter().copied());
     q.build_query_as().fetch_all(executor).await
 }
