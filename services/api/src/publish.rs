@@ -2,16 +2,16 @@
 //!
 //! A `201` is only sent after the stream acknowledged the event. Creation events go to a subject
 //! of their own (parent, number) with `Nats-Expected-Last-Subject-Sequence: 0`, so the stream
-//! stores at most one creation per number; they also carry a dedup id
-//! ([`confab_core::Envelope::dedup_id`]). When the stream answers "duplicate" or "that subject
-//! already has a message", the stored event is read: our own earlier attempt is success, anyone
-//! else's means the number was handed out twice and the caller takes another
+//! stores at most one creation per number. Updates and deletions carry a dedup id instead
+//! ([`confab_core::Envelope::dedup_id`]). When the stream answers "that subject already has a
+//! message" (or "duplicate"), the stored event is read: our own earlier attempt is success,
+//! anyone else's means the number was handed out twice and the caller takes another
 //! ([`PublishOutcome::Collision`]).
 //!
 //! A publish that fails for any other reason (a lost acknowledgement, a reconnect, a stream
 //! without a leader during an election) is repeated with jittered backoff until
 //! `CONFAB_PUBLISH_DEADLINE_MS`, so a leader election shows as latency rather than as 503s.
-//! Repeating is safe: the stream deduplicates the event.
+//! Repeating is safe: the stream refuses or deduplicates a second copy of the event.
 
 use std::time::{Duration, Instant};
 
@@ -39,7 +39,8 @@ pub struct Publisher {
 
 /// One attempt's result, before classification.
 enum Attempt {
-    Outcome(PublishOutcome),
+    /// With the stream sequence of the stored event, when the acknowledgement named it.
+    Outcome(PublishOutcome, Option<u64>),
     /// Worth repeating; the text says why.
     Retry(String),
 }
@@ -61,16 +62,13 @@ impl Publisher {
         let event_kind = envelope.event.kind();
         let kind = event_kind.as_str();
         let subject = self.js.subjects.for_event(&envelope.event);
-        let dedup_id = envelope.dedup_id();
         let mut map = HeaderMap::new();
-        map.insert(headers::MSG_ID, dedup_id.as_str());
-        map.insert(headers::EVENT_TYPE, kind);
-        map.insert(
-            headers::EVENT_VERSION,
-            envelope.version.to_string().as_str(),
-        );
+        if let Some(dedup_id) = envelope.dedup_id() {
+            map.insert(headers::MSG_ID, dedup_id.as_str());
+        }
+        // No type or version header: the subject names the type and the payload carries both.
         // The PRODUCER span of this publish; the event carries its context.
-        let span = confab_runtime::trace::publish_span(event_kind, &subject, &dedup_id);
+        let span = confab_runtime::trace::publish_span(event_kind, &subject);
         let parent = confab_runtime::trace::continue_trace(&span, Some(trace));
         confab_runtime::trace::inject(&parent, &mut HeaderInjector(&mut map));
         if envelope.event.created_number().is_some() {
@@ -89,7 +87,10 @@ impl Publisher {
                 )
                 .await
                 {
-                    Ok(Attempt::Outcome(outcome)) => {
+                    Ok(Attempt::Outcome(outcome, sequence)) => {
+                        if let Some(sequence) = sequence {
+                            tracing::Span::current().record("messaging.message.id", sequence);
+                        }
                         let label = match outcome {
                             PublishOutcome::Stored => "stored",
                             PublishOutcome::RetriedOwn => "retried",
@@ -139,7 +140,6 @@ impl Publisher {
         payload: &bytes::Bytes,
         envelope: &Envelope,
     ) -> Attempt {
-        let own = envelope.id.to_string();
         let ack = confab_runtime::jetstream::publish_acked(
             &self.js,
             subject.to_owned(),
@@ -147,18 +147,27 @@ impl Publisher {
             payload.clone(),
         )
         .await;
-        let stored = match ack {
-            Ok(ack) if !ack.duplicate => return Attempt::Outcome(PublishOutcome::Stored),
+        let (stored, sequence) = match ack {
+            Ok(ack) if !ack.duplicate => {
+                return Attempt::Outcome(PublishOutcome::Stored, Some(ack.sequence))
+            }
             // The dedup window knows this id: read the event it stored.
-            Ok(ack) => self.event_id_at(ack.sequence).await,
+            // Boxed, like the lookup below: rare, and large inline in every publish's future.
+            Ok(ack) => (
+                Box::pin(self.event_id_at(ack.sequence)).await,
+                Some(ack.sequence),
+            ),
             // The creation subject already holds an event: read it.
             Err(error) if error.kind() == PublishErrorKind::WrongLastSequence => {
-                self.last_event_id_on(subject).await
+                (Box::pin(self.last_event_id_on(subject)).await, None)
             }
             Err(error) => return Attempt::Retry(error.to_string()),
         };
         match stored {
-            Ok(Some(stored)) => Attempt::Outcome(classify_publish(true, &stored, &own)),
+            Ok(Some(stored)) => Attempt::Outcome(
+                classify_publish(true, &stored, &envelope.id.to_string()),
+                sequence,
+            ),
             // Removed between the two calls (only by an operator): try again.
             Ok(None) => Attempt::Retry("the stored duplicate disappeared".to_owned()),
             // When the stored event cannot be read, the outcome is unknown: repeat rather than

@@ -32,6 +32,7 @@
 //! message by its stream sequence, and a deletion by [`DELETION_VERSION`] plus its sequence, so no
 //! update can ever outrank it, whatever the order of delivery ([`write_version`]).
 
+use crate::name::join;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -42,8 +43,6 @@ pub const EVENT_VERSION: u32 = 1;
 /// Header names. `Nats-Msg-Id` is JetStream's own dedup header.
 pub mod headers {
     pub const MSG_ID: &str = "Nats-Msg-Id";
-    pub const EVENT_TYPE: &str = "Confab-Event-Type";
-    pub const EVENT_VERSION: &str = "Confab-Event-Version";
     pub const TRACEPARENT: &str = "traceparent";
     pub const TRACESTATE: &str = "tracestate";
     /// JetStream's optimistic-concurrency header; `0` means "no message on this subject yet".
@@ -201,23 +200,23 @@ impl Envelope {
         }
     }
 
-    /// The JetStream dedup id. Creation events dedup on (parent, number), which is what makes a
-    /// number handed out twice detectable; deletions on their item (deleting twice is deleting
-    /// once); updates dedup on the event id (publish retries only).
-    pub fn dedup_id(&self) -> String {
+    /// The JetStream dedup id (`Nats-Msg-Id`), for the events whose subject does not already
+    /// make them unique. A creation has none: it is published to a subject of its own (parent,
+    /// number) with `Nats-Expected-Last-Subject-Sequence: 0`, so the stream stores at most one
+    /// creation per number (a second one, or a retry, is refused and compared with the stored
+    /// one), which is what makes a number handed out twice detectable; a dedup id would only
+    /// repeat that check at the cost of a dedup-window entry per message in the server.
+    /// Deletions dedup on their item (deleting twice is deleting once); updates on the event
+    /// id (publish retries only).
+    pub fn dedup_id(&self) -> Option<String> {
         match &self.event {
-            Event::ChatCreated(c) => format!("chat:{}:{}", c.application_id, c.number),
-            Event::MessageCreated(m) => {
-                format!("msg:{}:{}:{}", m.application_id, m.chat_number, m.number)
-            }
-            Event::MessageUpdated(_) => format!("upd:{}", self.id),
-            Event::MessageDeleted(m) => {
-                format!(
-                    "msg-del:{}:{}:{}",
-                    m.application_id, m.chat_number, m.number
-                )
-            }
-            Event::ChatDeleted(c) => format!("chat-del:{}:{}", c.application_id, c.number),
+            Event::ChatCreated(_) | Event::MessageCreated(_) => None,
+            Event::MessageUpdated(_) => Some(format!("upd:{}", self.id)),
+            Event::MessageDeleted(m) => Some(format!(
+                "msg-del:{}:{}:{}",
+                m.application_id, m.chat_number, m.number
+            )),
+            Event::ChatDeleted(c) => Some(format!("chat-del:{}:{}", c.application_id, c.number)),
         }
     }
 
@@ -274,57 +273,90 @@ impl Subjects {
 
     /// The subject of one chat's creation event.
     pub fn chat_created(&self, application_id: u64, number: u64) -> String {
-        format!("{}.v1.chat.created.{application_id}.{number}", self.prefix)
+        join(
+            &self.prefix,
+            ".v1.chat.created",
+            '.',
+            &[application_id, number],
+            "",
+        )
     }
 
     /// Every chat creation of one application (sequence recovery).
     pub fn chats_created(&self, application_id: u64) -> String {
-        format!("{}.v1.chat.created.{application_id}.*", self.prefix)
+        join(
+            &self.prefix,
+            ".v1.chat.created",
+            '.',
+            &[application_id],
+            ".*",
+        )
     }
 
     /// The subject of one message's creation event.
     pub fn message_created(&self, application_id: u64, chat_number: u64, number: u64) -> String {
-        format!(
-            "{}.v1.message.created.{application_id}.{chat_number}.{number}",
-            self.prefix
+        join(
+            &self.prefix,
+            ".v1.message.created",
+            '.',
+            &[application_id, chat_number, number],
+            "",
         )
     }
 
     /// Every message creation of one chat (sequence recovery).
     pub fn messages_created(&self, application_id: u64, chat_number: u64) -> String {
-        format!(
-            "{}.v1.message.created.{application_id}.{chat_number}.*",
-            self.prefix
+        join(
+            &self.prefix,
+            ".v1.message.created",
+            '.',
+            &[application_id, chat_number],
+            ".*",
         )
     }
 
     /// The subject of one message's updates.
     pub fn message_updated(&self, application_id: u64, chat_number: u64, number: u64) -> String {
-        format!(
-            "{}.v1.message.updated.{application_id}.{chat_number}.{number}",
-            self.prefix
+        join(
+            &self.prefix,
+            ".v1.message.updated",
+            '.',
+            &[application_id, chat_number, number],
+            "",
         )
     }
 
     /// Every message event of one chat (creations, updates, deletions), for live delivery.
     pub fn chat_events(&self, application_id: u64, chat_number: u64) -> String {
-        format!(
-            "{}.v1.message.*.{application_id}.{chat_number}.*",
-            self.prefix
+        join(
+            &self.prefix,
+            ".v1.message.*",
+            '.',
+            &[application_id, chat_number],
+            ".*",
         )
     }
 
     /// The subject of one message's deletion.
     pub fn message_deleted(&self, application_id: u64, chat_number: u64, number: u64) -> String {
-        format!(
-            "{}.v1.message.deleted.{application_id}.{chat_number}.{number}",
-            self.prefix
+        join(
+            &self.prefix,
+            ".v1.message.deleted",
+            '.',
+            &[application_id, chat_number, number],
+            "",
         )
     }
 
     /// The subject of one chat's deletion.
     pub fn chat_deleted(&self, application_id: u64, number: u64) -> String {
-        format!("{}.v1.chat.deleted.{application_id}.{number}", self.prefix)
+        join(
+            &self.prefix,
+            ".v1.chat.deleted",
+            '.',
+            &[application_id, number],
+            "",
+        )
     }
 
     /// Message events only (created, updated and deleted), for consumers such as the indexer.
@@ -416,10 +448,10 @@ mod tests {
     }
 
     #[test]
-    fn creation_dedups_on_number_and_updates_on_event_id() {
+    fn creations_dedup_by_subject_and_updates_on_event_id() {
         let a = message(Event::MessageCreated);
-        let b = message(Event::MessageCreated);
-        assert_eq!(a.dedup_id(), b.dedup_id());
+        assert_eq!(a.dedup_id(), None);
+        assert!(a.event.created_number().is_some());
         let u1 = message(Event::MessageUpdated);
         let u2 = message(Event::MessageUpdated);
         assert_ne!(u1.dedup_id(), u2.dedup_id());

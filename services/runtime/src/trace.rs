@@ -128,6 +128,19 @@ fn child_of(parent: Option<&TraceContext>) -> TraceContext {
     }
 }
 
+/// Whether spans are exported (an OpenTelemetry layer is installed): only then is a span's own
+/// context worth making for each consumed event.
+static EXPORTING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether an OpenTelemetry layer records spans ([`crate::telemetry::install`] sets it).
+pub fn exporting() -> bool {
+    EXPORTING.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+pub(crate) fn set_exporting() {
+    EXPORTING.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
 /// The trace context an event carries, if valid.
 pub fn event_parent(message: &jetstream::Message) -> Option<TraceContext> {
     extract(&HeaderExtractor(message.headers.as_ref()?))
@@ -140,7 +153,11 @@ pub fn trace_id(message: &jetstream::Message) -> Option<String> {
 
 /// The PRODUCER span of one publish (a child of the current request span); the event's
 /// `traceparent` is this span's context, so consumers' spans are its children.
-pub fn publish_span(kind: confab_core::event::EventKind, subject: &str, message_id: &str) -> Span {
+///
+/// Its `messaging.message.id` is the event's stream sequence (JetStream's own identifier of a
+/// stored message, the same the consumers' spans record), recorded once the stream acknowledged
+/// it.
+pub fn publish_span(kind: confab_core::event::EventKind, subject: &str) -> Span {
     tracing::info_span!(
         "publish",
         otel.name = kind.publish_span_name(),
@@ -148,7 +165,7 @@ pub fn publish_span(kind: confab_core::event::EventKind, subject: &str, message_
         messaging.system = "nats",
         messaging.operation.type = "publish",
         messaging.destination.name = %subject,
-        messaging.message.id = %message_id,
+        messaging.message.id = tracing::field::Empty,
     )
 }
 
@@ -169,16 +186,19 @@ pub fn batch_span(service: &'static str, messages: &[jetstream::Message]) -> Spa
         messaging.consumer.group.name = %group,
         messaging.batch.message_count = messages.len(),
     );
+    // Without an exporter the per-event spans and links are seen by no one; making them cost a
+    // header parse and two spans per event.
+    if !exporting() || batch.is_disabled() {
+        return batch;
+    }
     let mut first = true;
     for message in messages {
         let Some(parent) = event_parent(message) else {
             continue;
         };
         let id = message
-            .headers
-            .as_ref()
-            .and_then(|h| h.get(async_nats::header::NATS_MESSAGE_ID))
-            .map(|v| v.as_str().to_owned())
+            .info()
+            .map(|i| i.stream_sequence)
             .unwrap_or_default();
         let event = tracing::info_span!(
             "consume_event",
