@@ -12,7 +12,10 @@ use tokio::net::TcpListener;
 #[command(version)]
 struct Cli {}
 
-#[tokio::main]
+/// One thread: the persister waits on MySQL, NATS and Redis and does little between, so a
+/// multi-threaded runtime only adds cross-thread wake-ups (measured: context switches were the
+/// largest single entry of its profile under the create-path benchmark).
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     // Before anything else: any argument exits 2 with a usage error, never starts the consumer.
     Cli::parse();

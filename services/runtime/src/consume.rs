@@ -14,7 +14,6 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, consumer::PullConsumer, AckKind};
-use confab_core::event::headers;
 use tokio_stream::StreamExt;
 use tracing::Instrument;
 
@@ -84,11 +83,7 @@ impl Context {
             .info()
             .map(|i| (i.stream_sequence, i.delivered))
             .unwrap_or_default();
-        let kind = message
-            .headers
-            .as_ref()
-            .and_then(|h| h.get(headers::EVENT_TYPE))
-            .map_or("unknown", |v| known_kind(v.as_str()));
+        let kind = kind_of(&message.subject);
         let service = self.metrics.service;
         self.metrics
             .consumed
@@ -296,12 +291,20 @@ impl Context {
     }
 }
 
-/// Event type label: only known values, so a hostile header cannot grow the label set.
-fn known_kind(value: &str) -> &'static str {
-    match value {
-        "chat.created" => "chat.created",
-        "message.created" => "message.created",
-        "message.updated" => "message.updated",
+/// Event type label, read from the subject (`{prefix}.v1.{entity}.{action}.…`, which every
+/// event has, so no header repeats it): only known values, so a stray subject cannot grow the
+/// label set.
+fn kind_of(subject: &str) -> &'static str {
+    let Some((_, rest)) = subject.split_once(".v1.") else {
+        return "unknown";
+    };
+    let mut parts = rest.splitn(3, '.');
+    match (parts.next(), parts.next()) {
+        (Some("chat"), Some("created")) => "chat.created",
+        (Some("chat"), Some("deleted")) => "chat.deleted",
+        (Some("message"), Some("created")) => "message.created",
+        (Some("message"), Some("updated")) => "message.updated",
+        (Some("message"), Some("deleted")) => "message.deleted",
         _ => "unknown",
     }
 }
@@ -309,4 +312,23 @@ fn known_kind(value: &str) -> &'static str {
 /// The trace id of an event's `traceparent` header, for logs.
 pub fn trace_id(message: &jetstream::Message) -> Option<String> {
     crate::trace::trace_id(message)
+}
+
+#[cfg(test)]
+mod tests {
+    use confab_core::event::Subjects;
+
+    use super::kind_of;
+
+    #[test]
+    fn the_kind_label_comes_from_the_subject_and_stays_within_the_known_set() {
+        let s = Subjects::new("confab.eu");
+        assert_eq!(kind_of(&s.chat_created(1, 2)), "chat.created");
+        assert_eq!(kind_of(&s.chat_deleted(1, 2)), "chat.deleted");
+        assert_eq!(kind_of(&s.message_created(1, 2, 3)), "message.created");
+        assert_eq!(kind_of(&s.message_updated(1, 2, 3)), "message.updated");
+        assert_eq!(kind_of(&s.message_deleted(1, 2, 3)), "message.deleted");
+        assert_eq!(kind_of("confab.v1.message.exploded.1.2.3"), "unknown");
+        assert_eq!(kind_of("elsewhere.message.created"), "unknown");
+    }
 }

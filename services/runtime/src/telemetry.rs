@@ -103,6 +103,9 @@ pub fn install(env: &Env, provider: Option<SdkTracerProvider>) {
     let filter = EnvFilter::try_new(env.get("RUST_LOG").map_or("info", String::as_str))
         .unwrap_or_else(|_| EnvFilter::new("info"));
     let json = env.get("CONFAB_LOG_FORMAT").map(String::as_str) != Some("pretty");
+    if provider.is_some() {
+        crate::trace::set_exporting();
+    }
     let otel = provider.map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer("confab")));
     let registry = tracing_subscriber::registry().with(filter).with(otel);
     let result = if json {
