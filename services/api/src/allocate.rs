@@ -65,7 +65,7 @@ impl AppState {
     {
         let mut recorded = Recorded::NotAsked;
         if let Some(key) = &sequence.idempotency {
-            recorded = match self.replay(key, sequence.trace).await? {
+            recorded = match Box::pin(self.replay(key, sequence.trace)).await? {
                 Replay::Answered((number, envelope)) => return Ok((number, envelope, None)),
                 Replay::Absent => Recorded::Absent,
                 Replay::Collided(revision) => Recorded::Stale(revision),
@@ -75,13 +75,16 @@ impl AppState {
         // The highest number seen taken: the sequence is raised at least past it.
         let mut taken = 0;
         for _ in 0..MAX_NUMBER_ATTEMPTS {
-            let seed = async {
+            // Boxed (as are the other paths taken only now and then below): a future holds room
+            // for everything it may await, and axum's layers move the handler's future into
+            // boxes several times per request; inline, these made it ~22 KB to copy each time.
+            let seed = Box::pin(async {
                 let (persisted, in_flight) = tokio::try_join!(
                     (sequence.persisted_max)(),
                     self.publisher.last_number_on(&sequence.subjects)
                 )?;
                 Ok(reseed_value(persisted, in_flight).max(taken))
-            };
+            });
             let Numbered { number, rate } = self
                 .numbering
                 .next(
@@ -97,13 +100,13 @@ impl AppState {
                 let record = Record::for_envelope(key, &envelope);
                 let revision = match recorded {
                     Recorded::Stale(revision) => {
-                        self.idempotency.replace(key, &record, revision).await?
+                        Box::pin(self.idempotency.replace(key, &record, revision)).await?
                     }
-                    _ => self.idempotency.create(key, &record).await?,
+                    _ => Box::pin(self.idempotency.create(key, &record)).await?,
                 };
                 let Some(revision) = revision else {
                     // A concurrent request with the same key recorded first: answer as it does.
-                    return match self.replay(key, sequence.trace).await? {
+                    return match Box::pin(self.replay(key, sequence.trace)).await? {
                         Replay::Answered((number, envelope)) => Ok((number, envelope, None)),
                         Replay::Absent | Replay::Collided(_) => Err(ApiError::Unavailable(
                             "idempotency record changed concurrently".to_owned(),

@@ -158,9 +158,13 @@ pub fn rate_limit_headers(
     headers: &mut axum::http::HeaderMap,
     rate: &confab_core::quota::RateLimitState,
 ) {
+    use axum::http::HeaderName;
     for (name, value) in [
-        ("ratelimit-policy", rate.policy_header()),
-        ("ratelimit", rate.header()),
+        (
+            HeaderName::from_static("ratelimit-policy"),
+            rate.policy_header(),
+        ),
+        (HeaderName::from_static("ratelimit"), rate.header()),
     ] {
         if let Ok(value) = axum::http::HeaderValue::from_str(&value) {
             headers.insert(name, value);

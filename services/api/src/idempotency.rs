@@ -46,7 +46,7 @@ impl IdempotencyKey {
     /// the parsed request body, whose canonical JSON is the fingerprint.
     pub fn from_request(
         headers: &HeaderMap,
-        scope: &str,
+        scope: impl std::fmt::Display,
         body: &serde_json::Map<String, serde_json::Value>,
     ) -> Result<Option<Self>> {
         let Some(value) = headers.get(HEADER) else {
@@ -63,7 +63,7 @@ impl IdempotencyKey {
                 ))
             })?;
         let bucket_key = hex(Sha256::new()
-            .chain_update(scope.as_bytes())
+            .chain_update(scope.to_string().as_bytes())
             .chain_update([0])
             .chain_update(key.as_bytes()));
         // serde_json's map is ordered by key, so equal bodies serialize equally.

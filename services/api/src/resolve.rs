@@ -18,6 +18,12 @@ impl AppState {
         if let Some(tenant) = self.tokens.get(token.expose()) {
             return Ok(tenant);
         }
+        // Boxed: the lookup's future is large, and inline it would be carried (and copied) by
+        // every request's future, cache hit or not.
+        Box::pin(self.tenant_from_db(token)).await
+    }
+
+    async fn tenant_from_db(&self, token: &Token) -> Result<Tenant> {
         let started = std::time::Instant::now();
         let row = repo::application_by_token(&self.db, token.expose()).await?;
         self.metrics
@@ -50,6 +56,11 @@ impl AppState {
         if self.known_chats.contains_key(&(application_id, number)) {
             return Ok(true);
         }
+        // Boxed for the reason given in `tenant`.
+        Box::pin(self.chat_exists_uncached(application_id, number)).await
+    }
+
+    async fn chat_exists_uncached(&self, application_id: u64, number: u64) -> Result<bool> {
         let mut redis = self.redis.clone();
         let started = std::time::Instant::now();
         let in_flight: bool = redis

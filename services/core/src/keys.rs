@@ -4,6 +4,8 @@
 //! installations (or parallel tests) can share one Redis.
 
 /// Builds every Redis key a service uses.
+use crate::name::join;
+
 #[derive(Debug, Clone)]
 pub struct Keys {
     prefix: String,
@@ -18,17 +20,23 @@ impl Keys {
 
     /// The sequence that numbers an application's chats.
     pub fn chat_sequence(&self, application_id: u64) -> String {
-        format!("{}seq:chats:{application_id}", self.prefix)
+        join(&self.prefix, "seq:chats", ':', &[application_id], "")
     }
 
     /// The sequence that numbers one chat's messages.
     pub fn message_sequence(&self, application_id: u64, chat_number: u64) -> String {
-        format!("{}seq:messages:{application_id}:{chat_number}", self.prefix)
+        join(
+            &self.prefix,
+            "seq:messages",
+            ':',
+            &[application_id, chat_number],
+            "",
+        )
     }
 
     /// The message-rate limiter's state of an application (a GCRA "theoretical arrival time").
     pub fn message_rate(&self, application_id: u64) -> String {
-        format!("{}rate:messages:{application_id}", self.prefix)
+        join(&self.prefix, "rate:messages", ':', &[application_id], "")
     }
 
     /// The application-creation limiter's state of one client (its address).
@@ -39,7 +47,13 @@ impl Keys {
     /// Marks a chat whose creation event is acknowledged by JetStream but maybe not persisted yet,
     /// so messages can be posted to it immediately.
     pub fn chat_in_flight(&self, application_id: u64, chat_number: u64) -> String {
-        format!("{}chat:{application_id}:{chat_number}", self.prefix)
+        join(
+            &self.prefix,
+            "chat",
+            ':',
+            &[application_id, chat_number],
+            "",
+        )
     }
 
     /// Marks a deleted chat, without expiry: the message numbering script refuses a number in a
@@ -47,14 +61,20 @@ impl Keys {
     /// message of the chat re-seeds its sequence, and re-seeding finds the deletion in MySQL or
     /// the stream and sets the mark again.)
     pub fn chat_deleted(&self, application_id: u64, chat_number: u64) -> String {
-        format!("{}deleted:chat:{application_id}:{chat_number}", self.prefix)
+        join(
+            &self.prefix,
+            "deleted:chat",
+            ':',
+            &[application_id, chat_number],
+            "",
+        )
     }
 
     /// The live subscriptions open on an application, across replicas: a sorted set of
     /// subscription ids scored by when their lease ends (a replica that died leaves entries that
     /// simply expire).
     pub fn subscriptions(&self, application_id: u64) -> String {
-        format!("{}live:{application_id}", self.prefix)
+        join(&self.prefix, "live", ':', &[application_id], "")
     }
 }
 

@@ -21,6 +21,7 @@ pub mod admin;
 pub mod event;
 pub mod keys;
 pub mod live;
+mod name;
 pub mod quota;
 pub mod sequence;
 pub mod token;

@@ -50,7 +50,7 @@ pub async fn create(
             gone: None,
         },
         trace: &trace,
-        idempotency: IdempotencyKey::from_request(&headers, &format!("chats {app}"), &body.0)?,
+        idempotency: IdempotencyKey::from_request(&headers, format_args!("chats {app}"), &body.0)?,
     };
     let (number, envelope, _rate) = state
         .publish_numbered(sequence, |number| {

@@ -33,7 +33,8 @@ pub async fn chat_of(state: &AppState, token: &str, chat: &str, to: Use) -> Resu
     let chat = extract::number(chat, "chat")?;
     let exists = match to {
         Use::Post => state.chat_exists(tenant.id, chat).await?,
-        Use::Existing => state.chat_live(tenant.id, chat).await?,
+        // Boxed: the reads' check is large, and inline it would weigh on every post.
+        Use::Existing => Box::pin(state.chat_live(tenant.id, chat)).await?,
     };
     if !exists {
         return Err(ApiError::NotFound("chat"));
@@ -107,7 +108,7 @@ pub async fn create(
         trace: &trace,
         idempotency: IdempotencyKey::from_request(
             &headers,
-            &format!("messages {app} {chat}"),
+            format_args!("messages {app} {chat}"),
             &input.0,
         )?,
     };
