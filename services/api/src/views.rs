@@ -16,7 +16,9 @@ pub struct ApplicationView {
     pub name: String,
     /// Persisted chats; refreshed asynchronously, so it may lag creation.
     pub chats_count: u64,
+    #[serde(serialize_with = "confab_core::time::rfc3339")]
     pub created_at: DateTime<Utc>,
+    #[serde(serialize_with = "confab_core::time::rfc3339")]
     pub updated_at: DateTime<Utc>,
 }
 
@@ -49,9 +51,15 @@ pub struct ChatView {
     pub number: u64,
     /// Persisted messages; refreshed asynchronously, so it may lag creation.
     pub messages_count: u64,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "confab_core::time::rfc3339_opt"
+    )]
     pub created_at: Option<DateTime<Utc>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "confab_core::time::rfc3339_opt"
+    )]
     pub updated_at: Option<DateTime<Utc>>,
 }
 
@@ -70,9 +78,15 @@ impl From<ChatRow> for ChatView {
 pub struct MessageView {
     pub number: u64,
     pub body: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "confab_core::time::rfc3339_opt"
+    )]
     pub created_at: Option<DateTime<Utc>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "confab_core::time::rfc3339_opt"
+    )]
     pub updated_at: Option<DateTime<Utc>>,
 }
 

@@ -62,6 +62,7 @@ pub struct Envelope {
     pub version: u32,
     /// Unique per publish attempt sequence (a retried publish keeps its id).
     pub id: Uuid,
+    #[serde(serialize_with = "crate::time::rfc3339")]
     pub occurred_at: DateTime<Utc>,
     #[serde(flatten)]
     pub event: Event,

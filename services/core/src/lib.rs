@@ -24,6 +24,7 @@ pub mod live;
 mod name;
 pub mod quota;
 pub mod sequence;
+pub mod time;
 pub mod token;
 pub mod validation;
 

@@ -86,9 +86,33 @@ pub fn extract(carrier: &dyn Extractor) -> Option<TraceContext> {
 }
 
 /// Writes `trace` as `traceparent` (and `tracestate`, when it has entries) into `carrier`.
+///
+/// Written here rather than by [`TraceContextPropagator`] (whose output it equals, see the tests):
+/// every published event carries one, and the propagator's `format!` of the ids was 3 % of the
+/// api's instructions per request.
 pub fn inject(trace: &TraceContext, carrier: &mut dyn Injector) {
-    let context = Context::new().with_remote_span_context(trace.clone());
-    TraceContextPropagator::new().inject_context(&context, carrier);
+    if !trace.is_valid() {
+        return;
+    }
+    let mut parent = String::with_capacity(55);
+    parent.push_str("00-");
+    push_hex(&mut parent, &trace.trace_id().to_bytes());
+    parent.push('-');
+    push_hex(&mut parent, &trace.span_id().to_bytes());
+    parent.push_str(if trace.is_sampled() { "-01" } else { "-00" });
+    carrier.set(confab_core::event::headers::TRACEPARENT, parent);
+    let state = trace.trace_state().header();
+    if !state.is_empty() {
+        carrier.set(confab_core::event::headers::TRACESTATE, state);
+    }
+}
+
+fn push_hex(out: &mut String, bytes: &[u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for byte in bytes {
+        out.push(char::from(DIGITS[usize::from(byte >> 4)]));
+        out.push(char::from(DIGITS[usize::from(byte & 0xf)]));
+    }
 }
 
 /// Makes `span` a child of the remote `parent` (if any) and returns the context to hand on:
@@ -277,6 +301,37 @@ mod tests {
             assert_eq!(extract(&HeaderExtractor(&headers)), None, "{bad}");
         }
         assert_eq!(extract(&HeaderExtractor(&http::HeaderMap::new())), None);
+    }
+
+    #[test]
+    fn inject_writes_what_the_w3c_propagator_writes() {
+        let sampled = extract(&HeaderExtractor(&http_headers(&[
+            ("traceparent", TRACEPARENT),
+            ("tracestate", "vendor=opaque,other=1"),
+        ])))
+        .unwrap();
+        let unsampled = SpanContext::new(
+            sampled.trace_id(),
+            sampled.span_id(),
+            TraceFlags::default(),
+            true,
+            TraceState::default(),
+        );
+        for trace in [
+            sampled,
+            unsampled,
+            child_of(None),
+            SpanContext::empty_context(),
+        ] {
+            let mut ours = http::HeaderMap::new();
+            inject(&trace, &mut HeaderInjector(&mut ours));
+            let mut theirs = http::HeaderMap::new();
+            TraceContextPropagator::new().inject_context(
+                &Context::new().with_remote_span_context(trace.clone()),
+                &mut HeaderInjector(&mut theirs),
+            );
+            assert_eq!(ours, theirs, "{trace:?}");
+        }
     }
 
     #[test]
