@@ -5,8 +5,8 @@
 //! its data:
 //!
 //! 1. **The stream refuses a second creation.** Each creation event has its own subject
-//!    (parent, number) and is published with `Nats-Expected-Last-Subject-Sequence: 0` (and a
-//!    `Nats-Msg-Id` of (parent, number)). JetStream stores it only if that subject holds no
+//!    (parent, number) and is published with `Nats-Expected-Last-Subject-Sequence: 0` (no
+//!    `Nats-Msg-Id`: it would repeat this check). JetStream stores it only if that subject holds no
 //!    message, atomically, so while the first creation of a number is retained no other event
 //!    can claim it. The api then reads the stored event: its own (a retry) is success, anyone
 //!    else's is a [`PublishOutcome::Collision`] and the api takes another number.
@@ -32,8 +32,8 @@ pub fn reseed_value(persisted_max: Option<u64>, in_flight_max: Option<u64>) -> u
 pub enum PublishOutcome {
     /// Stored as a new event.
     Stored,
-    /// The stream already had an event with this dedup id, and it is this very event
-    /// (a retry of our own publish): success.
+    /// The stream already had this event (on its creation subject, or under its dedup id): a
+    /// retry of our own publish, so success.
     RetriedOwn,
     /// The stream already had a different event with this number: the number was handed out
     /// twice (Redis lost data, or is behind the stream). The caller must take a new number.
