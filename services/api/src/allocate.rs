@@ -75,16 +75,20 @@ impl AppState {
         // The highest number seen taken: the sequence is raised at least past it.
         let mut taken = 0;
         for _ in 0..MAX_NUMBER_ATTEMPTS {
-            // Boxed (as are the other paths taken only now and then below): a future holds room
-            // for everything it may await, and axum's layers move the handler's future into
-            // boxes several times per request; inline, these made it ~22 KB to copy each time.
-            let seed = Box::pin(async {
-                let (persisted, in_flight) = tokio::try_join!(
-                    (sequence.persisted_max)(),
-                    self.publisher.last_number_on(&sequence.subjects)
-                )?;
-                Ok(reseed_value(persisted, in_flight).max(taken))
-            });
+            // Made only when needed, and boxed (as are the other paths taken only now and then
+            // below): a future holds room for everything it may await, and axum's layers move
+            // the handler's future into boxes several times per request; inline, these made it
+            // ~22 KB to copy each time.
+            let sequence = &sequence;
+            let seed = move || {
+                Box::pin(async move {
+                    let (persisted, in_flight) = tokio::try_join!(
+                        (sequence.persisted_max)(),
+                        self.publisher.last_number_on(&sequence.subjects)
+                    )?;
+                    Ok(reseed_value(persisted, in_flight).max(taken))
+                })
+            };
             let Numbered { number, rate } = self
                 .numbering
                 .next(

@@ -82,7 +82,7 @@ impl Numbering {
         Self { redis, metrics }
     }
 
-    /// The next number of the sequence at `key`, if `admission` allows one. `seed` is awaited
+    /// The next number of the sequence at `key`, if `admission` allows one. `seed` is called
     /// only when the key is missing, or always when `raise_first` (after a collision showed the
     /// sequence is behind the stream).
     pub async fn next<F>(
@@ -91,7 +91,7 @@ impl Numbering {
         kind: &'static str,
         admission: &Admission,
         raise_first: bool,
-        seed: F,
+        seed: impl FnOnce() -> F,
     ) -> Result<Numbered>
     where
         F: Future<Output = Result<u64>>,
@@ -107,7 +107,7 @@ impl Numbering {
                 return decide(answer, kind, admission, &self.metrics);
             }
         }
-        let seed = seed.await?;
+        let seed = seed().await?;
         let answer: (u8, u64, i64) = invocation(&RAISE_THEN_INCR, key, admission)
             .arg(seed)
             .invoke_async(&mut conn)

@@ -32,7 +32,6 @@
 //! message by its stream sequence, and a deletion by [`DELETION_VERSION`] plus its sequence, so no
 //! update can ever outrank it, whatever the order of delivery ([`write_version`]).
 
-use crate::name::join;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -252,6 +251,12 @@ impl Subjects {
         }
     }
 
+    /// `{prefix}{kind}.{number}….{tail}`, built without `format!` (subjects are built on every
+    /// request).
+    fn name(&self, kind: &str, numbers: &[u64], tail: &str) -> String {
+        crate::name::join(&self.prefix, kind, '.', numbers, tail)
+    }
+
     /// The filter of the events stream.
     pub fn all_events(&self) -> String {
         format!("{}.v1.>", self.prefix)
@@ -274,32 +279,18 @@ impl Subjects {
 
     /// The subject of one chat's creation event.
     pub fn chat_created(&self, application_id: u64, number: u64) -> String {
-        join(
-            &self.prefix,
-            ".v1.chat.created",
-            '.',
-            &[application_id, number],
-            "",
-        )
+        self.name(".v1.chat.created", &[application_id, number], "")
     }
 
     /// Every chat creation of one application (sequence recovery).
     pub fn chats_created(&self, application_id: u64) -> String {
-        join(
-            &self.prefix,
-            ".v1.chat.created",
-            '.',
-            &[application_id],
-            ".*",
-        )
+        self.name(".v1.chat.created", &[application_id], ".*")
     }
 
     /// The subject of one message's creation event.
     pub fn message_created(&self, application_id: u64, chat_number: u64, number: u64) -> String {
-        join(
-            &self.prefix,
+        self.name(
             ".v1.message.created",
-            '.',
             &[application_id, chat_number, number],
             "",
         )
@@ -307,21 +298,13 @@ impl Subjects {
 
     /// Every message creation of one chat (sequence recovery).
     pub fn messages_created(&self, application_id: u64, chat_number: u64) -> String {
-        join(
-            &self.prefix,
-            ".v1.message.created",
-            '.',
-            &[application_id, chat_number],
-            ".*",
-        )
+        self.name(".v1.message.created", &[application_id, chat_number], ".*")
     }
 
     /// The subject of one message's updates.
     pub fn message_updated(&self, application_id: u64, chat_number: u64, number: u64) -> String {
-        join(
-            &self.prefix,
+        self.name(
             ".v1.message.updated",
-            '.',
             &[application_id, chat_number, number],
             "",
         )
@@ -329,21 +312,13 @@ impl Subjects {
 
     /// Every message event of one chat (creations, updates, deletions), for live delivery.
     pub fn chat_events(&self, application_id: u64, chat_number: u64) -> String {
-        join(
-            &self.prefix,
-            ".v1.message.*",
-            '.',
-            &[application_id, chat_number],
-            ".*",
-        )
+        self.name(".v1.message.*", &[application_id, chat_number], ".*")
     }
 
     /// The subject of one message's deletion.
     pub fn message_deleted(&self, application_id: u64, chat_number: u64, number: u64) -> String {
-        join(
-            &self.prefix,
+        self.name(
             ".v1.message.deleted",
-            '.',
             &[application_id, chat_number, number],
             "",
         )
@@ -351,13 +326,7 @@ impl Subjects {
 
     /// The subject of one chat's deletion.
     pub fn chat_deleted(&self, application_id: u64, number: u64) -> String {
-        join(
-            &self.prefix,
-            ".v1.chat.deleted",
-            '.',
-            &[application_id, number],
-            "",
-        )
+        self.name(".v1.chat.deleted", &[application_id, number], "")
     }
 
     /// Message events only (created, updated and deleted), for consumers such as the indexer.
@@ -451,8 +420,15 @@ mod tests {
     #[test]
     fn creations_dedup_by_subject_and_updates_on_event_id() {
         let a = message(Event::MessageCreated);
+        let b = message(Event::MessageCreated);
         assert_eq!(a.dedup_id(), None);
-        assert!(a.event.created_number().is_some());
+        // Two creations of one number share the subject the stream accepts once.
+        let subjects = Subjects::new("confab");
+        assert_eq!(subjects.for_event(&a.event), subjects.for_event(&b.event));
+        assert_eq!(
+            subjects.for_event(&a.event),
+            subjects.message_created(7, 3, 42)
+        );
         let u1 = message(Event::MessageUpdated);
         let u2 = message(Event::MessageUpdated);
         assert_ne!(u1.dedup_id(), u2.dedup_id());

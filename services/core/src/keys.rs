@@ -4,8 +4,6 @@
 //! installations (or parallel tests) can share one Redis.
 
 /// Builds every Redis key a service uses.
-use crate::name::join;
-
 #[derive(Debug, Clone)]
 pub struct Keys {
     prefix: String,
@@ -18,25 +16,24 @@ impl Keys {
         }
     }
 
+    /// `{prefix}{kind}:{number}:…`, built without `format!` (keys are built on every request).
+    fn key(&self, kind: &str, numbers: &[u64]) -> String {
+        crate::name::join(&self.prefix, kind, ':', numbers, "")
+    }
+
     /// The sequence that numbers an application's chats.
     pub fn chat_sequence(&self, application_id: u64) -> String {
-        join(&self.prefix, "seq:chats", ':', &[application_id], "")
+        self.key("seq:chats", &[application_id])
     }
 
     /// The sequence that numbers one chat's messages.
     pub fn message_sequence(&self, application_id: u64, chat_number: u64) -> String {
-        join(
-            &self.prefix,
-            "seq:messages",
-            ':',
-            &[application_id, chat_number],
-            "",
-        )
+        self.key("seq:messages", &[application_id, chat_number])
     }
 
     /// The message-rate limiter's state of an application (a GCRA "theoretical arrival time").
     pub fn message_rate(&self, application_id: u64) -> String {
-        join(&self.prefix, "rate:messages", ':', &[application_id], "")
+        self.key("rate:messages", &[application_id])
     }
 
     /// The application-creation limiter's state of one client (its address).
@@ -47,13 +44,7 @@ impl Keys {
     /// Marks a chat whose creation event is acknowledged by JetStream but maybe not persisted yet,
     /// so messages can be posted to it immediately.
     pub fn chat_in_flight(&self, application_id: u64, chat_number: u64) -> String {
-        join(
-            &self.prefix,
-            "chat",
-            ':',
-            &[application_id, chat_number],
-            "",
-        )
+        self.key("chat", &[application_id, chat_number])
     }
 
     /// Marks a deleted chat, without expiry: the message numbering script refuses a number in a
@@ -61,20 +52,14 @@ impl Keys {
     /// message of the chat re-seeds its sequence, and re-seeding finds the deletion in MySQL or
     /// the stream and sets the mark again.)
     pub fn chat_deleted(&self, application_id: u64, chat_number: u64) -> String {
-        join(
-            &self.prefix,
-            "deleted:chat",
-            ':',
-            &[application_id, chat_number],
-            "",
-        )
+        self.key("deleted:chat", &[application_id, chat_number])
     }
 
     /// The live subscriptions open on an application, across replicas: a sorted set of
     /// subscription ids scored by when their lease ends (a replica that died leaves entries that
     /// simply expire).
     pub fn subscriptions(&self, application_id: u64) -> String {
-        join(&self.prefix, "live", ':', &[application_id], "")
+        self.key("live", &[application_id])
     }
 }
 

@@ -96,22 +96,14 @@ pub fn inject(trace: &TraceContext, carrier: &mut dyn Injector) {
     }
     let mut parent = String::with_capacity(55);
     parent.push_str("00-");
-    push_hex(&mut parent, &trace.trace_id().to_bytes());
+    parent.push_str(&hex::encode(trace.trace_id().to_bytes()));
     parent.push('-');
-    push_hex(&mut parent, &trace.span_id().to_bytes());
+    parent.push_str(&hex::encode(trace.span_id().to_bytes()));
     parent.push_str(if trace.is_sampled() { "-01" } else { "-00" });
     carrier.set(confab_core::event::headers::TRACEPARENT, parent);
     let state = trace.trace_state().header();
     if !state.is_empty() {
         carrier.set(confab_core::event::headers::TRACESTATE, state);
-    }
-}
-
-fn push_hex(out: &mut String, bytes: &[u8]) {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    for byte in bytes {
-        out.push(char::from(DIGITS[usize::from(byte >> 4)]));
-        out.push(char::from(DIGITS[usize::from(byte & 0xf)]));
     }
 }
 

@@ -198,7 +198,7 @@ async fn the_cap_is_exact_under_concurrency_on_both_paths() {
     let no_seed = || async { unreachable!("the key exists") };
     let seq = f.sequence("seq", 0).await;
     let answers = futures::future::join_all(
-        (0..40).map(|_| numbering.next(&seq, "chat", &capped, false, no_seed())),
+        (0..40).map(|_| numbering.next(&seq, "chat", &capped, false, no_seed)),
     )
     .await;
     let mut taken: Vec<u64> = answers
@@ -217,7 +217,7 @@ async fn the_cap_is_exact_under_concurrency_on_both_paths() {
     // The seeding path: a missing key seeded at 3 leaves exactly two numbers under the cap.
     let missing = f.key("missing");
     let answers = futures::future::join_all(
-        (0..10).map(|_| numbering.next(&missing, "chat", &capped, false, async { Ok(3) })),
+        (0..10).map(|_| numbering.next(&missing, "chat", &capped, false, || async { Ok(3) })),
     )
     .await;
     let mut taken: Vec<u64> = answers
@@ -304,7 +304,7 @@ async fn no_number_is_taken_in_a_parent_marked_deleted_on_either_path() {
     let seq = f.sequence("seq", 7).await;
     let no_seed = || async { unreachable!("the key exists") };
     let first = numbering
-        .next(&seq, "message", &admission, false, no_seed())
+        .next(&seq, "message", &admission, false, no_seed)
         .await;
     assert_eq!(
         first.map(|n| n.number).ok(),
@@ -314,7 +314,7 @@ async fn no_number_is_taken_in_a_parent_marked_deleted_on_either_path() {
     let mut conn = f.conn.clone();
     let () = conn.set(&mark, 1u8).await.unwrap();
     let refused = numbering
-        .next(&seq, "message", &admission, false, no_seed())
+        .next(&seq, "message", &admission, false, no_seed)
         .await;
     assert!(
         matches!(refused, Err(ApiError::NotFound("chat"))),
@@ -322,7 +322,7 @@ async fn no_number_is_taken_in_a_parent_marked_deleted_on_either_path() {
     );
     // The seeding path refuses too, and a refusal leaves the sequence where it was.
     let raised = numbering
-        .next(&seq, "message", &admission, true, async { Ok(20) })
+        .next(&seq, "message", &admission, true, || async { Ok(20) })
         .await;
     assert!(
         matches!(raised, Err(ApiError::NotFound("chat"))),
