@@ -1,5 +1,5 @@
 //! The durable consumers' operational claims: several persister replicas share one consumer and
-//! persist every event exactly once; an event that keeps failing is dead-lettered as `exhausted`
+//! persist every event exactly once; a stopped one leaves nothing for the ack wait; an event that keeps failing is dead-lettered as `exhausted`
 //! after `CONFAB_MAX_DELIVER` deliveries; consumer settings change with a restart.
 
 use std::collections::BTreeMap;
@@ -33,14 +33,11 @@ async fn two_persisters_on_one_consumer_persist_every_message_exactly_once() {
     let api = env.spawn_api().await;
     let c = Client::new(&api.base);
     let token = c.create_app("replicas").await;
-    // Both replicas are running before the writes, with small batches, so both get work.
+    // Both replicas are running (ready: pulling) before the writes, with small batches, so both
+    // get work.
     let small_batches = [("CONFAB_BATCH_SIZE", "10")];
     let a = env.spawn_persister_with(&small_batches).await;
     let b = env.spawn_persister_with(&small_batches).await;
-    eventually(Duration::from_secs(10), "both replicas pulling", || async {
-        persister_consumer(&env).await.num_waiting >= 2
-    })
-    .await;
     for _ in 0..4 {
         c.create_chat(&token).await;
     }
@@ -94,6 +91,54 @@ async fn two_persisters_on_one_consumer_persist_every_message_exactly_once() {
     assert_eq!(by_a + by_b, events, "a {by_a}, b {by_b}");
     a.stop().await.unwrap();
     b.stop().await.unwrap();
+    api.stop().await.unwrap();
+    env.cleanup().await;
+}
+
+/// A persister stopped in the middle of a backlog (a rolling restart) leaves no event it was
+/// sent unacknowledged: it pulls one batch at a time and finishes it, so the next replica gets
+/// the rest at once, not after the ack wait (30 s). A prefetching subscription held up to a
+/// batch of events the stopped process never processed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_persister_leaves_no_event_waiting_for_the_ack_wait() {
+    let env = TestEnv::new().await;
+    let api = env.spawn_api().await;
+    let c = Client::new(&api.base);
+    let token = c.create_app("restart").await;
+    let chat = c.create_chat(&token).await;
+    let total = 2000u64;
+    futures::stream::iter(0..total)
+        .map(|i| {
+            let (c, token) = (c.clone(), token.clone());
+            async move { c.create_message(&token, chat, &format!("m{i}")).await }
+        })
+        .buffer_unordered(50)
+        .collect::<Vec<_>>()
+        .await;
+    let small_batches = [("CONFAB_BATCH_SIZE", "20")];
+    let first = env.spawn_persister_with(&small_batches).await;
+    eventually(
+        Duration::from_secs(30),
+        "the backlog being persisted",
+        || async { env.count("SELECT COUNT(*) FROM messages").await > 0 },
+    )
+    .await;
+    first.stop().await.unwrap();
+    let info = persister_consumer(&env).await;
+    assert!(info.num_pending > 0, "stopped with work left: {info:?}");
+    assert_eq!(
+        info.num_ack_pending, 0,
+        "events sent to the stopped persister wait for the ack wait"
+    );
+
+    let second = env.spawn_persister_with(&small_batches).await;
+    eventually(
+        Duration::from_secs(15),
+        "the rest persisted well within the ack wait",
+        || async { env.count("SELECT COUNT(*) FROM messages").await == total as i64 },
+    )
+    .await;
+    second.stop().await.unwrap();
     api.stop().await.unwrap();
     env.cleanup().await;
 }

@@ -263,7 +263,6 @@ impl TestEnv {
         out
     }
 
-    /// Whether a durable consumer of this test's events stream has nothing left to deliver or ack.
     /// The durable consumer `name`'s backlog: events not yet delivered plus delivered but not
     /// acknowledged. Fails the test when the consumer cannot be read.
     pub async fn consumer_backlog(&self, name: &str) -> u64 {
@@ -277,6 +276,7 @@ impl TestEnv {
         info.num_pending + info.num_ack_pending as u64
     }
 
+    /// Whether a durable consumer of this test's events stream has nothing left to deliver or ack.
     pub async fn consumer_drained(&self, name: &str) -> bool {
         let js = async_nats::jetstream::new(async_nats::connect(nats_url()).await.unwrap());
         let Ok(stream) = js.get_stream(format!("T_{}", self.id)).await else {

@@ -15,7 +15,8 @@ pub struct IndexerConfig {
     pub consumer: String,
     /// `CONFAB_INDEX_BATCH_SIZE`, default 1000 (1 to 10000): most documents per bulk/commit.
     pub batch_size: usize,
-    /// `CONFAB_INDEX_BATCH_WAIT_MS`, default 50 (1 to 60000): longest wait for a batch to fill.
+    /// `CONFAB_INDEX_BATCH_WAIT_MS`, default 50 (1 to 60000): pause before the next pull after
+    /// one that did not fill a batch.
     pub batch_wait: Duration,
     /// `CONFAB_MAX_ACK_PENDING`, default 20000 (1 to 1000000).
     pub max_ack_pending: i64,

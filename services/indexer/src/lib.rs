@@ -37,8 +37,6 @@ pub enum Error {
     JetStream(#[from] jetstream::Error),
     #[error("search backend: {0}")]
     Search(#[from] confab_search::Error),
-    #[error("cannot consume: {0}")]
-    Consume(String),
     #[error("reindex: {0}")]
     Reindex(String),
     #[error("server: {0}")]
@@ -145,19 +143,18 @@ pub async fn run(
     };
     tracing::info!(consumer = %config.consumer, backend = label, "indexer consuming");
     // Boxed: the consumer loop's future is large and lives for the whole run.
-    let outcome = Box::pin(context.run(
+    Box::pin(context.run(
         &consumer,
         &worker,
         config.batch_size,
         config.batch_wait,
         shutdown.wait(),
     ))
-    .await
-    .map_err(Error::Consume);
+    .await;
     shutdown::drain(&shutdown, Some(&js.client), vec![admin, search]).await?;
     if let Err(error) = purge.await {
         tracing::warn!(%error, "search purge task failed");
     }
     tracing::info!("indexer stopped");
-    outcome
+    Ok(())
 }

@@ -13,7 +13,8 @@ pub struct PersisterConfig {
     pub consumer: String,
     /// `CONFAB_BATCH_SIZE`, default 500 (1 to 10000): most events written in one transaction.
     pub batch_size: usize,
-    /// `CONFAB_BATCH_WAIT_MS`, default 20 (1 to 60000): longest wait for a batch to fill.
+    /// `CONFAB_BATCH_WAIT_MS`, default 20 (1 to 60000): pause before the next pull after one
+    /// that did not fill a batch.
     pub batch_wait: Duration,
     /// `CONFAB_MAX_ACK_PENDING`, default 20000 (1 to 1000000): events in flight per consumer.
     pub max_ack_pending: i64,

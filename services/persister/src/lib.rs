@@ -35,8 +35,6 @@ pub enum Error {
     JetStream(#[from] jetstream::Error),
     #[error("redis: {0}")]
     Redis(#[from] redis::RedisError),
-    #[error("cannot consume: {0}")]
-    Consume(String),
     #[error("admin server: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -85,16 +83,15 @@ pub async fn run(
 
     tracing::info!(consumer = %config.consumer, "persister consuming");
     // Boxed: the consumer loop's future is large and lives for the whole run.
-    let outcome = Box::pin(context.run(
+    Box::pin(context.run(
         &consumer,
         &worker,
         config.batch_size,
         config.batch_wait,
         shutdown.wait(),
     ))
-    .await
-    .map_err(Error::Consume);
+    .await;
     shutdown::drain(&shutdown, Some(&js.client), vec![admin]).await?;
     tracing::info!("persister stopped");
-    outcome
+    Ok(())
 }

@@ -240,10 +240,22 @@ impl Context {
         }
     }
 
-    /// Pulls messages in batches of up to `batch_size`, waiting at most `batch_wait` for a batch
-    /// to fill, and [`process`](Self::process)es each — one at a time, so a batch is finished
-    /// before shutdown is honoured — while exporting the consumer's backlog. Returns when
-    /// `shutdown` resolves, or with an error if the subscription ends by itself.
+    /// Pulls batches of up to `batch_size` events and [`process`](Self::process)es each — one
+    /// at a time — while exporting the consumer's backlog; returns when `shutdown` resolves.
+    /// After a pull that did not fill a batch, the next one waits `batch_wait`, so events
+    /// gather into batches (one transaction each) under a steady load and an idle consumer asks
+    /// the server only every `batch_wait`. A failed pull (NATS away, the consumer being
+    /// recreated) is retried after a backoff for as long as it takes: the work waits in the
+    /// stream.
+    ///
+    /// Each pull is one request the server answers at once with what it has (`no_wait`), and
+    /// every event it sends is processed before the next pull or before shutdown is honoured.
+    /// Not a prefetching subscription: one holds events the process never sees on its way out,
+    /// which the server redelivers to another replica only after the ack wait (30 s by
+    /// default), a stall in persistence on every restart. Not a request that waits on the
+    /// server either: nats-server 2.9 sometimes drops a waiting request of a filtered
+    /// consumer without answering it (measured here: a pull then stalls until the client's own
+    /// backstop, 5 s later).
     pub async fn run<H: Handler>(
         &self,
         consumer: &PullConsumer,
@@ -251,42 +263,96 @@ impl Context {
         batch_size: usize,
         batch_wait: Duration,
         shutdown: impl Future<Output = ()>,
-    ) -> Result<(), String> {
-        let messages = consumer
-            .stream()
-            .max_messages_per_batch(batch_size)
-            .messages()
-            .await
-            .map_err(|e| e.to_string())?;
-        let batches = messages.chunks_timeout(batch_size, batch_wait);
-        tokio::pin!(batches);
+    ) {
         tokio::pin!(shutdown);
         let pending = self.export_pending(consumer.clone(), PENDING_INTERVAL);
         tokio::pin!(pending);
+        let mut failures = 0u32;
         loop {
-            tokio::select! {
+            // Not while a pull is in flight: what the server sends is processed first.
+            if futures::FutureExt::now_or_never(&mut shutdown).is_some() {
+                return;
+            }
+            let pulled = tokio::select! {
                 biased;
-                () = &mut shutdown => return Ok(()),
-                () = &mut pending => {}
-                next = batches.next() => {
-                    let Some(items) = next else {
-                        return Err("message stream ended".into());
-                    };
-                    let mut ok = Vec::with_capacity(items.len());
-                    for item in items {
-                        match item {
-                            Ok(message) => ok.push(message),
-                            Err(error) => tracing::warn!(%error, "pull consumer error"),
-                        }
-                    }
-                    if !ok.is_empty() {
-                        let span = crate::trace::batch_span(self.metrics.service, &ok);
+                pulled = pull(consumer, batch_size) => pulled,
+                () = &mut pending => continue,
+            };
+            let pause = match pulled {
+                Ok(messages) => {
+                    failures = 0;
+                    let full = messages.len() >= batch_size;
+                    if !messages.is_empty() {
+                        let span = crate::trace::batch_span(self.metrics.service, &messages);
                         // Boxed: the batch's future (decode, apply, settle) is large, and the
                         // loop around it lives for the whole run.
-                        Box::pin(self.process(handler, ok)).instrument(span).await;
+                        Box::pin(self.process(handler, messages))
+                            .instrument(span)
+                            .await;
                     }
+                    if full {
+                        continue;
+                    }
+                    batch_wait
+                }
+                Err(error) => {
+                    failures = failures.saturating_add(1);
+                    tracing::warn!(%error, failures, "pull request failed, retrying");
+                    PULL_RETRY.delay(failures)
+                }
+            };
+            tokio::select! {
+                biased;
+                () = &mut shutdown => return,
+                () = tokio::time::sleep(pause) => {}
+            }
+        }
+    }
+}
+
+/// The pause after a failed pull request, growing with consecutive failures.
+const PULL_RETRY: Backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+
+/// How long a pull may take before it is abandoned. The server answers a `no_wait` request at
+/// once; this only bounds an answer that never comes (events it may still send then wait for
+/// the ack wait). The request itself carries no expiry: with one, nats-server 2.9 holds a
+/// `no_wait` request until it expires whenever it has nothing to send.
+const PULL_DEADLINE: Duration = Duration::from_secs(5);
+
+/// One pull request: the events the server has for this consumer now, up to `batch_size`. Every
+/// event the server sent is in the answer (an error item ends it early, after what came before).
+async fn pull(
+    consumer: &PullConsumer,
+    batch_size: usize,
+) -> Result<Vec<jetstream::Message>, String> {
+    let mut messages = Vec::new();
+    let answer = tokio::time::timeout(PULL_DEADLINE, async {
+        let mut batch = consumer
+            .fetch()
+            .max_messages(batch_size)
+            .messages()
+            .await
+            .map_err(|e| e.to_string())?;
+        while let Some(item) = batch.next().await {
+            match item {
+                Ok(message) => messages.push(message),
+                Err(error) if messages.is_empty() => return Err(error.to_string()),
+                Err(error) => {
+                    tracing::warn!(%error, "pull request ended early");
+                    break;
                 }
             }
+        }
+        Ok(())
+    })
+    .await;
+    match answer {
+        Ok(Ok(())) => Ok(messages),
+        Ok(Err(error)) => Err(error),
+        Err(_) if messages.is_empty() => Err("no answer to a pull request".into()),
+        Err(_) => {
+            tracing::warn!("pull request unanswered after its events");
+            Ok(messages)
         }
     }
 }
