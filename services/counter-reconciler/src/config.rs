@@ -9,7 +9,7 @@ use confab_runtime::{CommonConfig, ConfigError, Env};
 pub struct ReconcilerConfig {
     pub common: CommonConfig,
     /// `CONFAB_RECONCILE_INTERVAL_MS`, default 500 (10 to 3600000): pause between runs when
-    /// nothing is dirty.
+    /// nothing is dirty (at least: four times a run's duration after a long run).
     pub interval: Duration,
     /// `CONFAB_RECONCILE_BATCH`, default 500 (1 to 10000): parents recounted per transaction.
     pub batch: u32,

@@ -72,6 +72,7 @@ pub async fn run(
     tokio::pin!(stop);
     let mut failures = 0u32;
     loop {
+        let started = std::time::Instant::now();
         let pause = match reconcile::run_once(&pool, &metrics, config.batch).await {
             Ok(stats) => {
                 failures = 0;
@@ -82,10 +83,11 @@ pub async fn run(
                         "counts reconciled"
                     );
                 }
+                let took = started.elapsed();
                 if let Err(error) = reconcile::observe_lag(&pool, &metrics).await {
                     tracing::warn!(%error, "cannot read counter lag");
                 }
-                config.interval
+                pause_after(config.interval, took)
             }
             // A deadlock or lock wait timeout is InnoDB resolving contention with the persister:
             // the transaction was rolled back whole, so retry at once.
@@ -110,4 +112,37 @@ pub async fn run(
     shutdown::drain(&shutdown, None, vec![admin]).await?;
     tracing::info!("counter reconciler stopped");
     Ok(())
+}
+
+/// How many times a run's own duration the reconciler pauses after it (at least the interval).
+/// A recount reads every row of each changed parent, so under a steady write load its cost
+/// grows with the parents' sizes: measured over 1.16 million messages in 100 chats, recounting
+/// every 500 ms doubled MariaDB's CPU per message and the persister fell 25–77 s behind. Pausing
+/// in proportion keeps recounts to at most a fifth of the reconciler's time, so the counts lag
+/// more (in proportion to what a recount costs) instead of the writes.
+const PAUSE_PER_RUN_TIME: u32 = 4;
+
+/// The pause after a run that took `took`: the interval, or longer after a long run.
+fn pause_after(interval: Duration, took: Duration) -> Duration {
+    interval.max(took.saturating_mul(PAUSE_PER_RUN_TIME))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_long_run_is_followed_by_a_proportionally_longer_pause() {
+        let interval = Duration::from_millis(500);
+        assert_eq!(pause_after(interval, Duration::ZERO), interval);
+        assert_eq!(pause_after(interval, Duration::from_millis(100)), interval);
+        assert_eq!(
+            pause_after(interval, Duration::from_millis(300)),
+            Duration::from_millis(1200)
+        );
+        assert_eq!(
+            pause_after(interval, Duration::from_secs(2)),
+            Duration::from_secs(8)
+        );
+    }
 }
