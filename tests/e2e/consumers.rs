@@ -1,6 +1,7 @@
 //! The durable consumers' operational claims: several persister replicas share one consumer and
-//! persist every event exactly once; a stopped one leaves nothing for the ack wait; an event that keeps failing is dead-lettered as `exhausted`
-//! after `CONFAB_MAX_DELIVER` deliveries; consumer settings change with a restart.
+//! persist every event exactly once; a stopped one leaves nothing for the ack wait; an event that
+//! keeps failing is dead-lettered as `exhausted` after `CONFAB_MAX_DELIVER` deliveries; consumer
+//! settings change with a restart.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -33,8 +34,8 @@ async fn two_persisters_on_one_consumer_persist_every_message_exactly_once() {
     let api = env.spawn_api().await;
     let c = Client::new(&api.base);
     let token = c.create_app("replicas").await;
-    // Both replicas are running (ready: pulling) before the writes, with small batches, so both
-    // get work.
+    // Both replicas are running (ready: their consumer is set up) before the writes, with small
+    // batches, so both get work.
     let small_batches = [("CONFAB_BATCH_SIZE", "10")];
     let a = env.spawn_persister_with(&small_batches).await;
     let b = env.spawn_persister_with(&small_batches).await;

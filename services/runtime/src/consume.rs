@@ -315,8 +315,8 @@ const PULL_RETRY: Backoff = Backoff::new(Duration::from_millis(100), Duration::f
 
 /// How long a pull may take before it is abandoned. The server answers a `no_wait` request at
 /// once; this only bounds an answer that never comes (events it may still send then wait for
-/// the ack wait). The request itself carries no expiry: with one, nats-server 2.9 holds a
-/// `no_wait` request until it expires whenever it has nothing to send.
+/// the ack wait). The request itself carries no expiry: with one (2 s), a persister's stop once
+/// waited those 2 s, nats-server 2.9 holding the `no_wait` request until it expired.
 const PULL_DEADLINE: Duration = Duration::from_secs(5);
 
 /// One pull request: the events the server has for this consumer now, up to `batch_size`. Every
