@@ -147,10 +147,13 @@ def cpu_ticks(pid):
 
 
 def rss_mb(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except FileNotFoundError:  # the process has exited
+        pass
     return 0.0
 
 
@@ -212,7 +215,8 @@ def caught_up(pipeline, created, deadline):
         if pipeline and "indexer" not in done:
             text = get(f"http://127.0.0.1:{INDEXER}/metrics")
             indexed = sum(float(x) for x in re.findall(
-                r'^confab_index_lag_seconds_count(?:{[^}]*})? (\S+)$', text, re.M))
+                r'^confab_index_lag_seconds_count{[^}]*type="message.created"[^}]*} (\S+)$',
+                text, re.M))
             if indexed >= created:
                 done["indexer"] = now
         if pipeline and "persister" in done and "counter-reconciler" not in done:
@@ -244,6 +248,7 @@ def one_run(mode, connections, duration, sample_every=1.0):
             Proc("counter-reconciler", [os.path.join(BIN, "confab-counter-reconciler")],
                  {"CONFAB_ADMIN_ADDR": f"127.0.0.1:{RECONCILER}"}),
         ]
+    stop, sampler = threading.Event(), None
     ports = {"api": API_ADMIN, "persister": PERSISTER, "indexer": INDEXER,
              "counter-reconciler": RECONCILER}
     try:
@@ -261,7 +266,6 @@ def one_run(mode, connections, duration, sample_every=1.0):
         before = {name: cpu_ticks(pid) for name, pid in pids.items()}
         peak = {p.name: 0.0 for p in procs}
         samples = []
-        stop = threading.Event()
 
         def sample():
             t0 = time.monotonic()
@@ -303,6 +307,9 @@ def one_run(mode, connections, duration, sample_every=1.0):
             "rss_samples": samples,
         }
     finally:
+        stop.set()
+        if sampler:
+            sampler.join()
         for p in procs:
             p.stop()
 
