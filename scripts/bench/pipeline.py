@@ -31,10 +31,10 @@ PIPE_EVENTS/PIPE_DLQ, Redis prefix pipe:, ports 18680-18685; deletes them before
 """
 
 import argparse
+import asyncio
 import json
 import os
 import re
-import socket
 import statistics
 import subprocess
 import sys
@@ -43,6 +43,8 @@ import time
 import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.join(ROOT, "tests", "chaos"))
+from confab_chaos.clients import MySQL, nats_request  # noqa: E402  (the chaos suite's clients)
 BIN = os.path.join(os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target")), "release")
 RUN = os.path.join(ROOT, ".dev", "pipeline-bench")
 DB = "confab_pipeline"
@@ -66,33 +68,15 @@ ENV = {
 }
 
 
-def log(*args):
-    print("==>", *args, file=sys.stderr, flush=True)
-
-
 def mysql(sql):
-    out = subprocess.run(["mysql", "-h127.0.0.1", "-uroot", "-N", "-B", "-e", sql],
-                         check=True, capture_output=True, text=True).stdout
-    return out.strip()
+    """The first column of the first row of `sql` (the chaos suite's `mysql` CLI client)."""
+    rows = asyncio.run(MySQL(3306).query(sql))
+    return rows[0][0] if rows and rows[0] else ""
 
 
 def nats_delete_stream(name):
-    """Deletes a JetStream stream over the NATS protocol (a missing stream is fine)."""
-    with socket.create_connection(("127.0.0.1", 4222), timeout=5) as s:
-        f = s.makefile("rb")
-        f.readline()  # INFO
-        inbox = "_INBOX.pipeline_bench"
-        s.sendall(b'CONNECT {"verbose":false,"headers":true}\r\n'
-                  + f"SUB {inbox} 1\r\nPUB $JS.API.STREAM.DELETE.{name} {inbox} 0\r\n\r\n".encode())
-        while True:
-            line = f.readline()
-            if line.startswith(b"PING"):
-                s.sendall(b"PONG\r\n")
-            elif line.startswith(b"MSG"):
-                f.read(int(line.split()[-1]) + 2)
-                return
-            elif line.startswith(b"-ERR"):
-                raise RuntimeError(line.decode())
+    """Deletes a JetStream stream (a missing one is fine: the reply says so)."""
+    asyncio.run(nats_request(4222, f"$JS.API.STREAM.DELETE.{name}"))
 
 
 def reset():

@@ -94,12 +94,15 @@ pub fn inject(trace: &TraceContext, carrier: &mut dyn Injector) {
     if !trace.is_valid() {
         return;
     }
-    let mut parent = String::with_capacity(55);
-    parent.push_str("00-");
-    parent.push_str(&hex::encode(trace.trace_id().to_bytes()));
-    parent.push('-');
-    parent.push_str(&hex::encode(trace.span_id().to_bytes()));
-    parent.push_str(if trace.is_sampled() { "-01" } else { "-00" });
+    // `00-{trace id}-{span id}-{flags}`, the ids written in place: one allocation, the value.
+    let mut parent = *b"00-00000000000000000000000000000000-0000000000000000-00";
+    let written = hex::encode_to_slice(trace.trace_id().to_bytes(), &mut parent[3..35])
+        .and_then(|()| hex::encode_to_slice(trace.span_id().to_bytes(), &mut parent[36..52]));
+    debug_assert!(written.is_ok(), "the ids fit their fixed places");
+    if trace.is_sampled() {
+        parent[54] = b'1';
+    }
+    let parent = String::from_utf8_lossy(&parent).into_owned();
     carrier.set(confab_core::event::headers::TRACEPARENT, parent);
     let state = trace.trace_state().header();
     if !state.is_empty() {
