@@ -14,7 +14,7 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, consumer::PullConsumer, AckKind};
-use tokio_stream::StreamExt;
+use futures::StreamExt;
 use tracing::Instrument;
 
 use crate::backoff::Backoff;
