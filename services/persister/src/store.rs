@@ -2,7 +2,7 @@
 //! leaves the same rows.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use confab_runtime::{db, deletion};
 use sqlx::{MySql, MySqlPool, QueryBuilder, Transaction};
@@ -130,14 +130,22 @@ pub async fn apply(db: &MySqlPool, plan: &Plan) -> Result<(), StoreError> {
             "dropping message writes to deleted chats"
         );
     }
+    // Rows that existed before this batch: only their claims can have been lost.
+    let mut existing = HashSet::new();
     for chunk in batch::chunks(
         &plan.messages,
         MAX_ROWS_PER_STATEMENT,
         MAX_BYTES_PER_STATEMENT,
     ) {
-        upsert_messages(&mut tx, chunk, &ids).await?;
+        if !write_messages(&mut tx, chunk, &ids).await? {
+            existing.extend(
+                chunk
+                    .iter()
+                    .filter_map(|m| Some((*ids.get(&m.chat)?, m.number))),
+            );
+        }
     }
-    let conflicts = claim_conflicts(&mut tx, &plan, &ids).await?;
+    let conflicts = claim_conflicts(&mut tx, &plan, &ids, &existing).await?;
     if !conflicts.is_empty() {
         // Dropping the transaction rolls it back.
         return Err(StoreError::Conflicts(conflicts));
@@ -147,11 +155,14 @@ pub async fn apply(db: &MySqlPool, plan: &Plan) -> Result<(), StoreError> {
 }
 
 /// Claims the created rows for their creation events (a row nobody claimed yet is claimed now)
-/// and returns the stream sequences of the claims that lost to another creation event.
+/// and returns the stream sequences of the claims that lost to another creation event. Of the
+/// messages, only the rows in `existing` are read back: a row this batch inserted carries its own
+/// creation event.
 async fn claim_conflicts(
     tx: &mut Transaction<'_, MySql>,
     plan: &Plan,
     ids: &HashMap<ChatKey, u64>,
+    existing: &HashSet<(u64, u64)>,
 ) -> Result<Vec<u64>, StoreError> {
     let mut conflicts = Vec::new();
     // Chats: claim (messages claim theirs in the upsert), then compare.
@@ -199,6 +210,7 @@ async fn claim_conflicts(
         .claims
         .iter()
         .filter_map(|((chat, message), claim)| Some(((*ids.get(chat)?, (*message)?), claim)))
+        .filter(|(row, _)| existing.contains(row))
         .collect();
     for chunk in messages.chunks(MAX_ROWS_PER_STATEMENT) {
         let mut q = QueryBuilder::<MySql>::new(
@@ -308,26 +320,26 @@ async fn insert_chats(
     Ok(())
 }
 
-async fn upsert_messages(
+/// Writes message rows: first as an `INSERT IGNORE`, which in the usual batch (new messages
+/// only) inserts every row and is all there is to do (`true`). When some row already exists (a
+/// replay, an update, a number written twice) or cannot be inserted, fewer rows are inserted and
+/// the same rows are then upserted (`false`), which applies the versions and raises any error the
+/// `IGNORE` turned into a warning. For a row that does not exist yet, both statements write the
+/// same values, so the rows the first one inserted are unchanged by the second.
+async fn write_messages(
     tx: &mut Transaction<'_, MySql>,
     rows: &[batch::MessageUpsert],
     ids: &HashMap<ChatKey, u64>,
-) -> Result<(), StoreError> {
-    let mut q = QueryBuilder::<MySql>::new(
-        "INSERT INTO messages (chat_id, number, body, version, created_at, updated_at, \
-         creation_event_id, deleted_at) ",
-    );
-    q.push_values(rows, |mut row, m| {
-        // Every chat of the plan was resolved above (or the transaction failed).
-        row.push_bind(ids.get(&m.chat).copied().unwrap_or_default())
-            .push_bind(m.number)
-            .push_bind(&m.body)
-            .push_bind(m.version)
-            .push_bind(m.at)
-            .push_bind(m.at)
-            .push_bind(m.creation.map(|id| id.as_bytes().to_vec()))
-            .push_bind(m.deleted.then_some(m.at));
-    });
+) -> Result<bool, StoreError> {
+    let inserted = message_rows("INSERT IGNORE INTO", rows, ids)
+        .build()
+        .execute(&mut **tx)
+        .await?
+        .rows_affected();
+    if inserted == rows.len() as u64 {
+        return Ok(true);
+    }
+    let mut q = message_rows("INSERT INTO", rows, ids);
     // Last writer (highest stream sequence) wins. MySQL applies assignments left to right with
     // the updated values visible, so `version` must be assigned after the columns it guards. A
     // row keeps the creation event that made it; a different one is found by
@@ -343,5 +355,29 @@ async fn upsert_messages(
          creation_event_id = IFNULL(creation_event_id, VALUES(creation_event_id))",
     );
     q.build().execute(&mut **tx).await?;
-    Ok(())
+    Ok(false)
+}
+
+/// `<insert> messages (…) VALUES …` for `rows`.
+fn message_rows<'a>(
+    insert: &str,
+    rows: &'a [batch::MessageUpsert],
+    ids: &HashMap<ChatKey, u64>,
+) -> QueryBuilder<'a, MySql> {
+    let mut q = QueryBuilder::<MySql>::new(format!(
+        "{insert} messages (chat_id, number, body, version, created_at, updated_at, \
+         creation_event_id, deleted_at) "
+    ));
+    q.push_values(rows, |mut row, m| {
+        // Every chat of the plan was resolved above (or the transaction failed).
+        row.push_bind(ids.get(&m.chat).copied().unwrap_or_default())
+            .push_bind(m.number)
+            .push_bind(&m.body)
+            .push_bind(m.version)
+            .push_bind(m.at)
+            .push_bind(m.at)
+            .push_bind(m.creation.map(|id| id.as_bytes().to_vec()))
+            .push_bind(m.deleted.then_some(m.at));
+    });
+    q
 }

@@ -2,11 +2,12 @@
 -- next number: {4, number, ahead} when this call moved the key, {0, number, ahead} when it was
 -- already that high, or a rejection from check() (the raise stays: it is a `max` any writer may make).
 local seeded = 0
-local current = tonumber(redis.call('GET', KEYS[1]) or '-1')
+local current = tonumber(sequence or '-1')
 if current < tonumber(ARGV[4]) then
   redis.call('SET', KEYS[1], ARGV[4])
+  current = tonumber(ARGV[4])
   seeded = 4
 end
-local rejected = check()
+local rejected = check(current)
 if rejected then return rejected end
 return {seeded, redis.call('INCR', KEYS[1]), ahead}
