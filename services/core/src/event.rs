@@ -55,15 +55,16 @@ pub mod headers {
     pub const DLQ_STREAM_SEQUENCE: &str = "Confab-Dead-Letter-Stream-Sequence";
 }
 
-/// One event as stored in the stream.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// One event as stored in the stream: `{"version", "id", "occurred_at", "type", "data"}`, the
+/// last two being [`Event`]'s adjacent tagging. Its serde is written out ([`wire`]) rather than
+/// derived with `#[serde(flatten)]`, which buffers every field of every event into an
+/// intermediate tree on the way in and goes through a map serializer on the way out.
+#[derive(Debug, Clone, PartialEq)]
 pub struct Envelope {
     pub version: u32,
     /// Unique per publish attempt sequence (a retried publish keeps its id).
     pub id: Uuid,
-    #[serde(serialize_with = "crate::time::rfc3339")]
     pub occurred_at: DateTime<Utc>,
-    #[serde(flatten)]
     pub event: Event,
 }
 
@@ -225,16 +226,25 @@ impl Envelope {
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
-        // Peek at the version first so a future shape fails as "unsupported", not "malformed".
+        // A future shape fails as "unsupported", not "malformed": the version is looked at when
+        // the envelope does not parse.
         #[derive(Deserialize)]
         struct Version {
             version: u32,
         }
-        let v: Version = serde_json::from_slice(bytes)?;
-        if v.version != EVENT_VERSION {
-            return Err(DecodeError::UnsupportedVersion(v.version));
+        let envelope =
+            serde_json::from_slice::<Self>(bytes).map_err(
+                |error| match serde_json::from_slice::<Version>(bytes) {
+                    Ok(v) if v.version != EVENT_VERSION => {
+                        DecodeError::UnsupportedVersion(v.version)
+                    }
+                    _ => DecodeError::Malformed(error),
+                },
+            )?;
+        if envelope.version != EVENT_VERSION {
+            return Err(DecodeError::UnsupportedVersion(envelope.version));
         }
-        Ok(serde_json::from_slice(bytes)?)
+        Ok(envelope)
     }
 }
 
@@ -378,6 +388,140 @@ impl Subjects {
     }
 }
 
+/// [`Envelope`]'s serde, field by field.
+mod wire {
+    use std::fmt;
+
+    use chrono::{DateTime, Utc};
+    use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, Visitor};
+    use serde::ser::SerializeStruct;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    use super::{ChatCreated, ChatDeleted, Envelope, Event, MessageDeleted, MessageWritten};
+
+    struct Rfc3339<'a>(&'a DateTime<Utc>);
+
+    impl Serialize for Rfc3339<'_> {
+        fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+            crate::time::rfc3339(self.0, serializer)
+        }
+    }
+
+    impl Serialize for Envelope {
+        fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+            let mut s = serializer.serialize_struct("Envelope", 5)?;
+            s.serialize_field("version", &self.version)?;
+            s.serialize_field("id", &self.id)?;
+            s.serialize_field("occurred_at", &Rfc3339(&self.occurred_at))?;
+            s.serialize_field("type", self.event.kind().as_str())?;
+            match &self.event {
+                Event::ChatCreated(data) => s.serialize_field("data", data)?,
+                Event::MessageCreated(data) | Event::MessageUpdated(data) => {
+                    s.serialize_field("data", data)?
+                }
+                Event::MessageDeleted(data) => s.serialize_field("data", data)?,
+                Event::ChatDeleted(data) => s.serialize_field("data", data)?,
+            }
+            s.end()
+        }
+    }
+
+    #[derive(Deserialize)]
+    #[serde(field_identifier, rename_all = "snake_case")]
+    enum Field {
+        Version,
+        Id,
+        OccurredAt,
+        Type,
+        Data,
+        #[serde(other)]
+        Other,
+    }
+
+    /// The `type` names.
+    #[derive(Deserialize, Clone, Copy)]
+    enum Kind {
+        #[serde(rename = "chat.created")]
+        ChatCreated,
+        #[serde(rename = "message.created")]
+        MessageCreated,
+        #[serde(rename = "message.updated")]
+        MessageUpdated,
+        #[serde(rename = "message.deleted")]
+        MessageDeleted,
+        #[serde(rename = "chat.deleted")]
+        ChatDeleted,
+    }
+
+    /// Reads `data` as the event `type` names.
+    struct DataOf(Kind);
+
+    impl<'de> DeserializeSeed<'de> for DataOf {
+        type Value = Event;
+
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Event, D::Error> {
+            Ok(match self.0 {
+                Kind::ChatCreated => Event::ChatCreated(ChatCreated::deserialize(d)?),
+                Kind::MessageCreated => Event::MessageCreated(MessageWritten::deserialize(d)?),
+                Kind::MessageUpdated => Event::MessageUpdated(MessageWritten::deserialize(d)?),
+                Kind::MessageDeleted => Event::MessageDeleted(MessageDeleted::deserialize(d)?),
+                Kind::ChatDeleted => Event::ChatDeleted(ChatDeleted::deserialize(d)?),
+            })
+        }
+    }
+
+    impl<'de> Deserialize<'de> for Envelope {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            const FIELDS: &[&str] = &["version", "id", "occurred_at", "type", "data"];
+            d.deserialize_struct("Envelope", FIELDS, EnvelopeVisitor)
+        }
+    }
+
+    struct EnvelopeVisitor;
+
+    impl<'de> Visitor<'de> for EnvelopeVisitor {
+        type Value = Envelope;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("an event envelope")
+        }
+
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Envelope, A::Error> {
+            let (mut version, mut id, mut occurred_at, mut kind) = (None, None, None, None);
+            let (mut event, mut early) = (None, None::<serde_json::Value>);
+            while let Some(field) = map.next_key()? {
+                match field {
+                    Field::Version => version = Some(map.next_value()?),
+                    Field::Id => id = Some(map.next_value()?),
+                    Field::OccurredAt => occurred_at = Some(map.next_value()?),
+                    Field::Type => kind = Some(map.next_value::<Kind>()?),
+                    // Read in place when the type came first (as this module writes it); kept
+                    // as a value until the type is known otherwise.
+                    Field::Data => match kind {
+                        Some(kind) => event = Some(map.next_value_seed(DataOf(kind))?),
+                        None => early = Some(map.next_value()?),
+                    },
+                    Field::Other => {
+                        map.next_value::<IgnoredAny>()?;
+                    }
+                }
+            }
+            let kind = kind.ok_or_else(|| de::Error::missing_field("type"))?;
+            let event = match (event, early) {
+                (Some(event), _) => event,
+                (None, Some(data)) => DataOf(kind).deserialize(data).map_err(de::Error::custom)?,
+                (None, None) => return Err(de::Error::missing_field("data")),
+            };
+            Ok(Envelope {
+                version: version.ok_or_else(|| de::Error::missing_field("version"))?,
+                id: id.ok_or_else(|| de::Error::missing_field("id"))?,
+                occurred_at: occurred_at.ok_or_else(|| de::Error::missing_field("occurred_at"))?,
+                event,
+            })
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -399,6 +543,26 @@ mod tests {
         assert_eq!(json["type"], "message.created");
         assert_eq!(json["data"]["body"], "hello");
         assert_eq!(Envelope::decode(&e.encode()).unwrap(), e);
+    }
+
+    #[test]
+    fn the_envelope_reads_in_any_field_order_and_skips_unknown_fields() {
+        let e = message(Event::MessageUpdated);
+        let text = String::from_utf8(e.encode()).unwrap();
+        let at = |key: &str| text.find(&format!(r#""{key}":"#)).unwrap();
+        let order = ["version", "id", "occurred_at", "type", "data"].map(at);
+        assert!(order.windows(2).all(|w| w[0] < w[1]), "{text}");
+        let encoded: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let reordered = format!(
+            r#"{{"data":{},"extra":[1,{{"x":2}}],"occurred_at":{},"type":"message.updated","id":{},"version":1}}"#,
+            encoded["data"], encoded["occurred_at"], encoded["id"]
+        );
+        assert_eq!(Envelope::decode(reordered.as_bytes()).unwrap(), e);
+        let untyped = reordered.replace(r#""type":"message.updated","#, "");
+        assert!(matches!(
+            Envelope::decode(untyped.as_bytes()),
+            Err(DecodeError::Malformed(_))
+        ));
     }
 
     #[test]
