@@ -35,7 +35,12 @@ pub fn layers(router: Router, request_timeout: Duration, metrics: Metrics) -> Ro
         }))
         .layer(TimeoutLayer::with_status_code(TIMED_OUT, request_timeout))
         .layer(axum::middleware::map_response(timed_out))
-        .layer(axum::middleware::from_fn_with_state(metrics, observe))
+        // Shared: axum clones a route's layers and their state for every request, and the
+        // metrics are a few dozen reference-counted handles.
+        .layer(axum::middleware::from_fn_with_state(
+            std::sync::Arc::new(metrics),
+            observe,
+        ))
 }
 
 /// The status `TimeoutLayer` answers with (an empty body). No handler of the api answers 408,
@@ -64,17 +69,15 @@ fn panicked(panic: Box<dyn Any + Send + 'static>) -> Response {
 }
 
 pub async fn observe(
-    State(metrics): State<Metrics>,
+    State(metrics): State<std::sync::Arc<Metrics>>,
     matched: Option<MatchedPath>,
     mut req: Request,
     next: Next,
 ) -> Response {
     let started = Instant::now();
-    let route = matched
-        .as_ref()
-        .map_or("unmatched", MatchedPath::as_str)
-        .to_owned();
-    let method = req.method().as_str().to_owned();
+    let route = matched.as_ref().map_or("unmatched", MatchedPath::as_str);
+    let method = req.method().clone();
+    let method = method.as_str();
     let parent = extract(&HeaderExtractor(req.headers()));
     let span = tracing::info_span!(
         "http_request",
@@ -91,11 +94,11 @@ pub async fn observe(
     let elapsed = started.elapsed();
     metrics
         .http_requests
-        .with_label_values(&[&route, &method, status_class(status)])
+        .with_label_values(&[route, method, status_class(status)])
         .inc();
     metrics
         .http_duration
-        .with_label_values(&[&route, &method])
+        .with_label_values(&[route, method])
         .observe(elapsed.as_secs_f64());
     span.in_scope(|| {
         tracing::debug!(
