@@ -68,18 +68,13 @@ pub struct Envelope {
     pub event: Event,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "type", content = "data")]
+/// An event; in the envelope, `type` is [`EventKind::as_str`] and `data` the variant's fields.
+#[derive(Debug, Clone, PartialEq)]
 pub enum Event {
-    #[serde(rename = "chat.created")]
     ChatCreated(ChatCreated),
-    #[serde(rename = "message.created")]
     MessageCreated(MessageWritten),
-    #[serde(rename = "message.updated")]
     MessageUpdated(MessageWritten),
-    #[serde(rename = "message.deleted")]
     MessageDeleted(MessageDeleted),
-    #[serde(rename = "chat.deleted")]
     ChatDeleted(ChatDeleted),
 }
 
@@ -138,14 +133,26 @@ pub enum EventKind {
 }
 
 impl EventKind {
+    pub const ALL: [Self; 5] = [
+        Self::ChatCreated,
+        Self::MessageCreated,
+        Self::MessageUpdated,
+        Self::MessageDeleted,
+        Self::ChatDeleted,
+    ];
+    /// The names of [`Self::ALL`], in order (the `type` of the envelope).
+    pub const NAMES: [&'static str; 5] = [
+        "chat.created",
+        "message.created",
+        "message.updated",
+        "message.deleted",
+        "chat.deleted",
+    ];
+
+    /// The name in the envelope's `type`, metric labels and span names.
     pub fn as_str(self) -> &'static str {
-        match self {
-            Self::ChatCreated => "chat.created",
-            Self::MessageCreated => "message.created",
-            Self::MessageUpdated => "message.updated",
-            Self::MessageDeleted => "message.deleted",
-            Self::ChatDeleted => "chat.deleted",
-        }
+        // The variants are declared in the order of `ALL` and `NAMES`.
+        Self::NAMES[self as usize]
     }
 
     /// The name of the span that publishes an event of this kind (`publish <kind>`), a constant
@@ -397,7 +404,9 @@ mod wire {
     use serde::ser::SerializeStruct;
     use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-    use super::{ChatCreated, ChatDeleted, Envelope, Event, MessageDeleted, MessageWritten};
+    use super::{
+        ChatCreated, ChatDeleted, Envelope, Event, EventKind, MessageDeleted, MessageWritten,
+    };
 
     struct Rfc3339<'a>(&'a DateTime<Utc>);
 
@@ -438,34 +447,45 @@ mod wire {
         Other,
     }
 
-    /// The `type` names.
-    #[derive(Deserialize, Clone, Copy)]
-    enum Kind {
-        #[serde(rename = "chat.created")]
-        ChatCreated,
-        #[serde(rename = "message.created")]
-        MessageCreated,
-        #[serde(rename = "message.updated")]
-        MessageUpdated,
-        #[serde(rename = "message.deleted")]
-        MessageDeleted,
-        #[serde(rename = "chat.deleted")]
-        ChatDeleted,
+    /// `type`, one of the [`EventKind::as_str`] names.
+    struct KindName;
+
+    impl Visitor<'_> for KindName {
+        type Value = EventKind;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("an event type")
+        }
+
+        fn visit_str<E: de::Error>(self, name: &str) -> Result<EventKind, E> {
+            EventKind::ALL
+                .into_iter()
+                .find(|kind| kind.as_str() == name)
+                .ok_or_else(|| E::unknown_variant(name, &EventKind::NAMES))
+        }
+    }
+
+    impl<'de> DeserializeSeed<'de> for KindName {
+        type Value = EventKind;
+
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<EventKind, D::Error> {
+            d.deserialize_str(self)
+        }
     }
 
     /// Reads `data` as the event `type` names.
-    struct DataOf(Kind);
+    struct DataOf(EventKind);
 
     impl<'de> DeserializeSeed<'de> for DataOf {
         type Value = Event;
 
         fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Event, D::Error> {
             Ok(match self.0 {
-                Kind::ChatCreated => Event::ChatCreated(ChatCreated::deserialize(d)?),
-                Kind::MessageCreated => Event::MessageCreated(MessageWritten::deserialize(d)?),
-                Kind::MessageUpdated => Event::MessageUpdated(MessageWritten::deserialize(d)?),
-                Kind::MessageDeleted => Event::MessageDeleted(MessageDeleted::deserialize(d)?),
-                Kind::ChatDeleted => Event::ChatDeleted(ChatDeleted::deserialize(d)?),
+                EventKind::ChatCreated => Event::ChatCreated(ChatCreated::deserialize(d)?),
+                EventKind::MessageCreated => Event::MessageCreated(MessageWritten::deserialize(d)?),
+                EventKind::MessageUpdated => Event::MessageUpdated(MessageWritten::deserialize(d)?),
+                EventKind::MessageDeleted => Event::MessageDeleted(MessageDeleted::deserialize(d)?),
+                EventKind::ChatDeleted => Event::ChatDeleted(ChatDeleted::deserialize(d)?),
             })
         }
     }
@@ -494,7 +514,7 @@ mod wire {
                     Field::Version => version = Some(map.next_value()?),
                     Field::Id => id = Some(map.next_value()?),
                     Field::OccurredAt => occurred_at = Some(map.next_value()?),
-                    Field::Type => kind = Some(map.next_value::<Kind>()?),
+                    Field::Type => kind = Some(map.next_value_seed(KindName)?),
                     // Read in place when the type came first (as this module writes it); kept
                     // as a value until the type is known otherwise.
                     Field::Data => match kind {
@@ -543,6 +563,56 @@ mod tests {
         assert_eq!(json["type"], "message.created");
         assert_eq!(json["data"]["body"], "hello");
         assert_eq!(Envelope::decode(&e.encode()).unwrap(), e);
+    }
+
+    #[test]
+    fn every_event_type_has_its_name_and_round_trips() {
+        let written = || MessageWritten {
+            application_id: 7,
+            chat_number: 3,
+            number: 42,
+            body: "hello".into(),
+        };
+        let events = [
+            (
+                Event::ChatCreated(ChatCreated {
+                    application_id: 7,
+                    number: 3,
+                }),
+                "chat.created",
+            ),
+            (Event::MessageCreated(written()), "message.created"),
+            (Event::MessageUpdated(written()), "message.updated"),
+            (
+                Event::MessageDeleted(MessageDeleted {
+                    application_id: 7,
+                    chat_number: 3,
+                    number: 42,
+                }),
+                "message.deleted",
+            ),
+            (
+                Event::ChatDeleted(ChatDeleted {
+                    application_id: 7,
+                    number: 3,
+                }),
+                "chat.deleted",
+            ),
+        ];
+        for (event, name) in events {
+            assert_eq!(event.kind().as_str(), name);
+            let e = Envelope::new(event);
+            let json: serde_json::Value = serde_json::from_slice(&e.encode()).unwrap();
+            assert_eq!(json["type"], name);
+            assert_eq!(Envelope::decode(&e.encode()).unwrap(), e);
+        }
+        let unknown = String::from_utf8(message(Event::MessageCreated).encode())
+            .unwrap()
+            .replace("message.created", "message.exploded");
+        assert!(matches!(
+            Envelope::decode(unknown.as_bytes()),
+            Err(DecodeError::Malformed(_))
+        ));
     }
 
     #[test]

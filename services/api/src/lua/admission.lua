@@ -20,11 +20,11 @@ local read = redis.call('MGET', KEYS[1], KEYS[2], KEYS[3] or KEYS[1])
 -- The sequence's value (false when the key is missing).
 local sequence = read[1]
 local ahead = -1
--- `sequence`: the sequence's value the cap is checked against.
-local function check(sequence)
+-- `value`: the sequence's value the cap is checked against (after a raise, the raised one).
+local function check(value)
   if KEYS[3] and read[3] then return {5, 0, -1} end
   local cap = tonumber(ARGV[1])
-  if cap > 0 and tonumber(sequence) >= cap then
+  if cap > 0 and tonumber(value) >= cap then
     return {2, 0, -1}
   end
   local emission = tonumber(ARGV[2])
