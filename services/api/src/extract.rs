@@ -215,13 +215,8 @@ impl FromRequestParts<AppState> for Page {
             limit,
             offset,
             number: number.unwrap_or(1),
-            // As the client sent it: under a nested prefix (`/api/v1`) `parts.uri` lacks it.
-            base: link_base(
-                parts
-                    .extensions
-                    .get::<axum::extract::OriginalUri>()
-                    .map_or(&parts.uri, |original| &original.0),
-            ),
+            // As the client sent it: no router is nested, so the path is the whole one.
+            base: link_base(&parts.uri),
         })
     }
 }

@@ -14,40 +14,44 @@ use axum::{Json, Router};
 use crate::error::ApiError;
 use crate::state::AppState;
 
-fn resources() -> Router<AppState> {
-    Router::new()
+/// The resources under `prefix` (`""` or `/api/v1`). Each prefix's routes are registered in full
+/// rather than nested: a nested router strips its prefix from every request (a new URI to parse)
+/// and routes it a second time, which was 7 % of a message post's instructions.
+fn resources(router: Router<AppState>, prefix: &str) -> Router<AppState> {
+    let at = |path: &str| format!("{prefix}{path}");
+    router
         .route(
-            "/applications",
+            &at("/applications"),
             get(applications::list).post(applications::create),
         )
         .route(
-            "/applications/{token}",
+            &at("/applications/{token}"),
             get(applications::show)
                 .patch(applications::update)
                 .put(applications::update),
         )
         .route(
-            "/applications/{token}/chats",
+            &at("/applications/{token}/chats"),
             get(chats::list).post(chats::create),
         )
         .route(
-            "/applications/{token}/chats/{number}",
+            &at("/applications/{token}/chats/{number}"),
             get(chats::show).delete(chats::delete),
         )
         .route(
-            "/applications/{token}/chats/{number}/messages",
+            &at("/applications/{token}/chats/{number}/messages"),
             get(messages::list).post(messages::create),
         )
         .route(
-            "/applications/{token}/chats/{number}/events",
+            &at("/applications/{token}/chats/{number}/events"),
             get(events::events),
         )
         .route(
-            "/applications/{token}/chats/{number}/messages/search",
+            &at("/applications/{token}/chats/{number}/messages/search"),
             get(search::search),
         )
         .route(
-            "/applications/{token}/chats/{number}/messages/{message_number}",
+            &at("/applications/{token}/chats/{number}/messages/{message_number}"),
             get(messages::show)
                 .patch(messages::update)
                 .put(messages::update)
@@ -58,13 +62,11 @@ fn resources() -> Router<AppState> {
 /// Every tenant route, with JSON errors for unknown paths (404) and methods (405).
 pub fn router(state: AppState) -> Router {
     let limit = state.max_request_bytes;
-    let v1 = resources().route(
-        "/openapi.json",
+    let api = resources(Router::new(), "/api/v1").route(
+        "/api/v1/openapi.json",
         get(|| async { Json(crate::openapi::document()) }),
     );
-    Router::new()
-        .nest("/api/v1", v1)
-        .merge(resources())
+    resources(api, "")
         .merge(crate::admin::router(state.clone()))
         .fallback(|| async { ApiError::NoRoute })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
