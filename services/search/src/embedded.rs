@@ -138,7 +138,9 @@ impl Embedded {
         if written.is_err() {
             // Nothing of a failed batch may stay pending in the writer: the next batch's
             // lookups, which only see committed documents, would not know of it.
-            let _ = writer.rollback();
+            if let Err(error) = writer.rollback() {
+                tracing::error!(%error, "cannot roll back a failed index batch");
+            }
         }
         written
     }
