@@ -107,8 +107,8 @@ impl Embedded {
         );
         // One indexing thread: every batch is committed, and each thread writes a segment of its
         // own per commit, whose term table alone is 4 MB to zero and walk. Two threads made two
-        // small segments per batch (and twice the merging) on a machine whose other core the
-        // api and NATS already use.
+        // small segments per batch, and twice the merging, for no gain: the indexer shares its
+        // cores with the other services.
         let writer = index
             .writer_with_num_threads(1, WRITER_MEMORY)
             .map_err(backend_error)?;
@@ -153,7 +153,8 @@ impl Embedded {
         let f = self.fields;
         let searcher = self.reader.searcher();
         for doc in newest_per_id(docs) {
-            let id = Term::from_field_text(f.id, &doc.id());
+            let id_text = doc.id();
+            let id = Term::from_field_text(f.id, &id_text);
             match indexed_version(&searcher, f, &id)? {
                 Some(version) if version >= doc.version => continue,
                 Some(_) => {
@@ -163,7 +164,7 @@ impl Embedded {
             }
             writer
                 .add_document(doc!(
-                    f.id => doc.id(),
+                    f.id => id_text,
                     f.application => doc.application_id,
                     f.chat => doc.chat_number,
                     f.number => doc.number,
@@ -271,7 +272,7 @@ impl Embedded {
 
 /// The version of the live document with the id `id`, if there is one: read from the id's
 /// postings and the version column segment by segment, without a query (a scored search per
-/// document, and reading its stored fields, was a fifth of the indexer's work).
+/// document, and reading its stored fields, cost far more).
 fn indexed_version(searcher: &Searcher, f: Fields, id: &Term) -> Result<Option<u64>> {
     for segment in searcher.segment_readers() {
         let postings = segment

@@ -16,7 +16,7 @@ use crate::state::AppState;
 
 /// The resources under `prefix` (`""` or `/api/v1`). Each prefix's routes are registered in full
 /// rather than nested: a nested router strips its prefix from every request (a new URI to parse)
-/// and routes it a second time, which was 7 % of a message post's instructions.
+/// and routes it a second time, which was 5 % of a message post's instructions.
 fn resources(router: Router<AppState>, prefix: &str) -> Router<AppState> {
     let at = |path: &str| format!("{prefix}{path}");
     router
