@@ -180,6 +180,11 @@ def wrk(connections, duration, token):
          "-s", os.path.join(ROOT, "scripts", "wrk", "post_message.lua"),
          f"http://127.0.0.1:{API}"],
         capture_output=True, text=True, check=True, env={**os.environ, "TOKEN": token}).stdout
+    return parse_wrk(out)
+
+
+def parse_wrk(out):
+    """Throughput, p50, p99, 2xx responses and other responses from wrk's `--latency` output."""
     rps = float(re.search(r"Requests/sec:\s+(\S+)", out).group(1))
     p50 = re.search(r"^\s+50%\s+(\S+)", out, re.M).group(1)
     p99 = re.search(r"^\s+99%\s+(\S+)", out, re.M).group(1)

@@ -1,0 +1,193 @@
+#!/usr/bin/env python3
+"""Confab's create path beside the bare reference path, for chats or messages, with the CPU each
+process spent per request (issue 13, items 1 and 2).
+
+`../shared/bench/side-by-side` is the reference benchmark for message creation. This script runs
+the same comparison (the same bare binaries, built from `../shared/bench/bare-path` unmodified,
+wrk with 64 connections for 15 s, alternating runs, the ratio per round and its median) and adds:
+
+  * `--what chats`: Confab's chat creation (`POST /applications/{token}/chats`, one application,
+    its chat limit checked on every request but never reached) against the bare path numbering
+    items under one parent with an empty body, which is the whole of a chat creation there: one
+    `INCR` of the parent's key, a publish awaiting its ack, a `201`, and a writer inserting a row;
+  * the p99 ratio per round (the target is Confab's p99 <= 1.5 x bare's);
+  * every process's CPU microseconds per request during each run, from /proc: the api or the
+    bare handler, the persister or the bare writer, and Redis, NATS and MariaDB.
+
+  scripts/dev side-by-side [--what chats|messages] [--rounds 3] [--duration 15]
+
+Needs MariaDB, Redis, NATS (scripts/dev services), wrk and a release build of the api and the
+persister (scripts/dev side-by-side builds them). Uses database confab_side, streams
+SIDE2_EVENTS/SIDE2_DLQ, Redis prefix side2:, ports 18580-18582 for Confab; database bare_path,
+stream MSGS and port 18590 for the bare path (as ../shared/bench/side-by-side does: do not run
+both at once).
+"""
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pipeline
+from pipeline import Proc, backing_pids, cpu_ticks, mysql, wait_ready
+
+ROOT = pipeline.ROOT
+SHARED = os.path.join(os.path.dirname(ROOT), "shared", "bench")
+BARE_SRC = os.path.join(SHARED, "bare-path")
+BARE_WORK = os.path.join(os.environ.get("TMPDIR", "/tmp"), "confab-side-by-side")
+BARE_BIN = os.path.join(BARE_WORK, "target", "release")
+DB, STREAM, DLQ, PREFIX = "confab_side", "SIDE2_EVENTS", "SIDE2_DLQ", "side2:"
+API, API_ADMIN, PERSISTER, BARE = 18580, 18581, 18582, 18590
+TICK = os.sysconf("SC_CLK_TCK")
+
+CONFAB_ENV = {
+    "DATABASE_URL": f"mysql://root@127.0.0.1:3306/{DB}",
+    "CONFAB_STREAM": STREAM,
+    "CONFAB_DLQ_STREAM": DLQ,
+    "CONFAB_SUBJECT_PREFIX": "side2",
+    "CONFAB_REDIS_PREFIX": PREFIX,
+    "CONFAB_PERSISTER_CONSUMER": "side2-persister",
+    "RUST_LOG": "warn",
+    # The quotas are checked on every request and never refuse.
+    "CONFAB_DEFAULT_MESSAGES_PER_SECOND": "10000000",
+    "CONFAB_DEFAULT_MESSAGE_BURST": "10000000",
+    "CONFAB_DEFAULT_MAX_CHATS": str(2**53 - 1),
+}
+
+# What wrk posts: (bare path's script, Confab's script) per kind of creation.
+SCRIPTS = {
+    "messages": (os.path.join(BARE_SRC, "post_msg.lua"),
+                 os.path.join(ROOT, "scripts", "wrk", "post_message.lua")),
+    "chats": (os.path.join(ROOT, "scripts", "wrk", "bare_one_parent.lua"),
+              os.path.join(ROOT, "scripts", "wrk", "create_chat.lua")),
+}
+
+
+def build_bare():
+    """Builds the bare path where ../shared/bench/side-by-side builds it (a copy of its source)."""
+    src = os.path.join(BARE_WORK, "src")
+    subprocess.run(["rm", "-rf", src], check=True)
+    os.makedirs(BARE_WORK, exist_ok=True)
+    subprocess.run(["cp", "-r", BARE_SRC, src], check=True)
+    subprocess.run(["chmod", "-R", "u+w", src], check=True)
+    subprocess.run(["cargo", "build", "--quiet", "--release", "--manifest-path",
+                    os.path.join(src, "Cargo.toml")], check=True,
+                   env={**os.environ, "CARGO_TARGET_DIR": os.path.join(BARE_WORK, "target")})
+
+
+def reset():
+    mysql(f"DROP DATABASE IF EXISTS {DB}; CREATE DATABASE {DB}; "
+          "DROP DATABASE IF EXISTS bare_path; CREATE DATABASE bare_path;")
+    for stream in (STREAM, DLQ):
+        pipeline.nats_delete_stream(stream)
+    keys = subprocess.run(["redis-cli", "--scan", "--pattern", PREFIX + "*"],
+                          capture_output=True, text=True, check=True).stdout.split()
+    for i in range(0, len(keys), 500):
+        subprocess.run(["redis-cli", "del", *keys[i:i + 500]], check=True, capture_output=True)
+    subprocess.run([os.path.join(pipeline.BIN, "confab-api"), "migrate"], check=True,
+                   env={**os.environ, **CONFAB_ENV}, capture_output=True)
+
+
+def post(url, body):
+    req = urllib.request.Request(url, data=json.dumps(body).encode(),
+                                 headers={"content-type": "application/json"})
+    with urllib.request.urlopen(req, timeout=5) as r:
+        return json.loads(r.read())
+
+
+def wrk(port, script, connections, duration, token):
+    out = subprocess.run(
+        ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency", "-s", script,
+         f"http://127.0.0.1:{port}"],
+        capture_output=True, text=True, check=True, env={**os.environ, "TOKEN": token}).stdout
+    rps, p50, p99, _, bad = pipeline.parse_wrk(out)
+    return rps, p50, p99, bad
+
+
+def millis(text):
+    """wrk's latency (`850.00us`, `4.20ms`, `1.10s`) in milliseconds."""
+    for unit, scale in (("us", 1e-3), ("ms", 1.0), ("s", 1e3)):
+        if text.endswith(unit):
+            return float(text[:-len(unit)]) * scale
+    raise ValueError(text)
+
+
+def measured(port, script, a, token, pids):
+    before = {name: cpu_ticks(pid) for name, pid in pids.items()}
+    rps, p50, p99, bad = wrk(port, script, a.connections, a.duration, token)
+    requests = max(rps * a.duration, 1)
+    cpu = {name: round((cpu_ticks(pid) - before[name]) / TICK * 1e6 / requests)
+           for name, pid in pids.items()}
+    return rps, p50, p99, bad, cpu
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--what", choices=sorted(SCRIPTS), default="chats")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--duration", type=int, default=15)
+    ap.add_argument("--connections", type=int, default=64)
+    a = ap.parse_args()
+    os.makedirs(pipeline.RUN, exist_ok=True)
+    print("==> building the bare path", file=sys.stderr, flush=True)
+    build_bare()
+    reset()
+    pipeline.ENV.clear()
+    pipeline.ENV.update(CONFAB_ENV)
+    procs = [
+        Proc("side-api", [os.path.join(pipeline.BIN, "confab-api")],
+             {"CONFAB_MIGRATE": "false", "CONFAB_HTTP_ADDR": f"127.0.0.1:{API}",
+              "CONFAB_ADMIN_ADDR": f"127.0.0.1:{API_ADMIN}"}),
+        Proc("side-persister", [os.path.join(pipeline.BIN, "confab-persister")],
+             {"CONFAB_ADMIN_ADDR": f"127.0.0.1:{PERSISTER}"}),
+    ]
+    bare_db = {"DB": "mysql://root@127.0.0.1:3306/bare_path"}
+    try:
+        bare = Proc("bare-handler", [os.path.join(BARE_BIN, "e2e")],
+                    {**bare_db, "ADDR": f"127.0.0.1:{BARE}"})
+        procs.append(bare)
+        time.sleep(2)  # the handler (re)creates the stream the writer consumes
+        procs.append(Proc("bare-writer", [os.path.join(BARE_BIN, "persister")], bare_db))
+        wait_ready(API_ADMIN, "api")
+        wait_ready(PERSISTER, "persister")
+        token = post(f"http://127.0.0.1:{API}/api/v1/applications", {"name": "side"})["token"]
+        if a.what == "messages":
+            for _ in range(100):
+                post(f"http://127.0.0.1:{API}/api/v1/applications/{token}/chats", {})
+        time.sleep(1)
+        backing = backing_pids()
+        by_name = {p.name: p.pid for p in procs}
+        bare_pids = {"handler/api": by_name["bare-handler"],
+                     "writer/persister": by_name["bare-writer"]} | backing
+        confab_pids = {"handler/api": by_name["side-api"],
+                       "writer/persister": by_name["side-persister"]} | backing
+        bare_script, confab_script = SCRIPTS[a.what]
+        ratios, p99_ratios = [], []
+        for round_ in range(1, a.rounds + 1):
+            b = measured(BARE, bare_script, a, token, bare_pids)
+            time.sleep(3)
+            c = measured(API, confab_script, a, token, confab_pids)
+            time.sleep(3)
+            ratios.append(c[0] / b[0])
+            p99_ratios.append(millis(c[2]) / millis(b[2]))
+            print(f"round {round_}  bare {b[0]:8.0f} req/s p50 {b[1]:>8} p99 {b[2]:>8} | "
+                  f"confab {c[0]:8.0f} req/s p50 {c[1]:>8} p99 {c[2]:>8} non-2xx {c[3]} | "
+                  f"ratio {ratios[-1]:.2f} p99 x{p99_ratios[-1]:.2f}", flush=True)
+            for label, r in (("bare", b), ("confab", c)):
+                cpu = r[4]
+                print(f"    {label:>6} CPU us/request: "
+                      + " ".join(f"{n} {v}" for n, v in cpu.items())
+                      + f" total {sum(cpu.values())}", flush=True)
+        print(f"{a.what}: median ratio confab/bare {statistics.median(ratios):.2f}, "
+              f"median p99 confab/bare {statistics.median(p99_ratios):.2f}", flush=True)
+    finally:
+        for p in procs:
+            p.stop()
+
+
+if __name__ == "__main__":
+    main()
