@@ -30,7 +30,6 @@ null in the values is not set at all, so the service's documented default applie
   (list "CONFAB_MAX_PER_PAGE" $cfg.maxPerPage)
   (list "CONFAB_REQUEST_TIMEOUT_MS" $cfg.requestTimeoutMs)
   (list "CONFAB_TOKEN_CACHE_TTL_MS" $cfg.tokenCacheTtlMs)
-  (list "CONFAB_IN_FLIGHT_TTL_SECS" $cfg.inFlightTtlSecs)
   (list "CONFAB_PUBLISH_TIMEOUT_MS" $cfg.publishTimeoutMs)
   (list "CONFAB_SEARCH_TIMEOUT_MS" $cfg.searchTimeoutMs)
   (list "CONFAB_LIST_TOKENS" $cfg.listTokens)

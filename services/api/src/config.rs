@@ -29,9 +29,6 @@ pub struct ApiConfig {
     pub token_cache_ttl: Duration,
     /// `CONFAB_LIVE_*`: live delivery ([`crate::live::LiveConfig`]).
     pub live: crate::live::LiveConfig,
-    /// `CONFAB_IN_FLIGHT_TTL_SECS`, default 3600 (1 to 604800): how long Redis remembers a chat whose creation
-    /// is acknowledged but maybe not yet persisted.
-    pub in_flight_ttl: Duration,
     pub search: SearchConfig,
     /// `CONFAB_LIST_TOKENS`, default false: whether `GET /applications` shows every token. The
     /// list needs no credential, so by default it does not hand out every tenant's secret.
@@ -149,7 +146,6 @@ impl ApiConfig {
             // 0 turns the cache off; the cache refuses a TTL of a thousand years and more.
             token_cache_ttl: millis_within(env, "CONFAB_TOKEN_CACHE_TTL_MS", 5_000, 0..=3_600_000)?,
             live: crate::live::LiveConfig::from_env(env)?,
-            in_flight_ttl: secs_within(env, "CONFAB_IN_FLIGHT_TTL_SECS", 3600, 1..=604_800)?,
             search: match ElasticsearchConfig::from_env(env) {
                 Some(elasticsearch) => SearchConfig::Elasticsearch(elasticsearch),
                 None => SearchConfig::Indexer {
@@ -251,7 +247,6 @@ mod tests {
             ("CONFAB_REQUEST_TIMEOUT_MS", "-10"),
             ("CONFAB_TOKEN_CACHE_TTL_MS", "-1"),
             ("CONFAB_TOKEN_CACHE_TTL_MS", "3600001"),
-            ("CONFAB_IN_FLIGHT_TTL_SECS", "0"),
             ("CONFAB_SEARCH_TIMEOUT_MS", "0"),
             ("CONFAB_SEARCH_TIMEOUT_MS", "600001"),
             ("CONFAB_IDEMPOTENCY_TTL_SECS", "0"),

@@ -94,7 +94,6 @@ pub async fn connect(config: &ApiConfig, metrics: metrics::Metrics) -> Result<Ap
         keys: Keys::new(config.common.redis_prefix.clone()),
         limits: config.limits.clone(),
         max_request_bytes: config.max_request_bytes(),
-        in_flight_ttl: config.in_flight_ttl,
         token_cache_ttl: config.token_cache_ttl,
         search,
         search_label,

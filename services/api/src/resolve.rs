@@ -1,9 +1,9 @@
 //! Resolving what a request names: token → application, and whether a chat or message exists.
 //!
-//! All of it is reads: an in-process cache first, then Redis (for chats acknowledged by JetStream
-//! but maybe not persisted yet, and chats marked deleted), then MySQL, then the stream itself (an
-//! item acknowledged but not yet persisted whose Redis mark was lost with Redis' data, or a
-//! deletion not yet persisted).
+//! All of it is reads: an in-process cache first, then Redis (chats marked deleted), then MySQL,
+//! then the stream itself (an item acknowledged but not yet persisted, or a deletion not yet
+//! persisted). The stream keeps every event for `CONFAB_STREAM_MAX_AGE_SECS` (a week), far longer
+//! than persisting takes, so whatever it acknowledged is found in MySQL or in it.
 
 use confab_core::Token;
 use redis::AsyncCommands;
@@ -49,9 +49,10 @@ impl AppState {
         }
     }
 
-    /// Whether a chat takes new messages: persisted and not deleted, or created and still in
-    /// flight. Cached per replica once true: a chat's deletion is enforced where its numbers are
-    /// taken (the numbering script refuses a number in a chat marked deleted), not here.
+    /// Whether a chat takes new messages: persisted and not deleted, or its creation is in the
+    /// stream and not persisted yet. Cached per replica once true (the replica that created it
+    /// caches it then): a chat's deletion is enforced where its numbers are taken (the numbering
+    /// script refuses a number in a chat marked deleted), not here.
     pub async fn chat_exists(&self, application_id: u64, number: u64) -> Result<bool> {
         if self.known_chats.contains_key(&(application_id, number)) {
             return Ok(true);
@@ -61,22 +62,15 @@ impl AppState {
     }
 
     async fn chat_exists_uncached(&self, application_id: u64, number: u64) -> Result<bool> {
-        let mut redis = self.redis.clone();
-        let started = std::time::Instant::now();
-        let in_flight: bool = redis
-            .exists(self.keys.chat_in_flight(application_id, number))
-            .await?;
-        self.metrics.dependencies.redis("chat_in_flight", started);
         let subjects = &self.publisher.jetstream().subjects;
-        let exists = in_flight
-            || match repo::chat_state(&self.db, application_id, number).await? {
-                Some(state) => state == repo::State::Live,
-                None => {
-                    self.publisher
-                        .stored(&subjects.chat_created(application_id, number))
-                        .await?
-                }
-            };
+        let exists = match repo::chat_state(&self.db, application_id, number).await? {
+            Some(state) => state == repo::State::Live,
+            None => {
+                self.publisher
+                    .stored(&subjects.chat_created(application_id, number))
+                    .await?
+            }
+        };
         if exists {
             self.known_chats.insert((application_id, number), ());
         }
@@ -110,19 +104,10 @@ impl AppState {
         }
     }
 
-    /// Remembers a chat whose creation JetStream acknowledged, for every api replica.
-    pub async fn mark_chat_in_flight(&self, application_id: u64, number: u64) -> Result<()> {
-        let mut redis = self.redis.clone();
-        let ttl = self.in_flight_ttl.as_secs().max(1);
-        let started = std::time::Instant::now();
-        let () = redis
-            .set_ex(self.keys.chat_in_flight(application_id, number), 1u8, ttl)
-            .await?;
-        self.metrics
-            .dependencies
-            .redis("mark_chat_in_flight", started);
+    /// Remembers a chat whose creation JetStream acknowledged, in this replica; the others find it
+    /// in MySQL or, until it is persisted, in the stream.
+    pub fn remember_chat(&self, application_id: u64, number: u64) {
         self.known_chats.insert((application_id, number), ());
-        Ok(())
     }
 
     /// Marks a chat deleted for every api replica (no expiry): from here on the numbering script

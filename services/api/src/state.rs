@@ -42,7 +42,6 @@ pub struct Shared {
     pub idempotency: Idempotency,
     pub limits: Limits,
     pub max_request_bytes: usize,
-    pub in_flight_ttl: Duration,
     /// Token → application and its quotas. Keyed by the token text, which never leaves this
     /// process.
     pub tokens: Cache<String, Tenant>,
@@ -80,7 +79,6 @@ pub struct StateParts {
     pub keys: Keys,
     pub limits: Limits,
     pub max_request_bytes: usize,
-    pub in_flight_ttl: Duration,
     pub token_cache_ttl: Duration,
     pub search: std::sync::Arc<dyn confab_search::SearchBackend>,
     pub search_label: &'static str,
@@ -111,7 +109,6 @@ impl AppState {
             idempotency: parts.idempotency,
             limits: parts.limits,
             max_request_bytes: parts.max_request_bytes,
-            in_flight_ttl: parts.in_flight_ttl,
             tokens: Cache::builder()
                 .max_capacity(TOKEN_CACHE_CAPACITY)
                 .time_to_live(parts.token_cache_ttl)

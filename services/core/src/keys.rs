@@ -41,12 +41,6 @@ impl Keys {
         format!("{}rate:applications:{client}", self.prefix)
     }
 
-    /// Marks a chat whose creation event is acknowledged by JetStream but maybe not persisted yet,
-    /// so messages can be posted to it immediately.
-    pub fn chat_in_flight(&self, application_id: u64, chat_number: u64) -> String {
-        self.key("chat", &[application_id, chat_number])
-    }
-
     /// Marks a deleted chat, without expiry: the message numbering script refuses a number in a
     /// chat with this mark, atomically with taking it. (After Redis lost its data, the first
     /// message of the chat re-seeds its sequence, and re-seeding finds the deletion in MySQL or
@@ -73,7 +67,6 @@ mod tests {
         let all = [
             k.chat_sequence(1),
             k.message_sequence(1, 2),
-            k.chat_in_flight(1, 2),
             k.chat_deleted(1, 2),
             k.subscriptions(1),
         ];

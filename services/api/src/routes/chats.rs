@@ -60,7 +60,7 @@ pub async fn create(
             })
         })
         .await?;
-    state.mark_chat_in_flight(app, number).await?;
+    state.remember_chat(app, number);
     let view = ChatView {
         number,
         messages_count: 0,
