@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use async_nats::HeaderMap;
-use confab_core::event::{headers, MessageWritten};
+use confab_core::event::{headers, ChatCreated, MessageWritten};
 use confab_core::{Envelope, Event};
 use confab_tests::{eventually, Client, TestEnv};
 use futures::StreamExt;
@@ -205,8 +205,9 @@ async fn events_that_can_never_apply_are_dead_lettered_and_the_rest_land() {
 
 /// Defence in depth: should two creation events for one number ever reach the persister (the
 /// stream refuses the second, so here they are published around the api), the row stays its
-/// first creator's — in separate batches and within one — and the other is dead-lettered with
-/// reason `number_conflict` and counted, while everything else lands.
+/// first creator's — in separate batches and within one, for messages and chats — and the other
+/// is dead-lettered with reason `number_conflict` and counted, while everything else lands. A
+/// chat first written by a message write is claimed by its creation event when that comes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_creation_of_a_number_is_dead_lettered_never_an_overwrite() {
     // A delivery left unacked by the stopped persister comes back after the ack wait: keep it short.
@@ -238,23 +239,79 @@ async fn a_second_creation_of_a_number_is_dead_lettered_never_an_overwrite() {
                 .unwrap();
         }
     };
-    // The first persister run sees "first" alone; later the impostor, then (one batch) a pair.
+    let publish_chat = |number: u64| {
+        let envelope = Envelope::new(Event::ChatCreated(ChatCreated {
+            application_id: 1,
+            number,
+        }));
+        let subject = format!("t_{}.v1.chat.created.1.{number}", env.id);
+        let js = js.clone();
+        async move {
+            js.publish(subject, envelope.encode().into())
+                .await
+                .unwrap()
+                .await
+                .unwrap();
+            envelope.id.simple().to_string()
+        }
+    };
+    let claimed_by = |number: u64, id: String| {
+        let env = &env;
+        async move {
+            env.count(&format!(
+                "SELECT COUNT(*) FROM chats WHERE number = {number} AND creation_event_id = UNHEX('{id}')"
+            ))
+            .await
+                == 1
+        }
+    };
+    // The first persister run sees "first" alone, and a message that makes chat 20 before its
+    // creation; later the impostors, then (one batch) a pair.
     let persister = env.spawn_persister().await;
+    let orphan = Envelope::new(Event::MessageCreated(MessageWritten {
+        application_id: 1,
+        chat_number: 20,
+        number: 1,
+        body: "before its chat".into(),
+    }));
+    js.publish(
+        format!("t_{}.v1.message.created.1.20.1", env.id),
+        orphan.encode().into(),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
     eventually(Duration::from_secs(20), "first persisted", || async {
-        env.count("SELECT COUNT(*) FROM messages").await == 1
+        env.count("SELECT COUNT(*) FROM messages").await == 2
     })
     .await;
     persister.stop().await.unwrap();
+    let chat_before = env
+        .count(&format!(
+            "SELECT COUNT(*) FROM chats WHERE number = {chat} AND creation_event_id IS NOT NULL"
+        ))
+        .await;
+    assert_eq!(chat_before, 1, "the api's chat is claimed by its creation");
+    assert_eq!(
+        env.count("SELECT COUNT(*) FROM chats WHERE number = 20 AND creation_event_id IS NULL")
+            .await,
+        1,
+        "chat 20 exists, unclaimed"
+    );
     publish("impostor", number).await;
     publish("pair-1", 7).await;
     publish("pair-2", 7).await;
+    let chat_impostor = publish_chat(chat).await;
+    let creation_20 = publish_chat(20).await;
+    let creation_30 = publish_chat(30).await;
     c.create_message(&token, chat, "innocent").await;
 
     let persister = env.spawn_persister().await;
     eventually(
         Duration::from_secs(20),
-        "two conflicts dead-lettered",
-        || async { env.dead_letters().await.len() == 2 },
+        "three conflicts dead-lettered",
+        || async { env.dead_letters().await.len() == 3 },
     )
     .await;
     eventually(Duration::from_secs(20), "consumer drained", || async {
@@ -268,15 +325,30 @@ async fn a_second_creation_of_a_number_is_dead_lettered_never_an_overwrite() {
     );
     assert_eq!(stored.get(&(chat, 7)).map(String::as_str), Some("pair-1"));
     assert_eq!(stored.values().filter(|b| *b == "innocent").count(), 1);
+    assert!(
+        claimed_by(20, creation_20).await,
+        "chat 20 claimed by its creation"
+    );
+    assert!(
+        claimed_by(30, creation_30).await,
+        "chat 30 claimed by its creation"
+    );
+    assert!(!claimed_by(chat, chat_impostor.clone()).await);
+    let mut dead = Vec::new();
     for m in env.dead_letters().await {
         let reason = m.headers.get(headers::DLQ_REASON).unwrap().as_str();
         assert!(reason.starts_with("number_conflict"), "{reason}");
         let envelope = Envelope::decode(&m.payload).unwrap();
-        let Event::MessageCreated(body) = envelope.event else {
-            panic!("a message creation")
-        };
-        assert!(["impostor", "pair-2"].contains(&body.body.as_str()));
+        dead.push(match envelope.event {
+            Event::MessageCreated(body) => body.body,
+            Event::ChatCreated(_) => envelope.id.simple().to_string(),
+            other => panic!("a creation, not {other:?}"),
+        });
     }
+    dead.sort();
+    let mut expected = vec!["impostor".to_owned(), "pair-2".to_owned(), chat_impostor];
+    expected.sort();
+    assert_eq!(dead, expected);
     let metrics = reqwest::get(format!("{}/metrics", persister.admin))
         .await
         .unwrap()
@@ -284,7 +356,8 @@ async fn a_second_creation_of_a_number_is_dead_lettered_never_an_overwrite() {
         .await
         .unwrap();
     assert!(
-        metrics.contains(r#"confab_number_conflicts_total{kind="message"} 2"#),
+        metrics.contains(r#"confab_number_conflicts_total{kind="message"} 2"#)
+            && metrics.contains(r#"confab_number_conflicts_total{kind="chat"} 1"#),
         "conflicts counted"
     );
 

@@ -14,6 +14,9 @@ use crate::batch::{self, ChatKey, Claim, Plan};
 const MAX_ROWS_PER_STATEMENT: usize = 500;
 const MAX_BYTES_PER_STATEMENT: usize = 4 * 1024 * 1024;
 
+/// The creation event (its id's bytes) that claimed a row, if one did.
+type Owner = Option<Vec<u8>>;
+
 /// Why a write failed, and whether retrying can help.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -66,7 +69,8 @@ pub async fn apply(db: &MySqlPool, plan: &Plan) -> Result<(), StoreError> {
     }
     // Chats deleted before this batch, then also those it deletes.
     let mut deleted_chats = Vec::new();
-    let mut ids = chat_ids(&mut tx, plan.chats.keys(), &mut deleted_chats).await?;
+    let mut owners = HashMap::new();
+    let mut ids = chat_ids(&mut tx, plan.chats.keys(), &mut deleted_chats, &mut owners).await?;
     let missing: Vec<_> = plan
         .chats
         .iter()
@@ -88,8 +92,9 @@ pub async fn apply(db: &MySqlPool, plan: &Plan) -> Result<(), StoreError> {
     )
     .await?;
     if !missing.is_empty() {
-        insert_chats(&mut tx, &missing).await?;
-        ids.extend(chat_ids(&mut tx, missing.iter().map(|(k, _)| *k), &mut deleted_chats).await?);
+        insert_chats(&mut tx, &missing, &plan.claims).await?;
+        let keys = missing.iter().map(|(k, _)| *k);
+        ids.extend(chat_ids(&mut tx, keys, &mut deleted_chats, &mut owners).await?);
     }
     if let Some(key) = plan.chats.keys().find(|k| !ids.contains_key(k)) {
         // Not visible yet (e.g. a concurrent insert by another replica): retry, never reject.
@@ -145,7 +150,7 @@ pub async fn apply(db: &MySqlPool, plan: &Plan) -> Result<(), StoreError> {
             );
         }
     }
-    let conflicts = claim_conflicts(&mut tx, &plan, &ids, &existing).await?;
+    let conflicts = claim_conflicts(&mut tx, &plan, &ids, &owners, &existing).await?;
     if !conflicts.is_empty() {
         // Dropping the transaction rolls it back.
         return Err(StoreError::Conflicts(conflicts));
@@ -155,24 +160,34 @@ pub async fn apply(db: &MySqlPool, plan: &Plan) -> Result<(), StoreError> {
 }
 
 /// Claims the created rows for their creation events (a row nobody claimed yet is claimed now)
-/// and returns the stream sequences of the claims that lost to another creation event. Of the
-/// messages, only the rows in `existing` are read back: a row this batch inserted carries its own
-/// creation event.
+/// and returns the stream sequences of the claims that lost to another creation event.
+///
+/// Chats and messages claim their rows as they are written (their inserts carry the creation
+/// event, and keep a claim already made); a claim, once made, never changes. So a chat's owner
+/// read with its id (`owners`) is final unless it was still unclaimed: only those chats are
+/// claimed and read again here. Of the messages, only the rows in `existing` are read back: a row
+/// this batch inserted carries its own creation event.
 async fn claim_conflicts(
     tx: &mut Transaction<'_, MySql>,
     plan: &Plan,
     ids: &HashMap<ChatKey, u64>,
+    owners: &HashMap<u64, Owner>,
     existing: &HashSet<(u64, u64)>,
 ) -> Result<Vec<u64>, StoreError> {
     let mut conflicts = Vec::new();
-    // Chats: claim (messages claim theirs in the upsert), then compare.
-    let chats: Vec<(u64, &Claim)> = plan
-        .claims
-        .iter()
-        .filter(|((_, message), _)| message.is_none())
-        .filter_map(|((chat, _), claim)| ids.get(chat).map(|id| (*id, claim)))
-        .collect();
-    for chunk in chats.chunks(MAX_ROWS_PER_STATEMENT) {
+    let mut unclaimed: Vec<(u64, &Claim)> = Vec::new();
+    for ((chat, message), claim) in &plan.claims {
+        let Some(id) = ids.get(chat).filter(|_| message.is_none()) else {
+            continue;
+        };
+        let owner = owners.get(id);
+        if !matches!(owner, Some(Some(_))) {
+            unclaimed.push((*id, claim));
+        } else if lost(owner, claim) {
+            conflicts.push(claim.stream_sequence);
+        }
+    }
+    for chunk in unclaimed.chunks(MAX_ROWS_PER_STATEMENT) {
         let mut q = QueryBuilder::<MySql>::new("UPDATE chats SET creation_event_id = CASE id ");
         for (id, claim) in chunk {
             q.push(" WHEN ")
@@ -266,25 +281,28 @@ async fn mark_dirty(
 }
 
 /// The ids of the chats at `keys` that have rows; the keys of those that are deleted (tombstones)
-/// are added to `deleted`.
+/// are added to `deleted`, and each one's creation event (if it was claimed) to `owners`.
 async fn chat_ids<'a>(
     tx: &mut Transaction<'_, MySql>,
     keys: impl Iterator<Item = &'a ChatKey>,
     deleted: &mut Vec<ChatKey>,
+    owners: &mut HashMap<u64, Owner>,
 ) -> Result<HashMap<ChatKey, u64>, StoreError> {
     let keys: Vec<_> = keys.collect();
     let mut ids = HashMap::with_capacity(keys.len());
     for chunk in keys.chunks(MAX_ROWS_PER_STATEMENT) {
         let mut q = QueryBuilder::<MySql>::new(
-            "SELECT id, application_id, number, deleted_at IS NOT NULL FROM chats WHERE ",
+            "SELECT id, application_id, number, deleted_at IS NOT NULL, creation_event_id \
+             FROM chats WHERE ",
         );
         db::push_pairs_in(
             &mut q,
             ("application_id", "number"),
             chunk.iter().map(|key| (key.application_id, key.number)),
         );
-        let rows: Vec<(u64, u64, u64, i64)> = q.build_query_as().fetch_all(&mut **tx).await?;
-        for (id, application_id, number, tombstone) in rows {
+        let rows: Vec<(u64, u64, u64, i64, Owner)> =
+            q.build_query_as().fetch_all(&mut **tx).await?;
+        for (id, application_id, number, tombstone, owner) in rows {
             let key = ChatKey {
                 application_id,
                 number,
@@ -293,28 +311,39 @@ async fn chat_ids<'a>(
                 deleted.push(key.clone());
             }
             ids.insert(key, id);
+            owners.insert(id, owner);
         }
     }
     Ok(ids)
 }
 
+/// Inserts chats, each claimed by its creation event in `claims` if the batch has one (a chat
+/// first named by a message write has none yet).
 async fn insert_chats(
     tx: &mut Transaction<'_, MySql>,
     chats: &[(&ChatKey, &chrono::DateTime<chrono::Utc>)],
+    claims: &std::collections::BTreeMap<batch::Created, Claim>,
 ) -> Result<(), StoreError> {
     for chunk in chats.chunks(MAX_ROWS_PER_STATEMENT) {
         let mut q = QueryBuilder::<MySql>::new(
-            "INSERT INTO chats (application_id, number, messages_count, created_at, updated_at) ",
+            "INSERT INTO chats \
+             (application_id, number, messages_count, created_at, updated_at, creation_event_id) ",
         );
         q.push_values(chunk, |mut row, (key, at)| {
+            let claim = claims.get(&((*key).clone(), None));
             row.push_bind(key.application_id)
                 .push_bind(key.number)
                 .push_bind(0u64)
                 .push_bind(**at)
-                .push_bind(**at);
+                .push_bind(**at)
+                .push_bind(claim.map(|claim| claim.event_id.as_bytes().to_vec()));
         });
-        // Another replica may insert the same chat concurrently: keep the earliest time.
-        q.push(" ON DUPLICATE KEY UPDATE created_at = LEAST(created_at, VALUES(created_at))");
+        // Another replica may insert the same chat concurrently: keep the earliest time, and the
+        // claim already made.
+        q.push(
+            " ON DUPLICATE KEY UPDATE created_at = LEAST(created_at, VALUES(created_at)), \
+             creation_event_id = IFNULL(creation_event_id, VALUES(creation_event_id))",
+        );
         q.build().execute(&mut **tx).await?;
     }
     Ok(())
