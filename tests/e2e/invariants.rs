@@ -11,7 +11,9 @@ use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
 /// Invariant 3, shown with a MySQL user that can only read: an api using it still creates chats
-/// and messages and updates bodies, while the same api cannot create an application.
+/// and messages and updates bodies, while the same api cannot create an application. Another
+/// replica posts to those chats before any is persisted (it finds them in the stream), and not
+/// to a chat nobody created.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn creation_path_never_writes_mysql() {
     let env = TestEnv::new().await;
@@ -50,6 +52,21 @@ async fn creation_path_never_writes_mysql() {
         )
         .await;
     assert_eq!(status, StatusCode::OK);
+    let other = Client::new(&writer.base);
+    assert_eq!(env.count("SELECT COUNT(*) FROM chats").await, 0);
+    for chat in 1..=10 {
+        other
+            .create_message(&token, chat, "through another replica")
+            .await;
+    }
+    let (status, _) = other
+        .send(
+            Method::POST,
+            &format!("/api/v1/applications/{token}/chats/11/messages"),
+            Some(json!({"body": "nowhere"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
 
     // The control: this api's database user really cannot write.
     let (status, _) = c
@@ -64,7 +81,7 @@ async fn creation_path_never_writes_mysql() {
 
     let persister = env.spawn_persister().await;
     eventually(Duration::from_secs(20), "all events persisted", || async {
-        env.count("SELECT COUNT(*) FROM messages").await == 50
+        env.count("SELECT COUNT(*) FROM messages").await == 60
             && env.count("SELECT COUNT(*) FROM chats").await == 10
     })
     .await;
