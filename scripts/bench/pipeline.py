@@ -52,20 +52,26 @@ STREAM, DLQ, PREFIX = "PIPE_EVENTS", "PIPE_DLQ", "pipe:"
 API, API_ADMIN, PERSISTER, INDEXER, SEARCH, RECONCILER = 18680, 18681, 18682, 18683, 18684, 18685
 TICK = os.sysconf("SC_CLK_TCK")
 
-ENV = {
-    "DATABASE_URL": f"mysql://root@127.0.0.1:3306/{DB}",
-    "CONFAB_STREAM": STREAM,
-    "CONFAB_DLQ_STREAM": DLQ,
-    "CONFAB_SUBJECT_PREFIX": "pipe",
-    "CONFAB_REDIS_PREFIX": PREFIX,
-    "CONFAB_PERSISTER_CONSUMER": "pipe-persister",
-    "CONFAB_INDEXER_CONSUMER": "pipe-indexer",
-    "RUST_LOG": "warn",
-    # The limiter runs its script on every request but never refuses (as in side-by-side).
-    "CONFAB_DEFAULT_MESSAGES_PER_SECOND": "10000000",
-    "CONFAB_DEFAULT_MESSAGE_BURST": "10000000",
-    "MIMALLOC_ARENA_EAGER_COMMIT": "0",
-}
+
+def confab_env(db, name):
+    """The services' environment for a benchmark of its own: database `db`, streams
+    `{NAME}_EVENTS`/`{NAME}_DLQ`, subject prefix `name`, Redis prefix `name:`."""
+    return {
+        "DATABASE_URL": f"mysql://root@127.0.0.1:3306/{db}",
+        "CONFAB_STREAM": f"{name.upper()}_EVENTS",
+        "CONFAB_DLQ_STREAM": f"{name.upper()}_DLQ",
+        "CONFAB_SUBJECT_PREFIX": name,
+        "CONFAB_REDIS_PREFIX": f"{name}:",
+        "CONFAB_PERSISTER_CONSUMER": f"{name}-persister",
+        "CONFAB_INDEXER_CONSUMER": f"{name}-indexer",
+        "RUST_LOG": "warn",
+        # The limiter runs its script on every request but never refuses (as in side-by-side).
+        "CONFAB_DEFAULT_MESSAGES_PER_SECOND": "10000000",
+        "CONFAB_DEFAULT_MESSAGE_BURST": "10000000",
+    }
+
+
+ENV = confab_env(DB, "pipe") | {"MIMALLOC_ARENA_EAGER_COMMIT": "0"}
 
 
 def mysql(sql):

@@ -44,19 +44,8 @@ DB, STREAM, DLQ, PREFIX = "confab_side", "SIDE2_EVENTS", "SIDE2_DLQ", "side2:"
 API, API_ADMIN, PERSISTER, BARE = 18580, 18581, 18582, 18590
 TICK = os.sysconf("SC_CLK_TCK")
 
-CONFAB_ENV = {
-    "DATABASE_URL": f"mysql://root@127.0.0.1:3306/{DB}",
-    "CONFAB_STREAM": STREAM,
-    "CONFAB_DLQ_STREAM": DLQ,
-    "CONFAB_SUBJECT_PREFIX": "side2",
-    "CONFAB_REDIS_PREFIX": PREFIX,
-    "CONFAB_PERSISTER_CONSUMER": "side2-persister",
-    "RUST_LOG": "warn",
-    # The quotas are checked on every request and never refuse.
-    "CONFAB_DEFAULT_MESSAGES_PER_SECOND": "10000000",
-    "CONFAB_DEFAULT_MESSAGE_BURST": "10000000",
-    "CONFAB_DEFAULT_MAX_CHATS": str(2**53 - 1),
-}
+# The chat limit too is checked on every request and never refuses.
+CONFAB_ENV = pipeline.confab_env(DB, "side2") | {"CONFAB_DEFAULT_MAX_CHATS": str(2**53 - 1)}
 
 # What wrk posts: (bare path's script, Confab's script) per kind of creation.
 SCRIPTS = {

@@ -222,29 +222,11 @@ async fn a_second_creation_of_a_number_is_dead_lettered_never_an_overwrite() {
     let number = c.create_message(&token, chat, "first").await;
     let client = async_nats::connect(confab_tests::nats_url()).await.unwrap();
     let js = async_nats::jetstream::new(client);
-    let publish = |body: &str, number: u64| {
-        let envelope = Envelope::new(Event::MessageCreated(MessageWritten {
-            application_id: 1,
-            chat_number: chat,
-            number,
-            body: body.into(),
-        }));
-        let subject = format!("t_{}.v1.message.created.1.{chat}.{number}", env.id);
-        let js = js.clone();
-        async move {
-            js.publish(subject, envelope.encode().into())
-                .await
-                .unwrap()
-                .await
-                .unwrap();
-        }
-    };
-    let publish_chat = |number: u64| {
-        let envelope = Envelope::new(Event::ChatCreated(ChatCreated {
-            application_id: 1,
-            number,
-        }));
-        let subject = format!("t_{}.v1.chat.created.1.{number}", env.id);
+    let subjects = confab_core::Subjects::new(format!("t_{}", env.id));
+    // Stores an event on its subject, around the api; answers its id as MySQL's UNHEX reads it.
+    let store = |event: Event| {
+        let envelope = Envelope::new(event);
+        let subject = subjects.for_event(&envelope.event);
         let js = js.clone();
         async move {
             js.publish(subject, envelope.encode().into())
@@ -254,6 +236,21 @@ async fn a_second_creation_of_a_number_is_dead_lettered_never_an_overwrite() {
                 .unwrap();
             envelope.id.simple().to_string()
         }
+    };
+    let message = |chat_number: u64, number: u64, body: &str| {
+        Event::MessageCreated(MessageWritten {
+            application_id: 1,
+            chat_number,
+            number,
+            body: body.into(),
+        })
+    };
+    let publish = |body: &str, number: u64| store(message(chat, number, body));
+    let publish_chat = |number: u64| {
+        store(Event::ChatCreated(ChatCreated {
+            application_id: 1,
+            number,
+        }))
     };
     let claimed_by = |number: u64, id: String| {
         let env = &env;
@@ -268,20 +265,7 @@ async fn a_second_creation_of_a_number_is_dead_lettered_never_an_overwrite() {
     // The first persister run sees "first" alone, and a message that makes chat 20 before its
     // creation; later the impostors, then (one batch) a pair.
     let persister = env.spawn_persister().await;
-    let orphan = Envelope::new(Event::MessageCreated(MessageWritten {
-        application_id: 1,
-        chat_number: 20,
-        number: 1,
-        body: "before its chat".into(),
-    }));
-    js.publish(
-        format!("t_{}.v1.message.created.1.20.1", env.id),
-        orphan.encode().into(),
-    )
-    .await
-    .unwrap()
-    .await
-    .unwrap();
+    store(message(20, 1, "before its chat")).await;
     eventually(Duration::from_secs(20), "first persisted", || async {
         env.count("SELECT COUNT(*) FROM messages").await == 2
     })
