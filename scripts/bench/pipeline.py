@@ -48,7 +48,6 @@ from confab_chaos.clients import MySQL, nats_request  # noqa: E402  (the chaos s
 BIN = os.path.join(os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target")), "release")
 RUN = os.path.join(ROOT, ".dev", "pipeline-bench")
 DB = "confab_pipeline"
-STREAM, DLQ, PREFIX = "PIPE_EVENTS", "PIPE_DLQ", "pipe:"
 API, API_ADMIN, PERSISTER, INDEXER, SEARCH, RECONCILER = 18680, 18681, 18682, 18683, 18684, 18685
 TICK = os.sysconf("SC_CLK_TCK")
 
@@ -85,17 +84,24 @@ def nats_delete_stream(name):
     asyncio.run(nats_request(4222, f"$JS.API.STREAM.DELETE.{name}"))
 
 
-def reset():
-    mysql(f"DROP DATABASE IF EXISTS {DB}; CREATE DATABASE {DB};")
-    for stream in (STREAM, DLQ):
+def reset_confab(env):
+    """Empties what the services with environment `env` (from `confab_env`) keep: their
+    database (migrated again), streams and Redis keys."""
+    db = env["DATABASE_URL"].rsplit("/", 1)[1]
+    mysql(f"DROP DATABASE IF EXISTS {db}; CREATE DATABASE {db};")
+    for stream in (env["CONFAB_STREAM"], env["CONFAB_DLQ_STREAM"]):
         nats_delete_stream(stream)
-    keys = subprocess.run(["redis-cli", "--scan", "--pattern", PREFIX + "*"],
+    keys = subprocess.run(["redis-cli", "--scan", "--pattern", env["CONFAB_REDIS_PREFIX"] + "*"],
                           capture_output=True, text=True, check=True).stdout.split()
     for i in range(0, len(keys), 500):
         subprocess.run(["redis-cli", "del", *keys[i:i + 500]], check=True, capture_output=True)
-    subprocess.run(["rm", "-rf", os.path.join(RUN, "index")], check=True)
     subprocess.run([os.path.join(BIN, "confab-api"), "migrate"], check=True,
-                   env={**os.environ, **ENV}, capture_output=True)
+                   env={**os.environ, **env}, capture_output=True)
+
+
+def reset():
+    subprocess.run(["rm", "-rf", os.path.join(RUN, "index")], check=True)
+    reset_confab(ENV)
 
 
 def get(url, timeout=5):
@@ -114,10 +120,14 @@ def wait_ready(port, what):
 
 
 class Proc:
-    def __init__(self, name, args, env):
+    """A process started with `base` (this benchmark's services' environment by default) and
+    `env` over the inherited environment, logging to RUN/<name>.log."""
+
+    def __init__(self, name, args, env, base=None):
         self.name = name
         self.log = open(os.path.join(RUN, name + ".log"), "w")
-        self.p = subprocess.Popen(args, env={**os.environ, **ENV, **env},
+        base = ENV if base is None else base
+        self.p = subprocess.Popen(args, env={**os.environ, **base, **env},
                                   stdout=self.log, stderr=subprocess.STDOUT)
         self.pid = self.p.pid
 

@@ -33,19 +33,18 @@ import time
 import urllib.request
 
 import pipeline
-from pipeline import Proc, backing_pids, cpu_ticks, mysql, wait_ready
+from pipeline import TICK, Proc, backing_pids, cpu_ticks, mysql, wait_ready
 
 ROOT = pipeline.ROOT
 SHARED = os.path.join(os.path.dirname(ROOT), "shared", "bench")
 BARE_SRC = os.path.join(SHARED, "bare-path")
 BARE_WORK = os.path.join(os.environ.get("TMPDIR", "/tmp"), "confab-side-by-side")
 BARE_BIN = os.path.join(BARE_WORK, "target", "release")
-DB, STREAM, DLQ, PREFIX = "confab_side", "SIDE2_EVENTS", "SIDE2_DLQ", "side2:"
 API, API_ADMIN, PERSISTER, BARE = 18580, 18581, 18582, 18590
-TICK = os.sysconf("SC_CLK_TCK")
 
 # The chat limit too is checked on every request and never refuses.
-CONFAB_ENV = pipeline.confab_env(DB, "side2") | {"CONFAB_DEFAULT_MAX_CHATS": str(2**53 - 1)}
+CONFAB_ENV = pipeline.confab_env("confab_side", "side2") | {
+    "CONFAB_DEFAULT_MAX_CHATS": str(2**53 - 1)}
 
 # What wrk posts: (bare path's script, Confab's script) per kind of creation.
 SCRIPTS = {
@@ -69,16 +68,8 @@ def build_bare():
 
 
 def reset():
-    mysql(f"DROP DATABASE IF EXISTS {DB}; CREATE DATABASE {DB}; "
-          "DROP DATABASE IF EXISTS bare_path; CREATE DATABASE bare_path;")
-    for stream in (STREAM, DLQ):
-        pipeline.nats_delete_stream(stream)
-    keys = subprocess.run(["redis-cli", "--scan", "--pattern", PREFIX + "*"],
-                          capture_output=True, text=True, check=True).stdout.split()
-    for i in range(0, len(keys), 500):
-        subprocess.run(["redis-cli", "del", *keys[i:i + 500]], check=True, capture_output=True)
-    subprocess.run([os.path.join(pipeline.BIN, "confab-api"), "migrate"], check=True,
-                   env={**os.environ, **CONFAB_ENV}, capture_output=True)
+    mysql("DROP DATABASE IF EXISTS bare_path; CREATE DATABASE bare_path;")
+    pipeline.reset_confab(CONFAB_ENV)
 
 
 def post(url, body):
@@ -93,8 +84,7 @@ def wrk(port, script, connections, duration, token):
         ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency", "-s", script,
          f"http://127.0.0.1:{port}"],
         capture_output=True, text=True, check=True, env={**os.environ, "TOKEN": token}).stdout
-    rps, p50, p99, _, bad = pipeline.parse_wrk(out)
-    return rps, p50, p99, bad
+    return pipeline.parse_wrk(out)
 
 
 def millis(text):
@@ -107,8 +97,8 @@ def millis(text):
 
 def measured(port, script, a, token, pids):
     before = {name: cpu_ticks(pid) for name, pid in pids.items()}
-    rps, p50, p99, bad = wrk(port, script, a.connections, a.duration, token)
-    requests = max(rps * a.duration, 1)
+    rps, p50, p99, ok, bad = wrk(port, script, a.connections, a.duration, token)
+    requests = max(ok + bad, 1)
     cpu = {name: round((cpu_ticks(pid) - before[name]) / TICK * 1e6 / requests)
            for name, pid in pids.items()}
     return rps, p50, p99, bad, cpu
@@ -125,22 +115,19 @@ def main():
     print("==> building the bare path", file=sys.stderr, flush=True)
     build_bare()
     reset()
-    pipeline.ENV.clear()
-    pipeline.ENV.update(CONFAB_ENV)
     procs = [
         Proc("side-api", [os.path.join(pipeline.BIN, "confab-api")],
              {"CONFAB_MIGRATE": "false", "CONFAB_HTTP_ADDR": f"127.0.0.1:{API}",
-              "CONFAB_ADMIN_ADDR": f"127.0.0.1:{API_ADMIN}"}),
+              "CONFAB_ADMIN_ADDR": f"127.0.0.1:{API_ADMIN}"}, CONFAB_ENV),
         Proc("side-persister", [os.path.join(pipeline.BIN, "confab-persister")],
-             {"CONFAB_ADMIN_ADDR": f"127.0.0.1:{PERSISTER}"}),
+             {"CONFAB_ADMIN_ADDR": f"127.0.0.1:{PERSISTER}"}, CONFAB_ENV),
     ]
     bare_db = {"DB": "mysql://root@127.0.0.1:3306/bare_path"}
     try:
-        bare = Proc("bare-handler", [os.path.join(BARE_BIN, "e2e")],
-                    {**bare_db, "ADDR": f"127.0.0.1:{BARE}"})
-        procs.append(bare)
+        procs.append(Proc("bare-handler", [os.path.join(BARE_BIN, "e2e")],
+                          {**bare_db, "ADDR": f"127.0.0.1:{BARE}"}, {}))
         time.sleep(2)  # the handler (re)creates the stream the writer consumes
-        procs.append(Proc("bare-writer", [os.path.join(BARE_BIN, "persister")], bare_db))
+        procs.append(Proc("bare-writer", [os.path.join(BARE_BIN, "persister")], bare_db, {}))
         wait_ready(API_ADMIN, "api")
         wait_ready(PERSISTER, "persister")
         token = post(f"http://127.0.0.1:{API}/api/v1/applications", {"name": "side"})["token"]

@@ -2,7 +2,7 @@
 //! leaves the same rows.
 
 use std::borrow::Cow;
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use confab_runtime::{db, deletion};
 use sqlx::{MySql, MySqlPool, QueryBuilder, Transaction};
@@ -177,9 +177,10 @@ async fn claim_conflicts(
     let mut conflicts = Vec::new();
     let mut unclaimed: Vec<(u64, &Claim)> = Vec::new();
     for ((chat, message), claim) in &plan.claims {
-        let Some(id) = ids.get(chat).filter(|_| message.is_none()) else {
+        if message.is_some() {
             continue;
-        };
+        }
+        let Some(id) = ids.get(chat) else { continue };
         let owner = owners.get(id);
         if !matches!(owner, Some(Some(_))) {
             unclaimed.push((*id, claim));
@@ -322,7 +323,7 @@ async fn chat_ids<'a>(
 async fn insert_chats(
     tx: &mut Transaction<'_, MySql>,
     chats: &[(&ChatKey, &chrono::DateTime<chrono::Utc>)],
-    claims: &std::collections::BTreeMap<batch::Created, Claim>,
+    claims: &BTreeMap<batch::Created, Claim>,
 ) -> Result<(), StoreError> {
     for chunk in chats.chunks(MAX_ROWS_PER_STATEMENT) {
         let mut q = QueryBuilder::<MySql>::new(
