@@ -180,11 +180,16 @@ async fn unknown_tokens_chats_and_cursors_are_refused_before_the_stream_opens() 
         );
     }
 
-    // A cursor older than what the stream holds: 410, re-read the list.
+    // A cursor older than what the live stream holds (past its window): 410, re-read the list.
     c.create_message(&token, chat, "kept").await;
     let js =
         async_nats::jetstream::new(async_nats::connect(confab_tests::nats_url()).await.unwrap());
-    let mut stream = js.get_stream(format!("T_{}", env.id)).await.unwrap();
+    let mut stream = js.get_stream(format!("T_{}_LIVE", env.id)).await.unwrap();
+    confab_tests::eventually(std::time::Duration::from_secs(10), "sourced", || {
+        let mut stream = stream.clone();
+        async move { stream.info().await.unwrap().state.messages > 0 }
+    })
+    .await;
     let last = stream.info().await.unwrap().state.last_sequence;
     stream.purge().sequence(last).await.unwrap();
     refused_with(&api.base, &token, chat, "0", (410, "gone")).await;

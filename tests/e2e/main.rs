@@ -20,3 +20,4 @@ mod operator;
 mod publishing;
 mod quotas;
 mod search;
+mod stream_scale;

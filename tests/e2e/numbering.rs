@@ -123,6 +123,10 @@ async fn numbering_survives_redis_losing_its_data() {
     let redis_url = format!("{}/15", confab_tests::redis_url());
     let env = TestEnv::with(|e| {
         e.insert("REDIS_URL".into(), redis_url.clone());
+        // After the flush, numbering waits out the quiescence (deadline + 2 × skew) before it
+        // re-seeds: 2.5 s here rather than the default 12 s.
+        e.insert("CONFAB_PUBLISH_DEADLINE_MS".into(), "2000".into());
+        e.insert("CONFAB_CLOCK_SKEW_MS".into(), "250".into());
     })
     .await;
     let (a, b) = (env.spawn_api().await, env.spawn_api().await);

@@ -139,15 +139,32 @@ impl Client {
     }
 
     pub async fn create_chat(&self, token: &str) -> u64 {
+        let path = format!("/api/v1/applications/{token}/chats");
         let (status, body) = self
-            .send(
-                Method::POST,
-                &format!("/api/v1/applications/{token}/chats"),
-                None,
-            )
+            .after_recovery(|| self.send(Method::POST, &path, None))
             .await;
         assert_eq!(status, StatusCode::CREATED, "{body}");
         body["number"].as_u64().expect("number")
+    }
+
+    /// Sends a creation again while it answers `503 sequence_recovering` (Redis lost its data
+    /// moments ago and no number was taken, so repeating is safe), as a client honouring
+    /// `Retry-After` would, for at most a minute.
+    async fn after_recovery<F, Fut>(&self, send: F) -> (StatusCode, Value)
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = (StatusCode, Value)>,
+    {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let (status, body) = send().await;
+            let recovering = status == StatusCode::SERVICE_UNAVAILABLE
+                && body["error"]["code"] == "sequence_recovering";
+            if !recovering || std::time::Instant::now() > deadline {
+                return (status, body);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        }
     }
 
     /// The status of a chat creation (for tests that expect it to fail).
@@ -162,7 +179,9 @@ impl Client {
     }
 
     pub async fn create_message(&self, token: &str, chat: u64, text: &str) -> u64 {
-        let (status, body) = self.try_create_message(token, chat, text).await;
+        let (status, body) = self
+            .after_recovery(|| self.try_create_message(token, chat, text))
+            .await;
         assert_eq!(status, StatusCode::CREATED, "{body}");
         body["number"].as_u64().expect("number")
     }

@@ -10,6 +10,7 @@
 pub mod client;
 pub mod live;
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::time::{Duration, Instant};
 
@@ -84,6 +85,7 @@ impl TestEnv {
             ("NATS_URL", nats_url().as_str()),
             ("CONFAB_STREAM", &format!("T_{id}")),
             ("CONFAB_DLQ_STREAM", &format!("T_{id}_DLQ")),
+            ("CONFAB_LIVE_STREAM", &format!("T_{id}_LIVE")),
             ("CONFAB_SUBJECT_PREFIX", &format!("t_{id}")),
             ("CONFAB_REDIS_PREFIX", &format!("t:{id}:")),
             ("CONFAB_STREAM_MAX_AGE_SECS", "3600"),
@@ -250,6 +252,21 @@ impl TestEnv {
         stream.info().await.unwrap().state.messages
     }
 
+    /// Subjects the NATS server holds state for in each of this test's streams (events, live,
+    /// dead letters, idempotency records), by stream name; a stream not created is left out.
+    pub async fn retained_subjects(&self) -> BTreeMap<String, u64> {
+        let js = async_nats::jetstream::new(async_nats::connect(nats_url()).await.unwrap());
+        let mut out = BTreeMap::new();
+        for suffix in ["", "_LIVE", "_DLQ", "_IDEMPOTENCY"] {
+            let name = format!("T_{}{suffix}", self.id);
+            if let Ok(mut stream) = js.get_stream(&name).await {
+                let info = stream.info().await.unwrap();
+                out.insert(name, info.state.subjects_count);
+            }
+        }
+        out
+    }
+
     /// Messages in this test's dead-letter stream.
     pub async fn dead_letters(&self) -> Vec<async_nats::jetstream::message::StreamMessage> {
         let js = async_nats::jetstream::new(async_nats::connect(nats_url()).await.unwrap());
@@ -309,6 +326,7 @@ impl TestEnv {
             let js = async_nats::jetstream::new(client);
             let _ = js.delete_stream(format!("T_{}", self.id)).await;
             let _ = js.delete_stream(format!("T_{}_DLQ", self.id)).await;
+            let _ = js.delete_stream(format!("T_{}_LIVE", self.id)).await;
             let _ = js.delete_stream(format!("T_{}_IDEMPOTENCY", self.id)).await;
         }
         if let Ok(client) = redis::Client::open(self.env["REDIS_URL"].as_str()) {

@@ -82,13 +82,15 @@ impl AppState {
             let sequence = &sequence;
             let seed = move || {
                 Box::pin(async move {
-                    let (persisted, in_flight) = tokio::try_join!(
-                        (sequence.persisted_max)(),
-                        self.publisher.last_number_on(&sequence.subjects)
-                    )?;
+                    // The stream before MySQL, not both at once: a creation that leaves the
+                    // stream in between is in MySQL by the time MySQL is read.
+                    let in_flight = self.publisher.max_in_flight(&sequence.subjects).await?;
+                    let persisted = (sequence.persisted_max)().await?;
                     Ok(reseed_value(persisted, in_flight).max(taken))
                 })
             };
+            // Before the number is taken ([`Envelope::made_at`]).
+            let made = chrono::Utc::now();
             let Numbered { number, rate } = self
                 .numbering
                 .next(
@@ -99,7 +101,7 @@ impl AppState {
                     seed,
                 )
                 .await?;
-            let envelope = Envelope::new(event(number));
+            let envelope = Envelope::made_at(event(number), made);
             if let Some(key) = &sequence.idempotency {
                 let record = Record::for_envelope(key, &envelope);
                 let revision = match recorded {
@@ -150,7 +152,18 @@ impl AppState {
             .event
             .created_number()
             .ok_or(ApiError::IdempotencyMismatch)?;
-        match self.publisher.publish(&envelope, trace).await? {
+        let age = chrono::Utc::now() - envelope.occurred_at;
+        let outcome = if age.to_std().unwrap_or_default()
+            > self.publisher.jetstream().config.publish_deadline
+        {
+            // Its first request is over: its event was stored, or never will be. Stored, it may
+            // already be persisted and gone from the stream, and publishing it again would store
+            // it a second time, past its horizon. So its fate is read instead.
+            Box::pin(self.fate_of(&envelope)).await?
+        } else {
+            self.publisher.publish(&envelope, trace).await?
+        };
+        match outcome {
             PublishOutcome::Stored | PublishOutcome::RetriedOwn => {
                 Ok(Replay::Answered((number, envelope)))
             }
@@ -158,6 +171,27 @@ impl AppState {
             // request: this one takes a new number and replaces the record.
             PublishOutcome::Collision => Ok(Replay::Collided(revision)),
         }
+    }
+}
+
+impl AppState {
+    /// What became of a recorded creation whose request is over: in the stream, or in MySQL
+    /// (read after the stream: an event that leaves the stream in between is in MySQL by then),
+    /// as this event's (`RetriedOwn`) or another's (`Collision`); found nowhere, it was never
+    /// stored or was refused, and its number must not be claimed late (`Collision` too: the
+    /// request takes a new number).
+    async fn fate_of(&self, envelope: &Envelope) -> Result<PublishOutcome> {
+        let own = envelope.id.to_string();
+        if let Some(stored) = self.publisher.stored_creation_id(envelope).await? {
+            return Ok(confab_core::sequence::classify_publish(true, &stored, &own));
+        }
+        let claim = crate::repo::creation_claim(&self.db, &envelope.event).await?;
+        let ours = claim.flatten().as_deref() == Some(envelope.id.as_bytes().as_slice());
+        Ok(if ours {
+            PublishOutcome::RetriedOwn
+        } else {
+            PublishOutcome::Collision
+        })
     }
 }
 

@@ -57,6 +57,10 @@ pub enum ApiError {
     Timeout,
     #[error("a dependency is unavailable: {0}")]
     Unavailable(String),
+    /// Redis lost its data moments ago: numbers are handed out again once every number taken
+    /// before the loss is stored or can no longer be ([`confab_core::sequence`]).
+    #[error("numbering is recovering from a loss of Redis data; retry in {retry_after_secs} s")]
+    Recovering { retry_after_secs: u64 },
     #[error(transparent)]
     Internal(#[from] Internal),
 }
@@ -148,6 +152,7 @@ impl ApiError {
             Self::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             Self::Timeout => (StatusCode::SERVICE_UNAVAILABLE, "timeout"),
             Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            Self::Recovering { .. } => (StatusCode::SERVICE_UNAVAILABLE, "sequence_recovering"),
             Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }
@@ -178,7 +183,8 @@ impl IntoResponse for ApiError {
         let retry_after = match &self {
             Self::RateLimited {
                 retry_after_secs, ..
-            } => Some(*retry_after_secs),
+            }
+            | Self::Recovering { retry_after_secs } => Some(*retry_after_secs),
             _ if status == StatusCode::SERVICE_UNAVAILABLE => Some(1),
             _ => None,
         };

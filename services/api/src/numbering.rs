@@ -15,6 +15,12 @@
 //!
 //! The scripts live in `lua/`: the shared admission rules (`admission.lua`, which uses Redis
 //! `TIME` as its clock) are joined in front of each script's body at compile time.
+//!
+//! Seeding is fenced and waits out a quiescence ([`confab_core::sequence`]): each application
+//! has an epoch in Redis, when its sequences began. A seed is read only once the epoch is
+//! `CONFAB_PUBLISH_DEADLINE_MS` plus twice `CONFAB_CLOCK_SKEW_MS` old (`503 sequence_recovering`
+//! with `Retry-After` before then: only after Redis lost its data), and written only while the
+//! epoch is still the one it was read under.
 
 use std::future::Future;
 use std::sync::LazyLock;
@@ -28,6 +34,7 @@ use crate::metrics::Metrics;
 
 static INCR_EXISTING: LazyLock<Script> = LazyLock::new(|| {
     Script::new(concat!(
+        "local GONE_KEY = 3\n",
         include_str!("lua/admission.lua"),
         include_str!("lua/incr_existing.lua")
     ))
@@ -35,6 +42,7 @@ static INCR_EXISTING: LazyLock<Script> = LazyLock::new(|| {
 
 static RAISE_THEN_INCR: LazyLock<Script> = LazyLock::new(|| {
     Script::new(concat!(
+        "local GONE_KEY = 4\n",
         include_str!("lua/admission.lua"),
         include_str!("lua/raise_then_incr.lua")
     ))
@@ -43,10 +51,13 @@ static RAISE_THEN_INCR: LazyLock<Script> = LazyLock::new(|| {
 /// What must hold before a number is taken.
 static RATE_ONLY: LazyLock<Script> = LazyLock::new(|| {
     Script::new(concat!(
+        "local GONE_KEY = 3\n",
         include_str!("lua/admission.lua"),
         include_str!("lua/rate_only.lua")
     ))
 });
+
+static EPOCH: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/epoch.lua")));
 
 /// The name of the message-rate policy in the `RateLimit` headers.
 const MESSAGES: &str = "messages";
@@ -66,20 +77,70 @@ pub struct Admission {
     pub rate: Option<(String, RateParams)>,
     /// The parent's deletion mark: no number is taken while it is set.
     pub gone: Option<String>,
+    /// The application's sequence epoch ([`confab_core::keys::Keys::sequence_epoch`]): seeding
+    /// waits until it is settled and is fenced by it.
+    pub epoch: String,
 }
 
 /// The raising script's status when it moved the key (otherwise it answers like the first one).
 const SEEDED: u8 = 4;
+/// The raising script's status when the epoch changed since the seed was read.
+const FENCED: u8 = 6;
 
 #[derive(Clone)]
 pub struct Numbering {
     redis: ConnectionManager,
     metrics: Metrics,
+    /// How long after its epoch began an application's sequences may be seeded
+    /// ([`confab_runtime::config::StreamConfig::reseed_quiescence`]).
+    quiescence: std::time::Duration,
 }
 
 impl Numbering {
-    pub fn new(redis: ConnectionManager, metrics: Metrics) -> Self {
-        Self { redis, metrics }
+    pub fn new(
+        redis: ConnectionManager,
+        metrics: Metrics,
+        quiescence: std::time::Duration,
+    ) -> Self {
+        Self {
+            redis,
+            metrics,
+            quiescence,
+        }
+    }
+
+    fn quiescence_us(&self) -> u64 {
+        u64::try_from(self.quiescence.as_micros()).unwrap_or(u64::MAX)
+    }
+
+    /// Starts a new application's epoch as already settled: none of its numbers was ever handed
+    /// out, so none can be in flight, and its first chat need not wait out a quiescence. (Left
+    /// unset, as when Redis is away now, it starts unsettled at its first chat.)
+    pub async fn settle_new_application(&self, epoch_key: &str) -> Result<()> {
+        let _: (String, String) = EPOCH
+            .key(epoch_key)
+            .arg(self.quiescence_us())
+            .invoke_async(&mut self.redis.clone())
+            .await?;
+        Ok(())
+    }
+
+    /// The application's epoch, once seeds may be read under it: `503 sequence_recovering` while
+    /// it is younger than the quiescence (it starts now when missing: Redis lost its data).
+    async fn settled_epoch(&self, epoch_key: &str) -> Result<String> {
+        let (epoch, now): (String, String) = EPOCH
+            .key(epoch_key)
+            .arg(0)
+            .invoke_async(&mut self.redis.clone())
+            .await?;
+        let parse = |v: &str| v.parse::<u64>().unwrap_or(0);
+        let settled_at = parse(&epoch).saturating_add(self.quiescence_us());
+        match settled_at.checked_sub(parse(&now)) {
+            Some(wait_us) if wait_us > 0 => Err(ApiError::Recovering {
+                retry_after_secs: wait_us.div_ceil(1_000_000),
+            }),
+            _ => Ok(epoch),
+        }
     }
 
     /// The next number of the sequence at `key`, if `admission` allows one. `seed` is called
@@ -99,7 +160,7 @@ impl Numbering {
         let mut conn = self.redis.clone();
         if !raise_first {
             let started = std::time::Instant::now();
-            let answer: (u8, u64, i64) = invocation(&INCR_EXISTING, key, admission)
+            let answer: (u8, u64, i64) = invocation(&INCR_EXISTING, key, admission, None)
                 .invoke_async(&mut conn)
                 .await?;
             self.metrics.dependencies.redis("next_number", started);
@@ -107,11 +168,29 @@ impl Numbering {
                 return decide(answer, kind, admission, &self.metrics);
             }
         }
+        let epoch = match self.settled_epoch(&admission.epoch).await {
+            Ok(epoch) => epoch,
+            Err(recovering) => {
+                // Not yet: but a deleted parent is `404` now, not after the quiescence (its
+                // mark went with Redis; the seed's reads find the deletion and mark it again).
+                // What they read is not used.
+                seed().await?;
+                return Err(recovering);
+            }
+        };
         let seed = seed().await?;
-        let answer: (u8, u64, i64) = invocation(&RAISE_THEN_INCR, key, admission)
-            .arg(seed)
-            .invoke_async(&mut conn)
-            .await?;
+        let answer: (u8, u64, i64) =
+            invocation(&RAISE_THEN_INCR, key, admission, Some(&admission.epoch))
+                .arg(seed)
+                .arg(&epoch)
+                .invoke_async(&mut conn)
+                .await?;
+        if answer.0 == FENCED {
+            tracing::warn!(kind, "redis lost its data while a sequence was seeded");
+            return Err(ApiError::Recovering {
+                retry_after_secs: self.quiescence.as_secs().max(1),
+            });
+        }
         if answer.0 == SEEDED {
             // Only the replica whose value moved the key counts; the others found it at least as
             // high and incremented.
@@ -161,10 +240,13 @@ impl Numbering {
     }
 }
 
+/// The keys and arguments of a numbering script: the sequence, the rate state (or the sequence
+/// again), the epoch when the script fences on it, the deletion mark when there is one.
 fn invocation<'a>(
     script: &'a Script,
     key: &str,
     admission: &Admission,
+    fence: Option<&str>,
 ) -> redis::ScriptInvocation<'a> {
     let mut invocation = script.key(key);
     match &admission.rate {
@@ -178,6 +260,9 @@ fn invocation<'a>(
         None => {
             invocation.key(key).arg(admission.cap).arg(0).arg(0);
         }
+    }
+    if let Some(fence) = fence {
+        invocation.key(fence);
     }
     if let Some(gone) = &admission.gone {
         invocation.key(gone);

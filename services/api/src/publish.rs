@@ -76,7 +76,14 @@ impl Publisher {
         }
         let payload = bytes::Bytes::from(envelope.encode());
         let started = Instant::now();
-        let deadline = started + self.js.config.publish_deadline;
+        // Counted from the event's `occurred_at`, not from here: a creation acknowledged later
+        // than the deadline after it was made must not be answered 201, because consumers refuse
+        // one stored past that horizon ([`confab_core::sequence`], rule 4). (An idempotent request
+        // writes its record between the two.)
+        let age = (chrono::Utc::now() - envelope.occurred_at)
+            .to_std()
+            .unwrap_or_default();
+        let deadline = started + self.js.config.publish_deadline.saturating_sub(age);
         let mut attempt = 1u32;
         let retries = async {
             loop {
@@ -201,12 +208,22 @@ impl Publisher {
         last_on(&self.js, subject).await
     }
 
-    /// The number of the last creation event stored under `pattern` (a parent's creation
-    /// wildcard). Concurrent publishes may be stored slightly out of order, so this can be below
-    /// the highest number stored; the stream refuses the numbers it misses, and a collision
-    /// raises the sequence again.
-    pub async fn last_number_on(&self, pattern: &str) -> Result<Option<u64>> {
-        last_number_on(&self.js, pattern).await
+    /// The highest number among the creation events still in the stream under `pattern` (a
+    /// parent's creation wildcard): the numbers in flight, read from the subjects themselves,
+    /// one stream-info request (paged past 100,000 subjects). Exact, not the last one stored:
+    /// concurrent publishes are stored out of order, and re-seeding must be at least every
+    /// number the stream still refuses ([`confab_core::sequence`]).
+    pub async fn max_in_flight(&self, pattern: &str) -> Result<Option<u64>> {
+        max_in_flight(&self.js, pattern).await
+    }
+
+    /// The envelope id of the creation event the stream holds for `envelope`'s number, if any.
+    pub async fn stored_creation_id(&self, envelope: &Envelope) -> Result<Option<String>> {
+        let subject = self.js.subjects.for_event(&envelope.event);
+        match self.last_on(&subject).await? {
+            Some(payload) => decode_id(&payload).map(Some).map_err(ApiError::Unavailable),
+            None => Ok(None),
+        }
     }
 
     /// Whether the event on `subject` (one item's creation, or its deletion) is in the stream.
@@ -233,12 +250,31 @@ async fn last_on(js: &JetStream, subject: &str) -> Result<Option<bytes::Bytes>> 
     }
 }
 
-/// The number of the last creation event stored under `pattern` ([`Publisher::last_number_on`]).
-pub async fn last_number_on(js: &JetStream, pattern: &str) -> Result<Option<u64>> {
-    Ok(last_on(js, pattern)
-        .await?
-        .and_then(|payload| Envelope::decode(&payload).ok())
-        .and_then(|envelope| envelope.event.created_number()))
+/// [`Publisher::max_in_flight`].
+async fn max_in_flight(js: &JetStream, pattern: &str) -> Result<Option<u64>> {
+    use futures::TryStreamExt;
+    let unavailable = |error: &dyn std::fmt::Display| {
+        ApiError::Unavailable(format!("jetstream subjects: {error}"))
+    };
+    let read = async {
+        let subjects = js
+            .events
+            .info_with_subjects(pattern)
+            .await
+            .map_err(|e| unavailable(&e))?;
+        subjects
+            .map_err(|e| unavailable(&e))
+            .try_fold(None, |max: Option<u64>, (subject, _count)| async move {
+                Ok(max.max(confab_core::Subjects::created_number_of(&subject)))
+            })
+            .await
+    };
+    match js.within(read).await {
+        Some(result) => result,
+        None => Err(ApiError::Unavailable(
+            "jetstream subjects lookup timed out".to_owned(),
+        )),
+    }
 }
 
 fn decode_id(payload: &[u8]) -> std::result::Result<String, String> {

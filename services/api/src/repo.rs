@@ -254,6 +254,39 @@ pub async fn chat_state(
     Ok(state(deleted))
 }
 
+/// The creation event that made a persisted chat or message row: `None` when there is no row,
+/// `Some(None)` for a row no creation event has claimed ([`crate::allocate`]'s replay of an old
+/// idempotency record reads it).
+pub async fn creation_claim(
+    db: &MySqlPool,
+    event: &confab_core::Event,
+) -> sqlx::Result<Option<Option<Vec<u8>>>> {
+    use confab_core::Event;
+    match event {
+        Event::ChatCreated(c) => {
+            sqlx::query_scalar(
+                "SELECT creation_event_id FROM chats WHERE application_id = ? AND number = ?",
+            )
+            .bind(c.application_id)
+            .bind(c.number)
+            .fetch_optional(db)
+            .await
+        }
+        Event::MessageCreated(m) => {
+            sqlx::query_scalar(
+                "SELECT m.creation_event_id FROM chats c JOIN messages m ON m.chat_id = c.id \
+                 WHERE c.application_id = ? AND c.number = ? AND m.number = ?",
+            )
+            .bind(m.application_id)
+            .bind(m.chat_number)
+            .bind(m.number)
+            .fetch_optional(db)
+            .await
+        }
+        _ => Ok(None),
+    }
+}
+
 /// Whether a message is persisted, and deleted; `None` when it is not persisted (yet).
 pub async fn message_state(
     db: &MySqlPool,

@@ -2,8 +2,10 @@
 //!
 //! All of it is reads: an in-process cache first, then Redis (chats marked deleted), then MySQL,
 //! then the stream itself (an item acknowledged but not yet persisted, or a deletion not yet
-//! persisted). The stream keeps every event for `CONFAB_STREAM_MAX_AGE_SECS` (a week), far longer
-//! than persisting takes, so whatever it acknowledged is found in MySQL or in it.
+//! persisted), then MySQL once more. The events stream drops an event once every consumer
+//! acked it, and the persister acks only after its commit, so an event that left the stream
+//! between the first MySQL read and the stream lookup is in MySQL by the second read: whatever
+//! the stream acknowledged is found in one of the three reads.
 
 use confab_core::Token;
 use redis::AsyncCommands;
@@ -66,8 +68,11 @@ impl AppState {
         let exists = match repo::chat_state(&self.db, application_id, number).await? {
             Some(state) => state == repo::State::Live,
             None => {
-                self.publisher
+                let in_flight = self
+                    .publisher
                     .stored(&subjects.chat_created(application_id, number))
+                    .await?;
+                self.chat_state_again(application_id, number, in_flight)
                     .await?
             }
         };
@@ -96,11 +101,42 @@ impl AppState {
         let subjects = &self.publisher.jetstream().subjects;
         match repo::chat_state(&self.db, application_id, number).await? {
             Some(state) => Ok(state == repo::State::Live),
-            None => Ok(self.chat_exists(application_id, number).await?
-                && !self
-                    .publisher
-                    .stored(&subjects.chat_deleted(application_id, number))
-                    .await?),
+            None => {
+                let in_flight = self.chat_exists(application_id, number).await?
+                    && !self
+                        .publisher
+                        .stored(&subjects.chat_deleted(application_id, number))
+                        .await?;
+                self.chat_state_again(application_id, number, in_flight)
+                    .await
+            }
+        }
+    }
+
+    /// The chat's state in MySQL, read again after the stream was looked at (`in_flight`, what
+    /// the stream said), which it replaces when the chat has reached MySQL meanwhile (see the
+    /// module's note).
+    async fn chat_state_again(
+        &self,
+        application_id: u64,
+        number: u64,
+        in_flight: bool,
+    ) -> Result<bool> {
+        Ok(
+            match repo::chat_state(&self.db, application_id, number).await? {
+                Some(state) => state == repo::State::Live,
+                None => in_flight,
+            },
+        )
+    }
+
+    /// Starts a just-created application's sequence epoch settled, so its first chat is numbered
+    /// at once ([`crate::numbering::Numbering::settle_new_application`]). Best effort: with Redis
+    /// away, the epoch starts at the first chat instead, which then waits out the quiescence.
+    pub async fn settle_new_application(&self, application_id: u64) {
+        let epoch = self.keys.sequence_epoch(application_id);
+        if let Err(error) = self.numbering.settle_new_application(&epoch).await {
+            tracing::warn!(%error, "could not settle a new application's sequence epoch");
         }
     }
 
@@ -127,7 +163,9 @@ impl AppState {
 
     /// The highest message number persisted in a chat, for re-seeding its sequence. Re-seeding
     /// is also what follows a Redis loss, which loses the deletion marks: a chat deleted in MySQL
-    /// or in the stream is marked again here, and the message refused.
+    /// or in the stream is marked again here, and the message refused. The stream is read before
+    /// MySQL (a deletion that leaves the stream in between is in MySQL by then), and the caller
+    /// reads the numbers in flight before calling this, for the same reason.
     pub async fn persisted_message_max(
         &self,
         application_id: u64,
@@ -138,12 +176,10 @@ impl AppState {
             .jetstream()
             .subjects
             .chat_deleted(application_id, chat);
-        let (state, max, deletion) = tokio::try_join!(
-            async { Ok::<_, ApiError>(repo::chat_state(&self.db, application_id, chat).await?) },
-            async {
-                Ok::<_, ApiError>(repo::max_message_number(&self.db, application_id, chat).await?)
-            },
-            self.publisher.stored(&deletion_subject),
+        let deletion = self.publisher.stored(&deletion_subject).await?;
+        let (state, max) = tokio::try_join!(
+            repo::chat_state(&self.db, application_id, chat),
+            repo::max_message_number(&self.db, application_id, chat),
         )?;
         if state == Some(repo::State::Deleted) || deletion {
             self.mark_chat_deleted(application_id, chat).await?;
@@ -166,14 +202,21 @@ impl AppState {
             Some(state) => Ok(state == repo::State::Live),
             None => {
                 let subjects = &self.publisher.jetstream().subjects;
-                Ok(self
+                let in_flight = self
                     .publisher
                     .stored(&subjects.message_created(application_id, chat, number))
                     .await?
                     && !self
                         .publisher
                         .stored(&subjects.message_deleted(application_id, chat, number))
-                        .await?)
+                        .await?;
+                // Again: it may have left the stream for MySQL meanwhile (the module's note).
+                Ok(
+                    match repo::message_state(&self.db, application_id, chat, number).await? {
+                        Some(state) => state == repo::State::Live,
+                        None => in_flight,
+                    },
+                )
             }
         }
     }

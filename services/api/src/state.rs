@@ -101,7 +101,11 @@ impl AppState {
             parts.metrics.live.clone(),
         );
         Self(Arc::new(Shared {
-            numbering: Numbering::new(parts.redis.clone(), parts.metrics.clone()),
+            numbering: Numbering::new(
+                parts.redis.clone(),
+                parts.metrics.clone(),
+                parts.publisher.jetstream().config.reseed_quiescence(),
+            ),
             db: parts.db,
             redis: parts.redis,
             keys: parts.keys,

@@ -19,13 +19,14 @@
 //!
 //! Every creation event has a subject of its own, one per (parent, number). The api publishes it
 //! with `Nats-Expected-Last-Subject-Sequence: 0`, so the stream itself refuses a second creation
-//! event for a number while the first is retained, however long ago it was stored and whatever
-//! the duplicate window ([`crate::sequence`]). The highest number in flight for a parent is one
-//! "last message for subject" lookup on the parent's wildcard (`…created.{app}.*`) away.
+//! event for a number while the first is retained ([`crate::sequence`] says why that is enough
+//! once the events stream drops what every consumer acked). The numbers in flight for a parent
+//! are the subjects under the parent's wildcard (`…created.{app}.*`), listed by one stream-info
+//! request.
 //!
-//! Every message event of one chat matches `p.v1.message.*.{app}.{chat}.*`
-//! ([`Subjects::chat_events`]): live delivery follows a chat with one filtered consumer (an update
-//! had the chat's subject alone before 2026-12, and such older updates are not replayed live).
+//! The live stream sources every message event under `p.live.{app}.{chat}`
+//! ([`Subjects::live_transform`]): one subject per chat, kept for the live window, from which
+//! live delivery follows and replays a chat.
 //!
 //! Deletions have a subject per deleted item too, so "is a deletion of this item stored?" is one
 //! lookup, and they dedup on the item. A deletion is final: consumers version every write of a
@@ -200,10 +201,17 @@ pub enum DecodeError {
 
 impl Envelope {
     pub fn new(event: Event) -> Self {
+        Self::made_at(event, Utc::now())
+    }
+
+    /// An envelope made at `occurred_at`. A creation's is read before its number is taken, so
+    /// that "stored more than the horizon after `occurred_at`" also means "more than the horizon
+    /// after its number was taken" ([`crate::sequence`], rule 4).
+    pub fn made_at(event: Event, occurred_at: DateTime<Utc>) -> Self {
         Self {
             version: EVENT_VERSION,
             id: Uuid::now_v7(),
-            occurred_at: Utc::now(),
+            occurred_at,
             event,
         }
     }
@@ -327,11 +335,6 @@ impl Subjects {
         )
     }
 
-    /// Every message event of one chat (creations, updates, deletions), for live delivery.
-    pub fn chat_events(&self, application_id: u64, chat_number: u64) -> String {
-        self.name(".v1.message.*", &[application_id, chat_number], ".*")
-    }
-
     /// The subject of one message's deletion.
     pub fn message_deleted(&self, application_id: u64, chat_number: u64, number: u64) -> String {
         self.name(
@@ -351,23 +354,44 @@ impl Subjects {
         format!("{}.v1.message.>", self.prefix)
     }
 
-    /// The (application, chat) a message event's subject names (`p.v1.message.{kind}.{app}.
-    /// {chat}.{number}`), without decoding the event; `None` for anything else.
-    pub fn chat_of_message_event(&self, subject: &str) -> Option<(u64, u64)> {
+    /// The filter of the live stream: `{prefix}.live.{app}.{chat}`, one subject per chat.
+    pub fn all_live(&self) -> String {
+        format!("{}.live.>", self.prefix)
+    }
+
+    /// The live stream's subject of one chat: every message event of the chat (creations,
+    /// updates, deletions), in the order the events stream stored them.
+    pub fn live_chat(&self, application_id: u64, chat_number: u64) -> String {
+        self.name(".live", &[application_id, chat_number], "")
+    }
+
+    /// How the live stream sources the events stream: every message event
+    /// (`p.v1.message.{kind}.{app}.{chat}.{number}`) becomes `p.live.{app}.{chat}`, so the live
+    /// stream holds one subject per chat, not one per message ([`crate::sequence`]). Returns
+    /// (source filter, destination).
+    pub fn live_transform(&self) -> (String, String) {
+        (
+            format!("{}.v1.message.*.*.*.*", self.prefix),
+            format!(
+                "{}.live.{{{{wildcard(2)}}}}.{{{{wildcard(3)}}}}",
+                self.prefix
+            ),
+        )
+    }
+
+    /// The (application, chat) of a live stream subject (`p.live.{app}.{chat}`), without
+    /// decoding the event; `None` for anything else.
+    pub fn chat_of_live(&self, subject: &str) -> Option<(u64, u64)> {
         let rest = subject
             .strip_prefix(self.prefix.as_str())?
-            .strip_prefix(".v1.message.")?;
-        let mut tokens = rest.split('.');
-        let (_kind, app, chat, _number) = (
-            tokens.next()?,
-            tokens.next()?,
-            tokens.next()?,
-            tokens.next()?,
-        );
-        if tokens.next().is_some() {
-            return None;
-        }
+            .strip_prefix(".live.")?;
+        let (app, chat) = rest.split_once('.')?;
         Some((app.parse().ok()?, chat.parse().ok()?))
+    }
+
+    /// The number a creation subject (`….created.{parent…}.{number}`) names.
+    pub fn created_number_of(subject: &str) -> Option<u64> {
+        subject.rsplit_once('.')?.1.parse().ok()
     }
 
     pub fn for_event(&self, event: &Event) -> String {
@@ -696,22 +720,29 @@ mod tests {
         assert_eq!(s.message_created(1, 2, 3), "t.v1.message.created.1.2.3");
         assert_eq!(s.messages_created(1, 2), "t.v1.message.created.1.2.*");
         assert_eq!(s.message_updated(1, 2, 3), "t.v1.message.updated.1.2.3");
-        assert_eq!(s.chat_events(1, 2), "t.v1.message.*.1.2.*");
-        for subject in [
-            s.message_created(1, 2, 3),
-            s.message_updated(1, 2, 3),
-            s.message_deleted(1, 2, 3),
-        ] {
-            assert_eq!(s.chat_of_message_event(&subject), Some((1, 2)), "{subject}");
-        }
+        assert_eq!(s.live_chat(1, 2), "t.live.1.2");
+        assert_eq!(s.chat_of_live(&s.live_chat(1, 2)), Some((1, 2)));
+        assert_eq!(s.all_live(), "t.live.>");
         for other in [
-            "t.v1.message.updated.1.2",
-            "t.v1.chat.created.1.4",
-            "u.v1.message.created.1.2.3",
-            "t.v1.message.created.1.x.3",
+            "t.live.1",
+            "t.v1.message.created.1.2.3",
+            "u.live.1.2",
+            "t.live.1.x",
         ] {
-            assert_eq!(s.chat_of_message_event(other), None, "{other}");
+            assert_eq!(s.chat_of_live(other), None, "{other}");
         }
+        assert_eq!(
+            s.live_transform(),
+            (
+                "t.v1.message.*.*.*.*".to_owned(),
+                "t.live.{{wildcard(2)}}.{{wildcard(3)}}".to_owned()
+            )
+        );
+        assert_eq!(
+            Subjects::created_number_of(&s.message_created(1, 2, 37)),
+            Some(37)
+        );
+        assert_eq!(Subjects::created_number_of("t.v1.chat.created.1.x"), None);
         assert_eq!(s.message_deleted(1, 2, 3), "t.v1.message.deleted.1.2.3");
         assert_eq!(s.chat_deleted(1, 4), "t.v1.chat.deleted.1.4");
         assert_eq!(

@@ -31,6 +31,12 @@ impl Keys {
         self.key("seq:messages", &[application_id, chat_number])
     }
 
+    /// When this Redis's sequences of an application began (µs of Redis's clock): re-seeding's
+    /// fence and the start of its quiescence ([`crate::sequence`]).
+    pub fn sequence_epoch(&self, application_id: u64) -> String {
+        self.key("epoch", &[application_id])
+    }
+
     /// The message-rate limiter's state of an application (a GCRA "theoretical arrival time").
     pub fn message_rate(&self, application_id: u64) -> String {
         self.key("rate:messages", &[application_id])

@@ -83,15 +83,30 @@ impl BackendConfig {
 
 impl IndexerConfig {
     pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        let common = CommonConfig::from_env(env, ADMIN_PORT)?;
         Ok(Self {
-            common: CommonConfig::from_env(env, ADMIN_PORT)?,
-            consumer: string(env, "CONFAB_INDEXER_CONSUMER", "confab-indexer"),
+            consumer: common
+                .stream
+                .indexer_consumer
+                .clone()
+                .ok_or(ConfigError::Invalid {
+                    name: "CONFAB_INDEXER_CONSUMER",
+                    reason:
+                        "empty, which means no indexer runs; the indexer needs its consumer's name"
+                            .to_owned(),
+                })?,
+            common,
             // 0 would panic in the batching loop; above 10000 one bulk request grows unwieldy.
             batch_size: parse_within(env, "CONFAB_INDEX_BATCH_SIZE", 1000, 1..=10_000)?,
             // 0 would hand over batches as fast as the loop turns.
             batch_wait: millis_within(env, "CONFAB_INDEX_BATCH_WAIT_MS", 50, 1..=60_000)?,
             // 0 or less would mean no limit to JetStream.
-            max_ack_pending: parse_within(env, "CONFAB_MAX_ACK_PENDING", 20_000, 1..=1_000_000)?,
+            max_ack_pending: parse_within(
+                env,
+                "CONFAB_MAX_ACK_PENDING",
+                confab_runtime::jetstream::DEFAULT_MAX_ACK_PENDING,
+                1..=1_000_000,
+            )?,
             backend: BackendConfig::from_env(env)?,
             search_addr: socket_addr(
                 env,

@@ -19,7 +19,7 @@ impl Metrics {
             consumer: Consumer::register(
                 registry,
                 crate::worker::SERVICE,
-                &["undecodable", "rejected", "exhausted"],
+                &["undecodable", "late", "rejected", "exhausted"],
             ),
             search: Search::register(registry, &["index", "query"]),
             docs_indexed: metrics::counter_vec(

@@ -10,7 +10,7 @@ use std::time::Instant;
 use async_nats::jetstream;
 use confab_core::event::write_version;
 use confab_core::{Envelope, Event};
-use confab_runtime::consume::{self, Delivery, Failure, Handler};
+use confab_runtime::consume::{self, Delivery, Failure, Handler, Refusal};
 use confab_runtime::{deletion, metrics};
 use confab_search::{Error, SearchBackend, SearchDoc};
 use sqlx::MySqlPool;
@@ -37,8 +37,13 @@ pub struct Item {
 impl Handler for Worker {
     type Item = Item;
 
-    fn decode(&self, message: &jetstream::Message, version: u64) -> Result<Option<Item>, String> {
+    fn decode(&self, message: &jetstream::Message, version: u64) -> Result<Option<Item>, Refusal> {
         let envelope = Envelope::decode(&message.payload).map_err(|e| e.to_string())?;
+        consume::refuse_late_creation(
+            message,
+            &envelope,
+            self.consume.js.config.creation_horizon(),
+        )?;
         let version = write_version(&envelope.event, version);
         let doc = match &envelope.event {
             Event::MessageCreated(m) | Event::MessageUpdated(m) => SearchDoc {

@@ -2,14 +2,14 @@
 
 use std::time::Duration;
 
-use confab_runtime::config::{millis_within, parse_within, string};
+use confab_runtime::config::{millis_within, parse_within};
 use confab_runtime::{CommonConfig, ConfigError, Env};
 
 #[derive(Debug, Clone)]
 pub struct PersisterConfig {
     pub common: CommonConfig,
-    /// `CONFAB_PERSISTER_CONSUMER`, default `confab-persister`: the durable consumer's name,
-    /// shared by all replicas (they split the work).
+    /// The durable consumer's name, shared by all replicas (they split the work):
+    /// `CONFAB_PERSISTER_CONSUMER` of the shared [`confab_runtime::config::StreamConfig`].
     pub consumer: String,
     /// `CONFAB_BATCH_SIZE`, default 500 (1 to 10000): most events written in one transaction.
     pub batch_size: usize,
@@ -25,15 +25,21 @@ pub const ADMIN_PORT: u16 = 9091;
 
 impl PersisterConfig {
     pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        let common = CommonConfig::from_env(env, ADMIN_PORT)?;
         Ok(Self {
-            common: CommonConfig::from_env(env, ADMIN_PORT)?,
-            consumer: string(env, "CONFAB_PERSISTER_CONSUMER", "confab-persister"),
+            consumer: common.stream.persister_consumer.clone(),
+            common,
             // 0 would panic in the batching loop; above 10000 one transaction grows unwieldy.
             batch_size: parse_within(env, "CONFAB_BATCH_SIZE", 500, 1..=10_000)?,
             // 0 would hand over batches as fast as the loop turns.
             batch_wait: millis_within(env, "CONFAB_BATCH_WAIT_MS", 20, 1..=60_000)?,
             // 0 or less would mean no limit to JetStream.
-            max_ack_pending: parse_within(env, "CONFAB_MAX_ACK_PENDING", 20_000, 1..=1_000_000)?,
+            max_ack_pending: parse_within(
+                env,
+                "CONFAB_MAX_ACK_PENDING",
+                confab_runtime::jetstream::DEFAULT_MAX_ACK_PENDING,
+                1..=1_000_000,
+            )?,
         })
     }
 }

@@ -29,7 +29,13 @@ impl Metrics {
             consumer: Consumer::register(
                 registry,
                 crate::worker::SERVICE,
-                &["undecodable", "rejected", "exhausted", "number_conflict"],
+                &[
+                    "undecodable",
+                    "late",
+                    "rejected",
+                    "exhausted",
+                    "number_conflict",
+                ],
             ),
             dependencies: Dependencies::register(registry),
             number_conflicts,

@@ -11,7 +11,7 @@ use async_nats::jetstream;
 use confab_core::keys::Keys;
 use confab_core::Envelope;
 use confab_runtime::backoff::Backoff;
-use confab_runtime::consume::{self, Delivery, Failure, Handler};
+use confab_runtime::consume::{self, Delivery, Failure, Handler, Refusal};
 use confab_runtime::{metrics, sequence};
 use redis::aio::ConnectionManager;
 use sqlx::MySqlPool;
@@ -45,8 +45,13 @@ impl Handler for Worker {
         &self,
         message: &jetstream::Message,
         stream_sequence: u64,
-    ) -> Result<Option<Sequenced>, String> {
+    ) -> Result<Option<Sequenced>, Refusal> {
         let envelope = Envelope::decode(&message.payload).map_err(|e| e.to_string())?;
+        consume::refuse_late_creation(
+            message,
+            &envelope,
+            self.consume.js.config.creation_horizon(),
+        )?;
         Ok(Some(Sequenced {
             stream_sequence,
             envelope,

@@ -211,6 +211,41 @@ pub struct StreamConfig {
     /// leader election, a reconnect) before the request fails with 503. Keep it below the api's
     /// `CONFAB_REQUEST_TIMEOUT_MS`.
     pub publish_deadline: Duration,
+    /// `CONFAB_CLOCK_SKEW_MS`, default 2000 (0 to 60000): how far the clocks of api hosts and NATS
+    /// servers may differ. It widens the creation horizon ([`Self::creation_horizon`]).
+    pub clock_skew: Duration,
+    /// `CONFAB_PERSISTER_CONSUMER`, default `confab-persister`: the persister's durable consumer,
+    /// shared by all its replicas. Every service makes sure it exists before anything is
+    /// published: the events stream keeps an event only while a consumer still has to ack it.
+    pub persister_consumer: String,
+    /// `CONFAB_INDEXER_CONSUMER`, default `confab-indexer`; empty in a deployment without an
+    /// indexer (an indexer consumer nobody reads would keep every message event until
+    /// `CONFAB_STREAM_MAX_AGE_SECS`).
+    pub indexer_consumer: Option<String>,
+    /// `CONFAB_LIVE_STREAM`, default `CONFAB_LIVE`: the stream live delivery reads, sourced from
+    /// the events stream with one subject per chat.
+    pub live_name: String,
+    /// `CONFAB_LIVE_WINDOW_SECS`, default 3600 (60 to 604800): how long the live stream keeps a
+    /// chat's events for resuming subscribers.
+    pub live_window: Duration,
+}
+
+impl StreamConfig {
+    /// How long after it was made a creation event can still have been acknowledged: the api
+    /// answers `201` only for an acknowledgement within `CONFAB_PUBLISH_DEADLINE_MS`, and the
+    /// event's `occurred_at` (api clock) and the stream's timestamp (NATS clock) may differ by
+    /// the clock skew. A creation stored later was answered 503, and is dead-lettered rather
+    /// than persisted ([`confab_core::sequence::creation_is_late`]).
+    pub fn creation_horizon(&self) -> Duration {
+        self.publish_deadline + self.clock_skew
+    }
+
+    /// How long after a Redis loss re-seeding waits before it reads the stream and MySQL: past
+    /// it, every number the lost sequence handed out is either stored (and seen) or too late to
+    /// be persisted ([`confab_core::sequence`]).
+    pub fn reseed_quiescence(&self) -> Duration {
+        self.creation_horizon() + self.clock_skew
+    }
 }
 
 impl CommonConfig {
@@ -271,6 +306,16 @@ impl StreamConfig {
                 8000,
                 100..=600_000,
             )?,
+            clock_skew: millis_within(env, "CONFAB_CLOCK_SKEW_MS", 2000, 0..=60_000)?,
+            persister_consumer: string(env, "CONFAB_PERSISTER_CONSUMER", "confab-persister"),
+            // Set and empty means "no indexer" (an unset one means the default).
+            indexer_consumer: match env.get("CONFAB_INDEXER_CONSUMER") {
+                Some(name) if name.trim().is_empty() => None,
+                Some(name) => Some(name.clone()),
+                None => Some("confab-indexer".to_owned()),
+            },
+            live_name: string(env, "CONFAB_LIVE_STREAM", "CONFAB_LIVE"),
+            live_window: secs_within(env, "CONFAB_LIVE_WINDOW_SECS", 3600, 60..=604_800)?,
         })
     }
 }
@@ -286,6 +331,12 @@ mod tests {
         assert_eq!(c.stream.name, "CONFAB_EVENTS");
         assert_eq!(c.stream.duplicate_window, Duration::from_secs(120));
         assert_eq!(c.redis_prefix, "confab:");
+        assert_eq!(c.stream.live_window, Duration::from_secs(3600));
+        assert_eq!(c.stream.creation_horizon(), Duration::from_secs(10));
+        assert_eq!(c.stream.reseed_quiescence(), Duration::from_secs(12));
+        assert_eq!(c.stream.indexer_consumer.as_deref(), Some("confab-indexer"));
+        let without = CommonConfig::from_env(&env(&[("CONFAB_INDEXER_CONSUMER", "")]), 1).unwrap();
+        assert_eq!(without.stream.indexer_consumer, None);
     }
 
     #[test]

@@ -39,6 +39,53 @@ pub enum Failure {
     Transient(String),
 }
 
+/// Why a delivered event is dead-lettered before it is applied: the `reason` label
+/// (`undecodable`, or `late` for a creation stored past its horizon) and the cause.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub class: &'static str,
+    pub reason: String,
+}
+
+impl From<String> for Refusal {
+    /// An event that cannot be decoded.
+    fn from(reason: String) -> Self {
+        Self {
+            class: "undecodable",
+            reason,
+        }
+    }
+}
+
+/// Refuses a creation event stored more than `horizon` after it was made: the api gave up on it
+/// (answered 503) and its number may since have gone to another creation, so no consumer may
+/// apply it ([`confab_core::sequence::creation_is_late`]). Other events pass.
+pub fn refuse_late_creation(
+    message: &jetstream::Message,
+    envelope: &confab_core::Envelope,
+    horizon: Duration,
+) -> Result<(), Refusal> {
+    if envelope.event.created_number().is_none() {
+        return Ok(());
+    }
+    let Ok(info) = message.info() else {
+        return Ok(());
+    };
+    let nanos = info.published.unix_timestamp_nanos();
+    let stored = chrono::DateTime::from_timestamp_nanos(i64::try_from(nanos).unwrap_or(i64::MAX));
+    if confab_core::sequence::creation_is_late(envelope.occurred_at, stored, horizon) {
+        return Err(Refusal {
+            class: "late",
+            reason: format!(
+                "stored {} ms after it was made, past the {} ms horizon: its request was answered 503",
+                (stored - envelope.occurred_at).num_milliseconds(),
+                horizon.as_millis()
+            ),
+        });
+    }
+    Ok(())
+}
+
 /// One delivered event and the work item decoded from it.
 pub struct Delivery<T> {
     pub item: T,
@@ -50,13 +97,13 @@ pub trait Handler: Send + Sync {
     type Item: Send + Sync;
 
     /// The work item of a delivered event (`stream_sequence` is its version): `Ok(None)` when
-    /// there is nothing to do (it is acked), `Err` when it cannot be decoded (dead-lettered as
-    /// `undecodable`).
+    /// there is nothing to do (it is acked), `Err` when it cannot be applied at all (dead-lettered
+    /// with the refusal's class: `undecodable`, `late`).
     fn decode(
         &self,
         message: &jetstream::Message,
         stream_sequence: u64,
-    ) -> Result<Option<Self::Item>, String>;
+    ) -> Result<Option<Self::Item>, Refusal>;
 
     /// Applies a batch. It may take deliveries out of `batch` that it settled itself (acked or
     /// dead-lettered through the [`Context`]); the rest are acked after `Ok`.
@@ -181,7 +228,10 @@ impl Context {
             match handler.decode(&message, stream_sequence) {
                 Ok(Some(item)) => batch.push(Delivery { item, message }),
                 Ok(None) => self.ack_all(&[message]).await,
-                Err(error) => self.dead_letter(&message, "undecodable", &error).await,
+                Err(refusal) => {
+                    self.dead_letter(&message, refusal.class, &refusal.reason)
+                        .await;
+                }
             }
         }
         if batch.is_empty() {

@@ -1,16 +1,24 @@
 //! NATS JetStream: the connection and the topology.
 //!
-//! Two streams, both file-backed and created or updated idempotently at start-up by every service:
+//! Three streams, all file-backed and created or updated idempotently at start-up by every
+//! service (nats-server 2.10 or later: the live stream's source transforms subjects):
 //!
-//! - the events stream (`CONFAB_STREAM`) over `p.v1.>`: limits retention (events stay for
-//!   `CONFAB_STREAM_MAX_AGE_SECS` so new consumers and re-indexing can replay), a duplicate window
-//!   (`CONFAB_DUPLICATE_WINDOW_SECS`) that makes publishes idempotent and exposes numbers handed
-//!   out twice, and direct gets for the last-message-per-subject lookups of sequence recovery;
+//! - the events stream (`CONFAB_STREAM`) over `p.v1.>`: **interest retention**, so an event
+//!   leaves once every durable consumer has acked it and the server holds per-subject state only
+//!   for the work in flight, not for the history written ([`confab_core::sequence`] argues why
+//!   numbering stays unique). `CONFAB_STREAM_MAX_AGE_SECS` bounds how long an event waits for a
+//!   consumer. The duplicate window (`CONFAB_DUPLICATE_WINDOW_SECS`) makes the publishes of
+//!   updates and deletions idempotent; direct gets serve the api's lookups;
+//! - the live stream (`CONFAB_LIVE_STREAM`), sourced from the events stream: every message event
+//!   under `p.live.{app}.{chat}`, one subject per chat, kept `CONFAB_LIVE_WINDOW_SECS` for live
+//!   delivery and resuming subscribers;
 //! - the dead-letter stream (`CONFAB_DLQ_STREAM`) over `p.dlq.>`: events a consumer can never
 //!   apply, with the reason in a header.
 //!
 //! Each consuming service has a durable pull consumer with explicit acks, a bounded number of
-//! deliveries and an ack wait.
+//! deliveries and an ack wait. Every service makes sure the persister's and the indexer's
+//! consumers exist before it can publish: an interest stream drops at once an event that no
+//! consumer is there to take.
 
 use std::time::Duration;
 
@@ -39,7 +47,23 @@ pub enum Error {
         name: String,
         source: jetstream::stream::ConsumerError,
     },
+    #[error(
+        "stream {name} exists with settings this version cannot change in place ({source}); \
+         docs/operations.md, \"Moving to the interest-retention events stream\", says how to move"
+    )]
+    Incompatible {
+        name: String,
+        source: jetstream::context::CreateStreamError,
+    },
+    #[error(
+        "nats-server {0} is too old: Confab needs 2.10 or later (sources with subject transforms)"
+    )]
+    ServerTooOld(String),
 }
+
+/// `max_ack_pending` of a consumer created for a service that has not started yet (the
+/// persister's and indexer's own default, `CONFAB_MAX_ACK_PENDING`).
+pub const DEFAULT_MAX_ACK_PENDING: i64 = 20_000;
 
 /// A connected JetStream context and the events stream handle.
 #[derive(Clone)]
@@ -47,6 +71,8 @@ pub struct JetStream {
     pub client: async_nats::Client,
     pub context: jetstream::Context,
     pub events: stream::Stream,
+    /// The live stream: the chats' message events for live delivery.
+    pub live: stream::Stream,
     pub subjects: Subjects,
     pub config: StreamConfig,
 }
@@ -87,21 +113,70 @@ pub async fn connect(url: &str, service: &str, config: &StreamConfig) -> Result<
     context.set_timeout(API_TIMEOUT.max(config.publish_timeout));
     let subjects = Subjects::new(config.subject_prefix.clone());
     ensure_stream(&context, events_stream_config(config, &subjects)).await?;
+    check_server_version(&client.server_info().version)?;
     ensure_stream(&context, dead_letter_stream_config(config, &subjects)).await?;
-    let events = context
-        .get_stream(&config.name)
-        .await
-        .map_err(|source| Error::GetStream {
-            name: config.name.clone(),
-            source,
-        })?;
+    let events = get_stream(&context, &config.name).await?;
+    ensure_required_consumers(&events, config, &subjects).await?;
+    ensure_stream(&context, live_stream_config(config, &subjects)).await?;
+    let live = get_stream(&context, &config.live_name).await?;
     Ok(JetStream {
         client,
         context,
         events,
+        live,
         subjects,
         config: config.clone(),
     })
+}
+
+async fn get_stream(context: &jetstream::Context, name: &str) -> Result<stream::Stream, Error> {
+    context
+        .get_stream(name)
+        .await
+        .map_err(|source| Error::GetStream {
+            name: name.to_owned(),
+            source,
+        })
+}
+
+/// Refuses a server older than 2.10 (an empty version, from a client that has not seen the
+/// server's INFO yet, passes: the streams' set-up then fails on an old server anyway).
+pub fn check_server_version(version: &str) -> Result<(), Error> {
+    let mut parts = version.split('.').map(|part| part.parse::<u32>().ok());
+    match (parts.next().flatten(), parts.next().flatten()) {
+        (Some(major), Some(minor)) if (major, minor) < (2, 10) => {
+            Err(Error::ServerTooOld(version.to_owned()))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// The durable consumers the events stream keeps events for, with their filters: the
+/// persister's (every event) and the indexer's (message events), when there is one.
+pub fn required_consumers(config: &StreamConfig, subjects: &Subjects) -> Vec<(String, String)> {
+    let mut consumers = vec![(config.persister_consumer.clone(), subjects.all_events())];
+    if let Some(indexer) = &config.indexer_consumer {
+        consumers.push((indexer.clone(), subjects.all_message_events()));
+    }
+    consumers
+}
+
+/// Creates the required consumers that do not exist yet (an existing one is left as its
+/// service configured it). Without them an interest stream would drop what is published before
+/// the persister or the indexer first starts.
+async fn ensure_required_consumers(
+    events: &stream::Stream,
+    config: &StreamConfig,
+    subjects: &Subjects,
+) -> Result<(), Error> {
+    for (name, filter) in required_consumers(config, subjects) {
+        let consumer = durable_consumer_config(&name, filter, config, DEFAULT_MAX_ACK_PENDING);
+        events
+            .get_or_create_consumer(&name, consumer)
+            .await
+            .map_err(|source| Error::Consumer { name, source })?;
+    }
+    Ok(())
 }
 
 /// Timeout of JetStream API requests.
@@ -122,6 +197,13 @@ async fn ensure_stream(context: &jetstream::Context, config: stream::Config) -> 
         let pause = ENSURE_RETRY.delay(attempt);
         match context.create_or_update_stream(config.clone()).await {
             Ok(_) => return Ok(()),
+            // A stream made by an earlier version with another retention: waiting cannot help.
+            Err(source) if source.to_string().contains("can not change") => {
+                return Err(Error::Incompatible {
+                    name: config.name.clone(),
+                    source,
+                })
+            }
             Err(source) if started.elapsed() + pause < ENSURE_DEADLINE => {
                 tracing::warn!(stream = %config.name, error = %source, "cannot set up stream yet, retrying");
                 tokio::time::sleep(pause).await;
@@ -143,12 +225,37 @@ pub fn events_stream_config(config: &StreamConfig, subjects: &Subjects) -> strea
         name: config.name.clone(),
         subjects: vec![subjects.all_events()],
         storage: stream::StorageType::File,
-        retention: stream::RetentionPolicy::Limits,
+        retention: stream::RetentionPolicy::Interest,
         discard: stream::DiscardPolicy::Old,
         max_age: config.max_age,
         duplicate_window: config.duplicate_window,
         num_replicas: config.replicas,
         allow_direct: true,
+        ..Default::default()
+    }
+}
+
+/// The live stream's configuration: sourced from the events stream, every message event under
+/// its chat's subject, for the live window. Its source is one more consumer of the events
+/// stream, so an event waits in the events stream until the live stream has it.
+pub fn live_stream_config(config: &StreamConfig, subjects: &Subjects) -> stream::Config {
+    let (source, destination) = subjects.live_transform();
+    stream::Config {
+        name: config.live_name.clone(),
+        storage: stream::StorageType::File,
+        retention: stream::RetentionPolicy::Limits,
+        discard: stream::DiscardPolicy::Old,
+        max_age: config.live_window,
+        num_replicas: config.replicas,
+        allow_direct: true,
+        sources: Some(vec![stream::Source {
+            name: config.name.clone(),
+            subject_transforms: vec![stream::SubjectTransform {
+                source,
+                destination,
+            }],
+            ..Default::default()
+        }]),
         ..Default::default()
     }
 }
@@ -281,9 +388,41 @@ mod tests {
         assert_eq!(s.storage, stream::StorageType::File);
         assert_eq!(s.duplicate_window, Duration::from_secs(120));
         assert_eq!(s.subjects, vec!["confab.v1.>".to_string()]);
+        assert_eq!(s.retention, stream::RetentionPolicy::Interest);
         assert!(s.allow_direct);
+        let live = live_stream_config(&c, &Subjects::new("confab"));
+        assert_eq!(live.max_age, Duration::from_secs(3600));
+        let sources = live.sources.unwrap();
+        assert_eq!(sources[0].name, "CONFAB_EVENTS");
+        assert_eq!(
+            sources[0].subject_transforms[0].source,
+            "confab.v1.message.*.*.*.*"
+        );
         let d = dead_letter_stream_config(&c, &Subjects::new("confab"));
         assert_eq!(d.subjects, vec!["confab.dlq.>".to_string()]);
+    }
+
+    #[test]
+    fn servers_before_2_10_are_refused() {
+        assert!(check_server_version("2.9.10").is_err());
+        assert!(check_server_version("1.4.1").is_err());
+        for fine in ["2.10.0", "2.12.8", "3.0.0", ""] {
+            assert!(check_server_version(fine).is_ok(), "{fine}");
+        }
+    }
+
+    #[test]
+    fn the_persister_and_the_indexer_are_required_unless_there_is_no_indexer() {
+        let mut c = CommonConfig::from_env(&Env::new(), 1).unwrap().stream;
+        let names = |c: &StreamConfig| -> Vec<String> {
+            required_consumers(c, &Subjects::new("p"))
+                .into_iter()
+                .map(|(name, _)| name)
+                .collect()
+        };
+        assert_eq!(names(&c), ["confab-persister", "confab-indexer"]);
+        c.indexer_consumer = None;
+        assert_eq!(names(&c), ["confab-persister"]);
     }
 
     #[test]

@@ -1,11 +1,11 @@
 //! Raising Redis sequences to numbers that exist (the persister's half of
 //! [`confab_core::sequence`]'s argument).
 //!
-//! After the persister committed creations, it raises each parent's sequence to at least the
-//! highest number it wrote. An event leaves the stream only after it was persisted, so from then
-//! on the sequence is above it even if the stream no longer is there to refuse a second creation
-//! of that number. The raise creates a missing key: an api replica that is re-seeding at the same
-//! moment raises it too, and both writes are a `max`.
+//! After the persister committed creations, and before it acks them (after which the events
+//! stream drops them), it raises each parent's sequence to at least the highest number it wrote,
+//! so the sequence is above them even once the stream no longer refuses a second creation. The
+//! raise moves existing keys only: a missing key means Redis lost its data, and only the api's
+//! fenced re-seed, which reads MySQL after the quiescence, may create it.
 
 use std::sync::LazyLock;
 
@@ -57,7 +57,7 @@ mod tests {
 
     /// Against the real Redis (`CONFAB_TEST_REDIS_URL`, default `redis://127.0.0.1:6379`).
     #[tokio::test]
-    async fn raising_moves_only_the_keys_behind_and_creates_missing_ones_in_any_number() {
+    async fn raising_moves_only_the_keys_behind_never_creates_one_in_any_number() {
         let url = std::env::var("CONFAB_TEST_REDIS_URL")
             .unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
         let mut conn = ConnectionManager::new(redis::Client::open(url).unwrap())
@@ -68,12 +68,12 @@ mod tests {
         let () = conn.set(key("ahead"), 10).await.unwrap();
         let () = conn.set(key("behind"), 3).await.unwrap();
         let raises = [(key("missing"), 5), (key("ahead"), 7), (key("behind"), 9)];
-        assert_eq!(raise(&conn, &raises).await.unwrap(), 2);
-        let values: Vec<u64> = conn
+        assert_eq!(raise(&conn, &raises).await.unwrap(), 1);
+        let values: Vec<Option<u64>> = conn
             .mget(&[key("missing"), key("ahead"), key("behind")])
             .await
             .unwrap();
-        assert_eq!(values, [5, 10, 9]);
+        assert_eq!(values, [None, Some(10), Some(9)]);
         assert_eq!(
             raise(&conn, &raises).await.unwrap(),
             0,
@@ -82,6 +82,9 @@ mod tests {
 
         // More keys than one script call takes.
         let many: Vec<(String, u64)> = (0..1_234).map(|i| (key(&format!("m{i}")), i + 1)).collect();
+        for (k, _) in &many {
+            let () = conn.set(k, 0).await.unwrap();
+        }
         assert_eq!(raise(&conn, &many).await.unwrap(), 1_234);
         let last: u64 = conn.get(key("m1233")).await.unwrap();
         assert_eq!(last, 1_234);

@@ -65,6 +65,10 @@ class Environment:
             # A SIGKILLed consumer's unacked events come back after the ack wait; 10 s instead of
             # 30 s keeps the audit's wait for the persister short.
             "CONFAB_ACK_WAIT_SECS": "10",
+            # Every process runs on this one host and reads one clock: no skew to allow for, so
+            # numbering's wait after Redis loses its data (the publish deadline plus twice the
+            # skew, confab_core::sequence) is the deadline alone, plus 200 ms.
+            "CONFAB_CLOCK_SKEW_MS": "100",
         }
         for name, value in tunables.items():
             env.setdefault(name, value)

@@ -112,6 +112,9 @@ pub async fn put(
         .map_err(|error| ApiError::Unprocessable(error.to_string()))?;
     let (row, created) = store::upsert(&state.db, key, &spec).await?;
     state.tokens.invalidate(&row.app.token);
+    if created {
+        state.settle_new_application(row.app.id).await;
+    }
     tracing::info!(created, "application registered");
     let status = if created {
         StatusCode::CREATED

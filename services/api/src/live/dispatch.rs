@@ -1,6 +1,6 @@
-//! The replica's one reader of the stream for live delivery: a single ordered JetStream
-//! consumer of every message event, handing each to the feed of its chat when this replica has
-//! one, and dropping it unread (only its subject is looked at) when not.
+//! The replica's one reader of the live stream: a single ordered JetStream consumer of every
+//! chat's message events, handing each to the feed of its chat when this replica has one, and
+//! dropping it unread (only its subject is looked at) when not.
 //!
 //! One consumer per replica, not one per chat: nats-server wakes every consumer of a stream for
 //! each message stored, so 500 chat consumers cost the server about ten times more per message
@@ -43,7 +43,7 @@ const MAX_CONSECUTIVE_ERRORS: u32 = 5;
 /// Starts the dispatcher from the end of the stream.
 pub(super) async fn start(hub: &Arc<HubInner>) -> Result<(), Error> {
     let last = feed::stream_state(hub).await?.last_sequence;
-    let (messages, _) = feed::consumer(hub, hub.js.subjects.all_message_events(), last + 1).await?;
+    let (messages, _) = feed::consumer(hub, hub.js.subjects.all_live(), last + 1).await?;
     let generation = {
         let mut router = hub.router();
         router.position = last;
@@ -67,7 +67,7 @@ async fn run(hub: Weak<HubInner>, mut messages: Ordered) {
                     let Some(hub) = hub.upgrade() else { return };
                     let Ok(info) = message.info() else { continue };
                     let sequence = info.stream_sequence;
-                    let key = hub.js.subjects.chat_of_message_event(&message.subject);
+                    let key = hub.js.subjects.chat_of_live(&message.subject);
                     let feed = {
                         let mut router = hub.router();
                         router.position = sequence;

@@ -21,7 +21,7 @@ use super::{End, Error, HubInner};
 /// One event as every subscriber of the chat receives it.
 #[derive(Debug)]
 pub struct Delivery {
-    /// The event's stream sequence.
+    /// The event's sequence in the live stream.
     pub sequence: u64,
     /// The chat's previous event in the stream (what makes cursors exact, [`Cursor`]).
     pub prev: u64,
@@ -206,31 +206,32 @@ impl Drop for Feed {
     }
 }
 
-/// The number of the chat's last creation stored (0: none yet), from which a new feed releases
-/// creations; `None` when the stream cannot say (the feed then holds its first creations for a
-/// reorder window). A creation stored just after it may still be in flight with a lower number:
-/// it arrives late, as after any reorder window.
+/// The highest number the chat's sequence has handed out (0: none yet), from which a new feed
+/// releases creations; `None` when Redis cannot say (the key is missing after a Redis loss, or
+/// Redis is away: the feed then holds its first creations for a reorder window). A creation
+/// with a lower number may still be in flight: it arrives late, as after any reorder window.
 pub(super) async fn last_created(hub: &HubInner, key: (u64, u64)) -> Option<u64> {
-    let pattern = hub.js.subjects.messages_created(key.0, key.1);
-    match crate::publish::last_number_on(&hub.js, &pattern).await {
-        Ok(number) => Some(number.unwrap_or(0)),
+    use redis::AsyncCommands;
+    let sequence = hub.keys.message_sequence(key.0, key.1);
+    match hub.redis.clone().get::<_, Option<u64>>(sequence).await {
+        Ok(number) => number,
         Err(error) => {
-            tracing::debug!(%error, "looking up a chat's last creation for its live feed");
+            tracing::debug!(%error, "looking up a chat's last number for its live feed");
             None
         }
     }
 }
 
-/// The events stream's first and last sequences now.
+/// The live stream's first and last sequences now.
 pub(super) async fn stream_state(
     hub: &HubInner,
 ) -> Result<async_nats::jetstream::stream::State, Error> {
-    let mut stream = hub.js.events.clone();
+    let mut stream = hub.js.live.clone();
     Ok(stream.info().await.map_err(Error::nats)?.state.clone())
 }
 
-/// An ordered (ephemeral, flow-controlled, self-healing) consumer of the events on `filter` from
-/// `start` on, with how many of them the stream held when it was created.
+/// An ordered (ephemeral, flow-controlled, self-healing) consumer of the live stream's events on
+/// `filter` from `start` on, with how many of them the stream held when it was created.
 pub(super) async fn consumer(
     hub: &HubInner,
     filter: String,
@@ -245,11 +246,7 @@ pub(super) async fn consumer(
         },
         ..Default::default()
     };
-    let consumer = js
-        .events
-        .create_consumer(config)
-        .await
-        .map_err(Error::nats)?;
+    let consumer = js.live.create_consumer(config).await.map_err(Error::nats)?;
     let pending = consumer.cached_info().num_pending;
     Ok((consumer.messages().await.map_err(Error::nats)?, pending))
 }

@@ -8,7 +8,9 @@
 //! Afterwards the cursor also takes the feed's complete prefix, so the feed's next event follows
 //! it. It is read whole before the
 //! response starts, bounded by `CONFAB_LIVE_REPLAY_MAX` events (further behind: `410`, re-read
-//! the list) and by the stream's retention (events the stream no longer holds: `410`).
+//! the list) and by the live stream's window, `CONFAB_LIVE_WINDOW_SECS` (events it no longer
+//! holds: `410`). The live stream drops events by age only, oldest first across all chats, so a
+//! cursor at or after its first sequence has lost nothing of its chat.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -58,11 +60,11 @@ async fn read(
     }
     if from < feed::stream_state(hub).await?.first_sequence {
         return Err(Error::Gone(
-            "the stream no longer holds events after this cursor; re-read the messages and \
-             subscribe without a cursor",
+            "this cursor is older than the live window; re-read the messages and subscribe \
+             without a cursor",
         ));
     }
-    let filter = hub.js.subjects.chat_events(key.0, key.1);
+    let filter = hub.js.subjects.live_chat(key.0, key.1);
     let (mut messages, pending) = feed::consumer(hub, filter, from).await?;
     if pending == 0 {
         return Ok(out);

@@ -4,8 +4,9 @@
 -- of the scripts has three fields: status, value, and `ahead`: after an admission, how far (µs)
 -- the limiter's state now runs ahead of the clock (-1: no rate limit), from which the api tells
 -- the client its remaining burst (the `RateLimit` header) without another round trip.
--- KEYS[1] is the sequence, KEYS[2] the rate state, KEYS[3] (optional) the parent's deletion
--- mark; ARGV[1] the cap (0: none), ARGV[2] the emission interval in µs (0: no rate limit),
+-- KEYS[1] is the sequence, KEYS[2] the rate state, KEYS[GONE_KEY] (optional) the parent's
+-- deletion mark (GONE_KEY is set by the line the api puts in front: 3, or 4 in the raising
+-- script, whose KEYS[3] is the epoch); ARGV[1] the cap (0: none), ARGV[2] the emission interval in µs (0: no rate limit),
 -- ARGV[3] the tolerance in µs. A parent marked deleted is the rejection {5, 0, -1}, before any
 -- other rule: no number is ever taken in a deleted chat.
 --
@@ -16,13 +17,14 @@
 --
 -- The three keys are read with one MGET: each redis.call costs a script far more than the
 -- command itself, so the hot path makes four (MGET, TIME, SET, INCR), or two without a rate.
-local read = redis.call('MGET', KEYS[1], KEYS[2], KEYS[3] or KEYS[1])
+local gone = KEYS[GONE_KEY]
+local read = redis.call('MGET', KEYS[1], KEYS[2], gone or KEYS[1])
 -- The sequence's value (false when the key is missing).
 local sequence = read[1]
 local ahead = -1
 -- `value`: the sequence's value the cap is checked against (after a raise, the raised one).
 local function check(value)
-  if KEYS[3] and read[3] then return {5, 0, -1} end
+  if gone and read[3] then return {5, 0, -1} end
   local cap = tonumber(ARGV[1])
   if cap > 0 and tonumber(value) >= cap then
     return {2, 0, -1}

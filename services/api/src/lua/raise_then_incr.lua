@@ -1,6 +1,9 @@
 -- Raises the sequence at KEYS[1] to at least the seed ARGV[4] (never lowers it), then takes the
 -- next number: {4, number, ahead} when this call moved the key, {0, number, ahead} when it was
 -- already that high, or a rejection from check() (the raise stays: it is a `max` any writer may make).
+-- The fence: the seed was read while the application's epoch KEYS[3] was ARGV[5]. If Redis lost
+-- its data since, the seed may predate numbers taken after it: {6, 0, -1}, nothing written.
+if redis.call('GET', KEYS[3]) ~= ARGV[5] then return {6, 0, -1} end
 local seeded = 0
 local current = tonumber(sequence or '-1')
 if current < tonumber(ARGV[4]) then

@@ -80,12 +80,13 @@ fn rate_limited(rate_key: &str, per_second: u32, burst: u32) -> Admission {
         cap: 0,
         rate: Some((rate_key.to_owned(), quotas.rate().unwrap())),
         gone: None,
+        epoch: format!("{rate_key}:epoch"),
     }
 }
 
 /// One "increment an existing key" call on `conn`: the script's raw `{status, value}`.
 async fn take(conn: &ConnectionManager, key: &str, admission: &Admission) -> (u8, u64) {
-    let (status, value, _ahead): (u8, u64, i64) = invocation(&INCR_EXISTING, key, admission)
+    let (status, value, _ahead): (u8, u64, i64) = invocation(&INCR_EXISTING, key, admission, None)
         .invoke_async(&mut conn.clone())
         .await
         .unwrap();
@@ -189,11 +190,12 @@ async fn one_applications_rate_does_not_touch_anothers() {
 async fn the_cap_is_exact_under_concurrency_on_both_paths() {
     let f = Fixture::new().await;
     let metrics = crate::metrics::Metrics::register(&confab_runtime::metrics::registry());
-    let numbering = Numbering::new(f.conn.clone(), metrics.clone());
+    let numbering = Numbering::new(f.conn.clone(), metrics.clone(), Duration::ZERO);
     let capped = Admission {
         cap: 5,
         rate: None,
         gone: None,
+        epoch: f.key("epoch"),
     };
     let no_seed = || async { unreachable!("the key exists") };
     let seq = f.sequence("seq", 0).await;
@@ -295,7 +297,7 @@ async fn replicas_decide_by_redis_time_not_their_own_clock() {
 async fn no_number_is_taken_in_a_parent_marked_deleted_on_either_path() {
     let f = Fixture::new().await;
     let metrics = crate::metrics::Metrics::register(&confab_runtime::metrics::registry());
-    let numbering = Numbering::new(f.conn.clone(), metrics);
+    let numbering = Numbering::new(f.conn.clone(), metrics, Duration::ZERO);
     let mark = f.key("deleted");
     let admission = Admission {
         gone: Some(mark.clone()),
@@ -333,5 +335,78 @@ async fn no_number_is_taken_in_a_parent_marked_deleted_on_either_path() {
         Some("20"),
         "the raise stays, no number taken"
     );
+    f.cleanup().await;
+}
+
+#[tokio::test]
+async fn seeding_waits_out_the_quiescence_of_a_new_epoch_and_is_fenced_by_it() {
+    let f = Fixture::new().await;
+    let metrics = crate::metrics::Metrics::register(&confab_runtime::metrics::registry());
+    let quiescence = Duration::from_secs(30);
+    let numbering = Numbering::new(f.conn.clone(), metrics, quiescence);
+    let admission = Admission {
+        cap: 0,
+        rate: None,
+        gone: None,
+        epoch: f.key("epoch"),
+    };
+    let missing = f.key("seq");
+    let seeds = std::sync::atomic::AtomicU32::new(0);
+    let seed = || async {
+        seeds.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Ok(41)
+    };
+
+    // No epoch (Redis lost its data): it starts now, and no seed is read before it settles.
+    let recovering = numbering
+        .next(&missing, "chat", &admission, false, seed)
+        .await;
+    match recovering {
+        Err(ApiError::Recovering { retry_after_secs }) => {
+            assert!((29..=30).contains(&retry_after_secs), "{retry_after_secs}");
+        }
+        other => panic!("expected sequence_recovering, got {other:?}"),
+    }
+    // The seed's reads ran (they find a deleted parent), but nothing was written.
+    assert_eq!(seeds.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert_eq!(f.get(&missing).await, None, "nothing written");
+    let deleted = numbering
+        .next(&missing, "message", &admission, false, || async {
+            Err(ApiError::NotFound("chat"))
+        })
+        .await;
+    assert!(
+        matches!(deleted, Err(ApiError::NotFound("chat"))),
+        "{deleted:?}"
+    );
+
+    // A settled epoch (as a new application's is): seeded at once.
+    let () = f.conn.clone().del(&admission.epoch).await.unwrap();
+    numbering
+        .settle_new_application(&admission.epoch)
+        .await
+        .unwrap();
+    let numbered = numbering
+        .next(&missing, "chat", &admission, false, seed)
+        .await
+        .unwrap();
+    assert_eq!(numbered.number, 42);
+
+    // The fence: a seed read under one epoch is not written under another.
+    let () = f.conn.clone().del(&missing).await.unwrap();
+    let epoch: String = f.conn.clone().get(&admission.epoch).await.unwrap();
+    let (status, _, _): (u8, u64, i64) = invocation(
+        &RAISE_THEN_INCR,
+        &missing,
+        &admission,
+        Some(&admission.epoch),
+    )
+    .arg(7)
+    .arg(format!("{epoch}0"))
+    .invoke_async(&mut f.conn.clone())
+    .await
+    .unwrap();
+    assert_eq!(status, FENCED);
+    assert_eq!(f.get(&missing).await, None, "a fenced seed writes nothing");
     f.cleanup().await;
 }

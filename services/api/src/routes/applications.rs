@@ -83,6 +83,7 @@ pub async fn create(
     state
         .tokens
         .insert(row.token.clone(), state.tenant_of(&row));
+    state.settle_new_application(row.id).await;
     tracing::info!("application created");
     let mut response = axum::response::IntoResponse::into_response((
         StatusCode::CREATED,
