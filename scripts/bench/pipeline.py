@@ -54,11 +54,12 @@ TICK = os.sysconf("SC_CLK_TCK")
 
 def confab_env(db, name):
     """The services' environment for a benchmark of its own: database `db`, streams
-    `{NAME}_EVENTS`/`{NAME}_DLQ`, subject prefix `name`, Redis prefix `name:`."""
+    `{NAME}_EVENTS`/`{NAME}_DLQ`/`{NAME}_LIVE`, subject prefix `name`, Redis prefix `name:`."""
     return {
         "DATABASE_URL": f"mysql://root@127.0.0.1:3306/{db}",
         "CONFAB_STREAM": f"{name.upper()}_EVENTS",
         "CONFAB_DLQ_STREAM": f"{name.upper()}_DLQ",
+        "CONFAB_LIVE_STREAM": f"{name.upper()}_LIVE",
         "CONFAB_SUBJECT_PREFIX": name,
         "CONFAB_REDIS_PREFIX": f"{name}:",
         "CONFAB_PERSISTER_CONSUMER": f"{name}-persister",
@@ -84,18 +85,21 @@ def nats_delete_stream(name):
     asyncio.run(nats_request(4222, f"$JS.API.STREAM.DELETE.{name}"))
 
 
-def reset_confab(env):
+def reset_confab(env, bin_dir=None, streams=True):
     """Empties what the services with environment `env` (from `confab_env`) keep: their
-    database (migrated again), streams and Redis keys."""
+    database (migrated again with `bin_dir`'s confab-api, BIN's by default), streams on the
+    shared NATS (unless `streams` is false: a benchmark with a server of its own) and Redis
+    keys."""
     db = env["DATABASE_URL"].rsplit("/", 1)[1]
     mysql(f"DROP DATABASE IF EXISTS {db}; CREATE DATABASE {db};")
-    for stream in (env["CONFAB_STREAM"], env["CONFAB_DLQ_STREAM"]):
-        nats_delete_stream(stream)
+    for stream in ("CONFAB_STREAM", "CONFAB_DLQ_STREAM", "CONFAB_LIVE_STREAM"):
+        if streams and stream in env:
+            nats_delete_stream(env[stream])
     keys = subprocess.run(["redis-cli", "--scan", "--pattern", env["CONFAB_REDIS_PREFIX"] + "*"],
                           capture_output=True, text=True, check=True).stdout.split()
     for i in range(0, len(keys), 500):
         subprocess.run(["redis-cli", "del", *keys[i:i + 500]], check=True, capture_output=True)
-    subprocess.run([os.path.join(BIN, "confab-api"), "migrate"], check=True,
+    subprocess.run([os.path.join(bin_dir or BIN, "confab-api"), "migrate"], check=True,
                    env={**os.environ, **env}, capture_output=True)
 
 
@@ -237,12 +241,15 @@ def caught_up(pipeline, created, deadline):
 def one_run(mode, connections, duration, sample_every=1.0):
     pipeline = mode == "pipeline"
     reset()
+    # Without an indexer, no service may create its consumer: the events stream would keep
+    # every message event for it.
+    alone = {} if pipeline else {"CONFAB_INDEXER_CONSUMER": ""}
     procs = [
         Proc("api", [os.path.join(BIN, "confab-api")],
              {"CONFAB_MIGRATE": "false", "CONFAB_HTTP_ADDR": f"127.0.0.1:{API}",
-              "CONFAB_ADMIN_ADDR": f"127.0.0.1:{API_ADMIN}"}),
+              "CONFAB_ADMIN_ADDR": f"127.0.0.1:{API_ADMIN}"} | alone),
         Proc("persister", [os.path.join(BIN, "confab-persister")],
-             {"CONFAB_ADMIN_ADDR": f"127.0.0.1:{PERSISTER}"}),
+             {"CONFAB_ADMIN_ADDR": f"127.0.0.1:{PERSISTER}"} | alone),
     ]
     if pipeline:
         procs += [

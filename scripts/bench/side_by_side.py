@@ -44,6 +44,8 @@ API, API_ADMIN, PERSISTER, BARE = 18580, 18581, 18582, 18590
 
 # The chat limit too is checked on every request and never refuses.
 CONFAB_ENV = pipeline.confab_env("confab_side", "side2") | {
+    # Only the api and the persister run: no indexer consumer may hold the message events.
+    "CONFAB_INDEXER_CONSUMER": "",
     "CONFAB_DEFAULT_MAX_CHATS": str(2**53 - 1)}
 
 # What wrk posts: (bare path's script, Confab's script) per kind of creation.

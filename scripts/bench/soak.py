@@ -133,18 +133,6 @@ def jetstream_state(mport):
     return streams, consumers
 
 
-def reset(env, bin_dir):
-    """A fresh, migrated database and no Redis key under the run's prefix."""
-    db = env["DATABASE_URL"].rsplit("/", 1)[1]
-    mysql(f"DROP DATABASE IF EXISTS {db}; CREATE DATABASE {db};")
-    keys = subprocess.run(["redis-cli", "--scan", "--pattern", env["CONFAB_REDIS_PREFIX"] + "*"],
-                          capture_output=True, text=True, check=True).stdout.split()
-    for i in range(0, len(keys), 500):
-        subprocess.run(["redis-cli", "del", *keys[i:i + 500]], check=True, capture_output=True)
-    subprocess.run([os.path.join(bin_dir, "confab-api"), "migrate"], check=True,
-                   env={**os.environ, **env}, capture_output=True)
-
-
 def start_services(bin_dir, env, work, ports):
     """The four services; returns {name: (process, admin port)} once all are ready."""
     api, api_admin, persister, indexer, search, reconciler = ports
@@ -268,7 +256,8 @@ def run(a):
     nats, services = None, {}
     try:
         nats, version = start_nats(work, port, mport)
-        reset(env, a.bin_dir)
+        # The run has a NATS server of its own, with a fresh store: no stream to delete.
+        pipeline.reset_confab(env, a.bin_dir, streams=False)
         services = start_services(a.bin_dir, env, work, service_ports)
         api = service_ports[0]
         token = post(f"http://127.0.0.1:{api}/api/v1/applications", {"name": "soak"})["token"]
