@@ -100,13 +100,7 @@ impl IndexerConfig {
             batch_size: parse_within(env, "CONFAB_INDEX_BATCH_SIZE", 1000, 1..=10_000)?,
             // 0 would hand over batches as fast as the loop turns.
             batch_wait: millis_within(env, "CONFAB_INDEX_BATCH_WAIT_MS", 50, 1..=60_000)?,
-            // 0 or less would mean no limit to JetStream.
-            max_ack_pending: parse_within(
-                env,
-                "CONFAB_MAX_ACK_PENDING",
-                confab_runtime::jetstream::DEFAULT_MAX_ACK_PENDING,
-                1..=1_000_000,
-            )?,
+            max_ack_pending: confab_runtime::jetstream::max_ack_pending(env)?,
             backend: BackendConfig::from_env(env)?,
             search_addr: socket_addr(
                 env,

@@ -49,7 +49,7 @@ pub enum Error {
     },
     #[error(
         "stream {name} exists with settings this version cannot change in place ({source}); \
-         docs/operations.md, \"Moving to the interest-retention events stream\", says how to move"
+         docs/streams.md, \"Moving a running installation to this layout\", says how to move"
     )]
     Incompatible {
         name: String,
@@ -64,6 +64,17 @@ pub enum Error {
 /// `max_ack_pending` of a consumer created for a service that has not started yet (the
 /// persister's and indexer's own default, `CONFAB_MAX_ACK_PENDING`).
 pub const DEFAULT_MAX_ACK_PENDING: i64 = 20_000;
+
+/// `CONFAB_MAX_ACK_PENDING`, default 20000 (1 to 1000000): events in flight per consumer, read
+/// by each consuming service (0 or less would mean no limit to JetStream).
+pub fn max_ack_pending(env: &crate::Env) -> Result<i64, crate::ConfigError> {
+    crate::config::parse_within(
+        env,
+        "CONFAB_MAX_ACK_PENDING",
+        DEFAULT_MAX_ACK_PENDING,
+        1..=1_000_000,
+    )
+}
 
 /// A connected JetStream context and the events stream handle.
 #[derive(Clone)]
