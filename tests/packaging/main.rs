@@ -4,12 +4,14 @@
 //! rules) are byte-identical to their sources; every environment variable the charts set is one
 //! the services read; the ports and probe paths the charts use are the services' own; pods are
 //! restricted (`security`); the NetworkPolicies and the internal token (`network`); the
-//! `helm test` script makes a real round trip (`helm_test`).
+//! `helm test` script makes a real round trip (`helm_test`); every alert has a runbook section
+//! and a `runbook_url` leading to it (`runbooks`).
 
 #![allow(clippy::unwrap_used)]
 
 mod helm_test;
 mod network;
+mod runbooks;
 mod security;
 
 use std::collections::BTreeSet;

@@ -55,7 +55,6 @@ null in the values is not set at all, so the service's documented default applie
 {{- include "confab.optionalEnv" (list (list "CONFAB_REDIS_PREFIX" .Values.redis.keyPrefix)) }}
 {{- include "confab.env.nats" . }}
 {{- include "confab.optionalEnv" (list
-  (list "CONFAB_PERSISTER_CONSUMER" $v.config.consumer)
   (list "CONFAB_BATCH_SIZE" $v.config.batchSize)
   (list "CONFAB_BATCH_WAIT_MS" $v.config.batchWaitMs)
   (list "CONFAB_MAX_ACK_PENDING" $v.config.maxAckPending)
@@ -78,7 +77,6 @@ null in the values is not set at all, so the service's documented default applie
 {{- include "confab.env.database" . }}
 {{- include "confab.env.nats" . }}
 {{- include "confab.optionalEnv" (list
-  (list "CONFAB_INDEXER_CONSUMER" $v.config.consumer)
   (list "CONFAB_INDEX_BATCH_SIZE" $v.config.batchSize)
   (list "CONFAB_INDEX_BATCH_WAIT_MS" $v.config.batchWaitMs)
   (list "CONFAB_MAX_ACK_PENDING" $v.config.maxAckPending)

@@ -210,7 +210,19 @@ Secret when a value was given, else not set. (dict root name setting value key)
   (list "CONFAB_DUPLICATE_WINDOW_SECS" $s.duplicateWindowSeconds)
   (list "CONFAB_MAX_DELIVER" $s.maxDeliver)
   (list "CONFAB_ACK_WAIT_SECS" $s.ackWaitSeconds)
+  (list "CONFAB_LIVE_STREAM" $s.liveName)
+  (list "CONFAB_LIVE_WINDOW_SECS" $s.liveWindowSeconds)
+  (list "CONFAB_CLOCK_SKEW_MS" $s.clockSkewMs)
+  (list "CONFAB_PERSISTER_CONSUMER" $v.persister.config.consumer)
 ) }}
+{{- /* Every service makes sure the consumers exist before it publishes (the events stream keeps
+an event only while a consumer still has to ack it): without an indexer, none is named. */}}
+{{- if $v.indexer.enabled }}
+{{- include "confab.optionalEnv" (list (list "CONFAB_INDEXER_CONSUMER" $v.indexer.config.consumer)) }}
+{{- else }}
+- name: CONFAB_INDEXER_CONSUMER
+  value: ""
+{{- end }}
 {{- end }}
 
 {{- define "confab.env.elasticsearch" -}}
