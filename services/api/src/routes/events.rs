@@ -36,12 +36,12 @@ const RECONNECT: Duration = Duration::from_secs(1);
 
 #[utoipa::path(get, path = "/api/v1/applications/{token}/chats/{number}/events", tag = "messages",
     params(("token" = String, Path), ("number" = u64, Path),
-        ("since" = Option<String>, Query, description = "Resume after this event id."),
-        ("Last-Event-ID" = Option<String>, Header, description = "Resume after this event id (what EventSource sends when it reconnects).")),
+        ("since" = Option<String>, Query, pattern = "^([0-9]{1,20}(\\.[0-9]{1,20}){0,64})?$", description = "Resume after this event id: a live-stream sequence, optionally followed by up to 64 larger ones (`1041` or `1041.1043`). Empty: from now."),
+        ("Last-Event-ID" = Option<String>, Header, pattern = "^([0-9]{1,20}(\\.[0-9]{1,20}){0,64})?$", description = "Resume after this event id (what EventSource sends when it reconnects); wins over `since`. Empty: from now.")),
     responses(
         (status = 200, content_type = "text/event-stream", description = "The chat's message events as Server-Sent Events: `ready`, then `message.created`, `message.updated`, `message.deleted` with their ids, and `end` when the server closes the stream. With `Connection: upgrade` and `Upgrade: websocket`, the same events as JSON text frames (`101`)."),
         (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
-        (status = 410, body = ErrorBody, description = "The cursor is older than the stream's retention or than a replay reaches; re-read the messages and subscribe without one."),
+        (status = 410, body = ErrorBody, description = "The cursor is older than the live window (`CONFAB_LIVE_WINDOW_SECS`, one hour) or further behind than a replay reaches (`CONFAB_LIVE_REPLAY_MAX`); re-read the messages and subscribe without one."),
         (status = 429, body = ErrorBody, description = "The application has its limit of live subscriptions open."),
         (status = 503, body = ErrorBody)))]
 #[tracing::instrument(level = "debug", skip_all)]
