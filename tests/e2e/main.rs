@@ -11,6 +11,7 @@ mod counters;
 mod deletion;
 mod durability;
 mod health;
+mod horizon;
 mod idempotency;
 mod invariants;
 mod live;

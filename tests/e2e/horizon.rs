@@ -1,0 +1,122 @@
+//! Rule 4 of `confab_core::sequence`: once processed events leave the stream, a creation is only
+//! ever applied when it could have been acknowledged. A creation stored past its horizon is
+//! dead-lettered `late`, and an `Idempotency-Key` retried after its event left the stream reads
+//! the event's fate instead of storing it a second time.
+
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use chrono::Utc;
+use confab_core::event::{headers, MessageWritten};
+use confab_core::{Envelope, Event};
+use confab_tests::{eventually, Client, TestEnv};
+use serde_json::json;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_creation_stored_past_its_horizon_is_dead_lettered_late_never_persisted() {
+    let env = TestEnv::new().await;
+    let api = env.spawn_api().await;
+    let c = Client::new(&api.base);
+    let token = c.create_app("horizon").await;
+    let chat = c.create_chat(&token).await;
+    let app = env.application_id(&token).await;
+
+    // A creation made a minute ago (its request long answered 503) and stored only now, under a
+    // number nobody else took: exactly what a publish buffered across a reconnect would be.
+    let mut late = Envelope::new(Event::MessageCreated(MessageWritten {
+        application_id: app,
+        chat_number: chat,
+        number: 7,
+        body: "too late".into(),
+    }));
+    late.occurred_at = Utc::now() - chrono::Duration::seconds(60);
+    let js =
+        async_nats::jetstream::new(async_nats::connect(confab_tests::nats_url()).await.unwrap());
+    let mut expect_new = HeaderMap::new();
+    expect_new.insert(headers::EXPECTED_LAST_SUBJECT_SEQUENCE, "0");
+    js.publish_with_headers(
+        format!("t_{}.v1.message.created.{app}.{chat}.7", env.id),
+        expect_new,
+        late.encode().into(),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+    // And one made now, through the api: its sequence is seeded past every number the stream
+    // still holds, the late one's included.
+    assert_eq!(c.create_message(&token, chat, "in time").await, 8);
+
+    let persister = env.spawn_persister().await;
+    eventually(
+        Duration::from_secs(20),
+        "the late one dead-lettered",
+        || async { env.dead_letters().await.len() == 1 },
+    )
+    .await;
+    let letter = &env.dead_letters().await[0];
+    assert_eq!(
+        letter.headers.get(headers::DLQ_CLASS).unwrap().as_str(),
+        "late"
+    );
+    eventually(Duration::from_secs(20), "consumer drained", || async {
+        env.consumer_drained("confab-persister").await
+    })
+    .await;
+    let bodies: Vec<(u64, String)> =
+        sqlx::query_as("SELECT number, body FROM messages ORDER BY number")
+            .fetch_all(&env.db)
+            .await
+            .unwrap();
+    assert_eq!(bodies, vec![(8, "in time".to_owned())]);
+
+    persister.stop().await.unwrap();
+    api.stop().await.unwrap();
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_retried_after_its_event_left_the_stream_answers_the_same_without_storing_it_again() {
+    let env = TestEnv::new().await;
+    // A short deadline: a record older than it belongs to a request that is over.
+    let api = env
+        .spawn_api_with(&[
+            ("CONFAB_PUBLISH_DEADLINE_MS", "500"),
+            ("CONFAB_INDEXER_CONSUMER", ""),
+        ])
+        .await;
+    let persister = env
+        .spawn_persister_with(&[("CONFAB_INDEXER_CONSUMER", "")])
+        .await;
+    let c = Client::new(&api.base);
+    let token = c.create_app("retry-later").await;
+    let chat = c.create_chat(&token).await;
+    let path = format!("/api/v1/applications/{token}/chats/{chat}/messages");
+    let body = json!({"body": "once"});
+    let (status, first) = c.post_idempotent(&path, &body, "k-1").await;
+    assert_eq!(status, 201, "{first}");
+
+    // Persisted and acked by every consumer: the events stream no longer holds it.
+    eventually(Duration::from_secs(20), "persisted and gone", || async {
+        env.count("SELECT COUNT(*) FROM messages").await == 1
+            && env.consumer_drained("confab-persister").await
+            && env.stream_messages().await == 0
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+
+    let (status, again) = c.post_idempotent(&path, &body, "k-1").await;
+    assert_eq!(status, 201, "{again}");
+    assert_eq!(again["number"], first["number"]);
+    // Its fate was read, not its event stored again: nothing new in the stream, nothing late.
+    assert_eq!(env.stream_messages().await, 0);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(env.dead_letters().await.is_empty());
+    assert_eq!(env.count("SELECT COUNT(*) FROM messages").await, 1);
+    // A new message still takes the next number.
+    assert_eq!(c.create_message(&token, chat, "next").await, 2);
+
+    persister.stop().await.unwrap();
+    api.stop().await.unwrap();
+    env.cleanup().await;
+}
