@@ -99,7 +99,7 @@ LABEL org.opencontainers.image.vendor="Confab" \
       org.opencontainers.image.licenses="Apache-2.0"
 # mimalloc (every binary's allocator) commits memory as it is used rather than a whole arena at
 # once: an idle HTTP connection (a live subscriber) then costs ~16 KB of resident memory instead
-# of ~28 KB (README, Benchmark).
+# of ~28 KB (docs/benchmarks.md, Live delivery).
 ENV MIMALLOC_ARENA_EAGER_COMMIT=0
 
 FROM runtime AS persister

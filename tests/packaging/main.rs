@@ -5,11 +5,13 @@
 //! the services read; the ports and probe paths the charts use are the services' own; pods are
 //! restricted (`security`); the NetworkPolicies and the internal token (`network`); the
 //! `helm test` script makes a real round trip (`helm_test`); every alert has a runbook section
-//! and a `runbook_url` leading to it (`runbooks`).
+//! and a `runbook_url` leading to it (`runbooks`); every relative link in the README, `docs/` and
+//! the charts' READMEs resolves, and the README links every file in `docs/` (`links`).
 
 #![allow(clippy::unwrap_used)]
 
 mod helm_test;
+mod links;
 mod network;
 mod runbooks;
 mod security;

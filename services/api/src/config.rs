@@ -1,4 +1,4 @@
-//! The api's configuration. Every variable is listed in the README with its default.
+//! The api's configuration. Every variable is listed in docs/operations.md with its default.
 
 use std::net::SocketAddr;
 use std::time::Duration;

@@ -26,7 +26,8 @@ pub struct Quotas {
 }
 
 impl Default for Quotas {
-    /// The documented defaults for applications that set nothing (README, "Quotas").
+    /// The documented defaults for applications that set nothing (docs/api.md, "Quotas and the
+    /// admin API").
     fn default() -> Self {
         Self {
             max_chats: 100_000,

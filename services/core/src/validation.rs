@@ -1,6 +1,6 @@
 //! What valid input is. The api turns these errors into 4xx responses.
 
-/// Limits on client input. Documented in the README; configurable where it says so.
+/// Limits on client input. Documented in docs/api.md; configurable where it says so.
 #[derive(Debug, Clone)]
 pub struct Limits {
     /// Maximum application name length, in characters.

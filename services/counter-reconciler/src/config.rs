@@ -1,4 +1,4 @@
-//! The counter reconciler's configuration. Every variable is listed in the README.
+//! The counter reconciler's configuration. Every variable is listed in docs/operations.md.
 
 use std::time::Duration;
 

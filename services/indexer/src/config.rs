@@ -1,4 +1,4 @@
-//! The indexer's configuration. Every variable is listed in the README.
+//! The indexer's configuration. Every variable is listed in docs/operations.md.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -1,4 +1,4 @@
-//! The persister's configuration. Every variable is listed in the README with its default.
+//! The persister's configuration. Every variable is listed in docs/operations.md with its default.
 
 use std::time::Duration;
 

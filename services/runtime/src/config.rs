@@ -1,7 +1,7 @@
 //! Configuration shared by every service, read once from an environment map.
 //!
 //! Loaders take the environment as a map ([`Env`]) so tests build configurations without touching
-//! process environment variables. Every variable and default is listed in the README.
+//! process environment variables. Every variable and default is listed in docs/operations.md.
 
 use std::collections::HashMap;
 use std::fmt::Display;

@@ -14,7 +14,7 @@
 /// Every Confab binary (and test binary) allocates through mimalloc, not glibc's malloc: the
 /// request and consume paths allocate small short-lived buffers from every tokio worker, and
 /// under the side-by-side load glibc's arenas took about a quarter of the api's CPU samples
-/// (README, Benchmark). The images set `MIMALLOC_ARENA_EAGER_COMMIT=0` (memory is committed as it
+/// (docs/benchmarks.md). The images set `MIMALLOC_ARENA_EAGER_COMMIT=0` (memory is committed as it
 /// is used): an idle connection costs ~16 KB of resident memory instead of ~28 KB.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;

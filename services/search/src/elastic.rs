@@ -452,7 +452,7 @@ mod tests {
         );
     }
 
-    /// The behavioural suite against a real cluster, opt-in (command in the README).
+    /// The behavioural suite against a real cluster, opt-in (command in docs/development.md).
     #[tokio::test]
     #[ignore = "needs Elasticsearch: CONFAB_TEST_ELASTICSEARCH_URL=http://… cargo nextest run -p confab-search --run-ignored only"]
     async fn elasticsearch_backend_passes_the_behavioural_suite() {

@@ -4,8 +4,8 @@
 //!
 //! One consumer per replica, not one per chat: nats-server wakes every consumer of a stream for
 //! each message stored, so 500 chat consumers cost the server about ten times more per message
-//! than the whole rest of the pipeline (measured; README, *Live delivery*). Routing by subject here
-//! costs a hash lookup per event.
+//! than the whole rest of the pipeline (measured; docs/benchmarks.md, *Live delivery*). Routing
+//! by subject here costs a hash lookup per event.
 //!
 //! A feed added while the dispatcher runs starts at the sequence after the last one dispatched
 //! (both under the router's lock), so it sees every later event of its chat and its subscribers
