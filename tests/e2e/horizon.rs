@@ -120,3 +120,130 @@ async fn a_key_retried_after_its_event_left_the_stream_answers_the_same_without_
     api.stop().await.unwrap();
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_copy_of_a_keyed_creation_does_not_answer_for_it_its_persisted_row_does() {
+    let env = TestEnv::new().await;
+    // Horizon 500 ms: a copy stored a second after its creation was made is late.
+    let quick = [
+        ("CONFAB_PUBLISH_DEADLINE_MS", "500"),
+        ("CONFAB_CLOCK_SKEW_MS", "0"),
+        ("CONFAB_INDEXER_CONSUMER", ""),
+    ];
+    let api = env.spawn_api_with(&quick).await;
+    let persister = env.spawn_persister_with(&quick).await;
+    let c = Client::new(&api.base);
+    let token = c.create_app("late-copy").await;
+    let chat = c.create_chat(&token).await;
+    let app = env.application_id(&token).await;
+    let path = format!("/api/v1/applications/{token}/chats/{chat}/messages");
+    let body = json!({"body": "once"});
+    let (status, first) = c.post_idempotent(&path, &body, "k-late").await;
+    assert_eq!(status, 201, "{first}");
+    eventually(Duration::from_secs(20), "persisted and gone", || async {
+        env.count("SELECT COUNT(*) FROM messages").await == 1 && env.stream_messages().await == 0
+    })
+    .await;
+    persister.stop().await.unwrap();
+
+    // The recorded creation stored again, late (as a publish buffered across a reconnect would
+    // be): the stream now holds this request's own event, past its horizon.
+    store_recorded_creation_late(&env, app, chat, 1).await;
+
+    // The retry answers from the row the first copy made, not from the late copy.
+    let (status, again) = c.post_idempotent(&path, &body, "k-late").await;
+    assert_eq!((status.as_u16(), &again["number"]), (201, &first["number"]));
+    let persister = env.spawn_persister_with(&quick).await;
+    eventually(
+        Duration::from_secs(20),
+        "the late copy dead-lettered",
+        || async { env.dead_letters().await.len() == 1 },
+    )
+    .await;
+    assert_eq!(env.count("SELECT COUNT(*) FROM messages").await, 1);
+    persister.stop().await.unwrap();
+    api.stop().await.unwrap();
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_copy_of_a_keyed_creation_never_answers_when_nothing_else_stored_it() {
+    let env = TestEnv::new().await;
+    let quick = [
+        ("CONFAB_PUBLISH_DEADLINE_MS", "500"),
+        ("CONFAB_CLOCK_SKEW_MS", "0"),
+        ("CONFAB_INDEXER_CONSUMER", ""),
+    ];
+    let api = env.spawn_api_with(&quick).await;
+    let persister = env.spawn_persister_with(&quick).await;
+    let c = Client::new(&api.base);
+    let token = c.create_app("late-only").await;
+    let chat = c.create_chat(&token).await;
+    let app = env.application_id(&token).await;
+    let path = format!("/api/v1/applications/{token}/chats/{chat}/messages");
+    let body = json!({"body": "once"});
+    let (status, first) = c.post_idempotent(&path, &body, "k-lost").await;
+    assert_eq!((status.as_u16(), &first["number"]), (201, &json!(1)));
+    eventually(Duration::from_secs(20), "persisted and gone", || async {
+        env.count("SELECT COUNT(*) FROM messages").await == 1 && env.stream_messages().await == 0
+    })
+    .await;
+    persister.stop().await.unwrap();
+    // As if the first request's event had never been stored (it answered 503): no row, and its
+    // only copy arrives past its horizon.
+    sqlx::query("DELETE FROM messages")
+        .execute(&env.db)
+        .await
+        .unwrap();
+    store_recorded_creation_late(&env, app, chat, 1).await;
+
+    // The late copy will be dead-lettered, so it must not answer: the retry takes a new number.
+    let (status, again) = c.post_idempotent(&path, &body, "k-lost").await;
+    assert_eq!((status.as_u16(), &again["number"]), (201, &json!(2)));
+    let persister = env.spawn_persister_with(&quick).await;
+    eventually(Duration::from_secs(20), "the retry persisted", || async {
+        env.count("SELECT COUNT(*) FROM messages WHERE number = 2 AND body = 'once'")
+            .await
+            == 1
+    })
+    .await;
+    eventually(
+        Duration::from_secs(20),
+        "the late copy dead-lettered",
+        || async { env.dead_letters().await.len() == 1 },
+    )
+    .await;
+    assert_eq!(env.count("SELECT COUNT(*) FROM messages").await, 1);
+    persister.stop().await.unwrap();
+    api.stop().await.unwrap();
+    env.cleanup().await;
+}
+
+/// Publishes the creation recorded under this test's (only) idempotency key once more, as
+/// message `number` of `chat`, a second after the record was made: past a 500 ms horizon.
+async fn store_recorded_creation_late(env: &TestEnv, app: u64, chat: u64, number: u64) {
+    let js =
+        async_nats::jetstream::new(async_nats::connect(confab_tests::nats_url()).await.unwrap());
+    let records = js
+        .get_stream(format!("T_{}_IDEMPOTENCY", env.id))
+        .await
+        .unwrap();
+    let record = records
+        .get_last_raw_message_by_subject(&format!("t_{}.idem.>", env.id))
+        .await
+        .unwrap();
+    let record: serde_json::Value = serde_json::from_slice(&record.payload).unwrap();
+    let envelope = serde_json::to_vec(&record["envelope"]).unwrap();
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let mut expect_new = HeaderMap::new();
+    expect_new.insert(headers::EXPECTED_LAST_SUBJECT_SEQUENCE, "0");
+    js.publish_with_headers(
+        format!("t_{}.v1.message.created.{app}.{chat}.{number}", env.id),
+        expect_new,
+        envelope.into(),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+}

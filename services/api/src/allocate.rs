@@ -177,13 +177,19 @@ impl AppState {
 impl AppState {
     /// What became of a recorded creation whose request is over: in the stream, or in MySQL
     /// (read after the stream: an event that leaves the stream in between is in MySQL by then),
-    /// as this event's (`RetriedOwn`) or another's (`Collision`); found nowhere, it was never
-    /// stored or was refused, and its number must not be claimed late (`Collision` too: the
-    /// request takes a new number).
+    /// as this event's (`RetriedOwn`) or another's (`Collision`); found nowhere, or stored past
+    /// its horizon, it was never acknowledged and its number must not be claimed late
+    /// (`Collision` too: the request takes a new number).
     async fn fate_of(&self, envelope: &Envelope) -> Result<PublishOutcome> {
         let own = envelope.id.to_string();
-        if let Some(stored) = self.publisher.stored_creation_id(envelope).await? {
-            return Ok(confab_core::sequence::classify_publish(true, &stored, &own));
+        match self.publisher.stored_creation(envelope).await? {
+            // Ours, stored past its horizon: consumers will dead-letter this copy, so only a row
+            // an earlier copy made can answer for it (read below).
+            Some((stored, true)) if stored == own => {}
+            Some((stored, _)) => {
+                return Ok(confab_core::sequence::classify_publish(true, &stored, &own))
+            }
+            None => {}
         }
         let claim = crate::repo::creation_claim(&self.db, &envelope.event).await?;
         let ours = claim.flatten().as_deref() == Some(envelope.id.as_bytes().as_slice());

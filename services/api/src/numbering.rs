@@ -170,13 +170,14 @@ impl Numbering {
         }
         let epoch = match self.settled_epoch(&admission.epoch).await {
             Ok(epoch) => epoch,
-            Err(recovering) => {
+            Err(recovering @ ApiError::Recovering { .. }) => {
                 // Not yet: but a deleted parent is `404` now, not after the quiescence (its
                 // mark went with Redis; the seed's reads find the deletion and mark it again).
                 // What they read is not used.
                 seed().await?;
                 return Err(recovering);
             }
+            Err(other) => return Err(other),
         };
         let seed = seed().await?;
         let answer: (u8, u64, i64) =

@@ -217,13 +217,24 @@ impl Publisher {
         max_in_flight(&self.js, pattern).await
     }
 
-    /// The envelope id of the creation event the stream holds for `envelope`'s number, if any.
-    pub async fn stored_creation_id(&self, envelope: &Envelope) -> Result<Option<String>> {
+    /// The envelope id of the creation event the stream holds for `envelope`'s number, if any,
+    /// with whether it was stored past the creation horizon (consumers will refuse it,
+    /// [`confab_core::sequence::creation_is_late`]).
+    pub async fn stored_creation(&self, envelope: &Envelope) -> Result<Option<(String, bool)>> {
         let subject = self.js.subjects.for_event(&envelope.event);
-        match self.last_on(&subject).await? {
-            Some(payload) => decode_id(&payload).map(Some).map_err(ApiError::Unavailable),
-            None => Ok(None),
-        }
+        let Some(message) = last_message_on(&self.js, &subject).await? else {
+            return Ok(None);
+        };
+        let stored = Envelope::decode(&message.payload).map_err(|error| {
+            ApiError::Unavailable(format!("stored creation unreadable: {error}"))
+        })?;
+        let nanos = i64::try_from(message.time.unix_timestamp_nanos()).unwrap_or(i64::MAX);
+        let late = confab_core::sequence::creation_is_late(
+            stored.occurred_at,
+            chrono::DateTime::from_timestamp_nanos(nanos),
+            self.js.config.creation_horizon(),
+        );
+        Ok(Some((stored.id.to_string(), late)))
     }
 
     /// Whether the event on `subject` (one item's creation, or its deletion) is in the stream.
@@ -236,10 +247,20 @@ impl Publisher {
 /// publish attempt, so a lookup during a leader election fails fast instead of holding the
 /// request for the JetStream API's whole timeout.
 async fn last_on(js: &JetStream, subject: &str) -> Result<Option<bytes::Bytes>> {
+    Ok(last_message_on(js, subject)
+        .await?
+        .map(|message| message.payload))
+}
+
+/// The last message on `subject` (wildcards allowed), if any ([`last_on`]).
+async fn last_message_on(
+    js: &JetStream,
+    subject: &str,
+) -> Result<Option<async_nats::jetstream::message::StreamMessage>> {
     use async_nats::jetstream::stream::LastRawMessageErrorKind;
     let lookup = js.events.get_last_raw_message_by_subject(subject);
     match js.within(lookup).await {
-        Some(Ok(message)) => Ok(Some(message.payload)),
+        Some(Ok(message)) => Ok(Some(message)),
         Some(Err(error)) if error.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(None),
         Some(Err(error)) => Err(ApiError::Unavailable(format!(
             "jetstream last message lookup: {error}"
