@@ -32,7 +32,8 @@
 //!    `occurred_at` was therefore answered 503, and the persister and indexer dead-letter it
 //!    (`late`) instead of applying it ([`creation_is_late`]). A replayed `Idempotency-Key` whose
 //!    first request is over reads its event's fate from the stream and MySQL rather than
-//!    publishing it again.
+//!    publishing it again. A copy of its own event stored past the horizon does not count: only
+//!    a row answers for it, or the request takes a new number.
 //! 5. **Every write to a sequence is a `max`** (INCR, seed, raise), so no two writers move it
 //!    backwards.
 //!
