@@ -222,8 +222,9 @@ pub struct StreamConfig {
     /// indexer (an indexer consumer nobody reads would keep every message event until
     /// `CONFAB_STREAM_MAX_AGE_SECS`).
     pub indexer_consumer: Option<String>,
-    /// `CONFAB_LIVE_STREAM`, default `CONFAB_LIVE`: the stream live delivery reads, sourced from
-    /// the events stream with one subject per chat.
+    /// `CONFAB_LIVE_STREAM`, default `<CONFAB_STREAM>_LIVE` (`CONFAB_EVENTS_LIVE`): the stream
+    /// live delivery reads, sourced from the events stream with one subject per chat. Named after
+    /// the events stream, so installations sharing a NATS server never share (and re-point) it.
     pub live_name: String,
     /// `CONFAB_LIVE_WINDOW_SECS`, default 3600 (60 to 604800): how long the live stream keeps a
     /// chat's events for resuming subscribers.
@@ -286,8 +287,10 @@ impl StreamConfig {
                 ),
             });
         }
+        let name = string(env, "CONFAB_STREAM", "CONFAB_EVENTS");
         Ok(Self {
-            name: string(env, "CONFAB_STREAM", "CONFAB_EVENTS"),
+            live_name: string(env, "CONFAB_LIVE_STREAM", &format!("{name}_LIVE")),
+            name,
             dlq_name: string(env, "CONFAB_DLQ_STREAM", "CONFAB_DEAD_LETTERS"),
             subject_prefix: string(env, "CONFAB_SUBJECT_PREFIX", "confab"),
             // JetStream keeps at most five replicas of a stream.
@@ -314,7 +317,6 @@ impl StreamConfig {
                 Some(name) => Some(name.clone()),
                 None => Some("confab-indexer".to_owned()),
             },
-            live_name: string(env, "CONFAB_LIVE_STREAM", "CONFAB_LIVE"),
             live_window: secs_within(env, "CONFAB_LIVE_WINDOW_SECS", 3600, 60..=604_800)?,
         })
     }
@@ -332,6 +334,12 @@ mod tests {
         assert_eq!(c.stream.duplicate_window, Duration::from_secs(120));
         assert_eq!(c.redis_prefix, "confab:");
         assert_eq!(c.stream.live_window, Duration::from_secs(3600));
+        assert_eq!(c.stream.live_name, "CONFAB_EVENTS_LIVE");
+        let other = CommonConfig::from_env(&env(&[("CONFAB_STREAM", "OTHER")]), 1).unwrap();
+        assert_eq!(
+            other.stream.live_name, "OTHER_LIVE",
+            "named after its events stream"
+        );
         assert_eq!(c.stream.creation_horizon(), Duration::from_secs(10));
         assert_eq!(c.stream.reseed_quiescence(), Duration::from_secs(12));
         assert_eq!(c.stream.indexer_consumer.as_deref(), Some("confab-indexer"));
