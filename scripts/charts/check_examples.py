@@ -38,6 +38,8 @@ import sys
 import jsonschema
 import yaml
 
+from crds import served_versions
+
 DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 QUALIFIED_NAME = (r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
@@ -178,23 +180,14 @@ class Kind:
 
 def load_kinds(crd_files):
     kinds = {}
-    for path in crd_files:
-        with open(path, encoding="utf-8") as f:
-            for doc in yaml.safe_load_all(f):
-                if not doc or doc.get("kind") != "CustomResourceDefinition":
-                    continue
-                spec = doc["spec"]
-                for version in spec["versions"]:
-                    if not version.get("served", True):
-                        continue
-                    schema = (version.get("schema") or {}).get("openAPIV3Schema")
-                    if schema is None:
-                        raise SystemExit(f"{path}: {spec['names']['kind']} {version['name']} "
-                                         "has no openAPIV3Schema")
-                    key = (spec["group"], version["name"], spec["names"]["kind"])
-                    if key not in kinds:
-                        kinds[key] = Kind(path, spec["group"], spec["names"]["kind"],
-                                          version["name"], schema)
+    for path, spec, version in served_versions(crd_files):
+        schema = (version.get("schema") or {}).get("openAPIV3Schema")
+        if schema is None:
+            raise SystemExit(f"{path}: {spec['names']['kind']} {version['name']} "
+                             "has no openAPIV3Schema")
+        key = (spec["group"], version["name"], spec["names"]["kind"])
+        if key not in kinds:
+            kinds[key] = Kind(path, spec["group"], spec["names"]["kind"], version["name"], schema)
     return kinds
 
 

@@ -28,7 +28,7 @@ import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-import yaml
+from crds import served_versions
 
 VERBS = ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"]
 
@@ -44,31 +44,23 @@ def load_groups(crd_files):
             }],
         },
     }
-    for path in crd_files:
-        with open(path, encoding="utf-8") as f:
-            for doc in yaml.safe_load_all(f):
-                if not doc or doc.get("kind") != "CustomResourceDefinition":
-                    continue
-                spec = doc["spec"]
-                names = spec["names"]
-                for version in spec["versions"]:
-                    if not version.get("served", True):
-                        continue
-                    resources = groups.setdefault(spec["group"], {}).setdefault(version["name"], [])
-                    if any(r["name"] == names["plural"] for r in resources):
-                        continue  # the same CRD from another file (the chart's copy)
-                    resources.append({
-                        "name": names["plural"], "singularName": names.get("singular", ""),
-                        "namespaced": spec["scope"] == "Namespaced", "kind": names["kind"],
-                        "verbs": VERBS, "shortNames": names.get("shortNames", []),
-                        "categories": names.get("categories", []),
-                    })
-                    for sub in (version.get("subresources") or {}):
-                        resources.append({
-                            "name": f"{names['plural']}/{sub}", "singularName": "",
-                            "namespaced": spec["scope"] == "Namespaced", "kind": names["kind"],
-                            "verbs": ["get", "patch", "update"],
-                        })
+    for _, spec, version in served_versions(crd_files):
+        names = spec["names"]
+        resources = groups.setdefault(spec["group"], {}).setdefault(version["name"], [])
+        if any(r["name"] == names["plural"] for r in resources):
+            continue  # the same CRD from another file (the chart's copy)
+        resources.append({
+            "name": names["plural"], "singularName": names.get("singular", ""),
+            "namespaced": spec["scope"] == "Namespaced", "kind": names["kind"],
+            "verbs": VERBS, "shortNames": names.get("shortNames", []),
+            "categories": names.get("categories", []),
+        })
+        for sub in (version.get("subresources") or {}):
+            resources.append({
+                "name": f"{names['plural']}/{sub}", "singularName": "",
+                "namespaced": spec["scope"] == "Namespaced", "kind": names["kind"],
+                "verbs": ["get", "patch", "update"],
+            })
     return groups
 
 

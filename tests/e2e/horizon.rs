@@ -124,27 +124,15 @@ async fn a_key_retried_after_its_event_left_the_stream_answers_the_same_without_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_late_copy_of_a_keyed_creation_does_not_answer_for_it_its_persisted_row_does() {
     let env = TestEnv::new().await;
-    // Horizon 500 ms: a copy stored a second after its creation was made is late.
-    let quick = [
-        ("CONFAB_PUBLISH_DEADLINE_MS", "500"),
-        ("CONFAB_CLOCK_SKEW_MS", "0"),
-        ("CONFAB_INDEXER_CONSUMER", ""),
-    ];
-    let api = env.spawn_api_with(&quick).await;
-    let persister = env.spawn_persister_with(&quick).await;
-    let c = Client::new(&api.base);
-    let token = c.create_app("late-copy").await;
-    let chat = c.create_chat(&token).await;
-    let app = env.application_id(&token).await;
-    let path = format!("/api/v1/applications/{token}/chats/{chat}/messages");
-    let body = json!({"body": "once"});
-    let (status, first) = c.post_idempotent(&path, &body, "k-late").await;
-    assert_eq!(status, 201, "{first}");
-    eventually(Duration::from_secs(20), "persisted and gone", || async {
-        env.count("SELECT COUNT(*) FROM messages").await == 1 && env.stream_messages().await == 0
-    })
-    .await;
-    persister.stop().await.unwrap();
+    let Keyed {
+        api,
+        c,
+        app,
+        chat,
+        path,
+        body,
+        first,
+    } = keyed_message_persisted(&env, "k-late").await;
 
     // The recorded creation stored again, late (as a publish buffered across a reconnect would
     // be): the stream now holds this request's own event, past its horizon.
@@ -153,7 +141,7 @@ async fn a_late_copy_of_a_keyed_creation_does_not_answer_for_it_its_persisted_ro
     // The retry answers from the row the first copy made, not from the late copy.
     let (status, again) = c.post_idempotent(&path, &body, "k-late").await;
     assert_eq!((status.as_u16(), &again["number"]), (201, &first["number"]));
-    let persister = env.spawn_persister_with(&quick).await;
+    let persister = env.spawn_persister_with(&QUICK).await;
     eventually(
         Duration::from_secs(20),
         "the late copy dead-lettered",
@@ -169,26 +157,16 @@ async fn a_late_copy_of_a_keyed_creation_does_not_answer_for_it_its_persisted_ro
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_late_copy_of_a_keyed_creation_never_answers_when_nothing_else_stored_it() {
     let env = TestEnv::new().await;
-    let quick = [
-        ("CONFAB_PUBLISH_DEADLINE_MS", "500"),
-        ("CONFAB_CLOCK_SKEW_MS", "0"),
-        ("CONFAB_INDEXER_CONSUMER", ""),
-    ];
-    let api = env.spawn_api_with(&quick).await;
-    let persister = env.spawn_persister_with(&quick).await;
-    let c = Client::new(&api.base);
-    let token = c.create_app("late-only").await;
-    let chat = c.create_chat(&token).await;
-    let app = env.application_id(&token).await;
-    let path = format!("/api/v1/applications/{token}/chats/{chat}/messages");
-    let body = json!({"body": "once"});
-    let (status, first) = c.post_idempotent(&path, &body, "k-lost").await;
-    assert_eq!((status.as_u16(), &first["number"]), (201, &json!(1)));
-    eventually(Duration::from_secs(20), "persisted and gone", || async {
-        env.count("SELECT COUNT(*) FROM messages").await == 1 && env.stream_messages().await == 0
-    })
-    .await;
-    persister.stop().await.unwrap();
+    let Keyed {
+        api,
+        c,
+        app,
+        chat,
+        path,
+        body,
+        first,
+    } = keyed_message_persisted(&env, "k-lost").await;
+    assert_eq!(first["number"], 1);
     // As if the first request's event had never been stored (it answered 503): no row, and its
     // only copy arrives past its horizon.
     sqlx::query("DELETE FROM messages")
@@ -200,7 +178,7 @@ async fn a_late_copy_of_a_keyed_creation_never_answers_when_nothing_else_stored_
     // The late copy will be dead-lettered, so it must not answer: the retry takes a new number.
     let (status, again) = c.post_idempotent(&path, &body, "k-lost").await;
     assert_eq!((status.as_u16(), &again["number"]), (201, &json!(2)));
-    let persister = env.spawn_persister_with(&quick).await;
+    let persister = env.spawn_persister_with(&QUICK).await;
     eventually(Duration::from_secs(20), "the retry persisted", || async {
         env.count("SELECT COUNT(*) FROM messages WHERE number = 2 AND body = 'once'")
             .await
@@ -217,6 +195,55 @@ async fn a_late_copy_of_a_keyed_creation_never_answers_when_nothing_else_stored_
     persister.stop().await.unwrap();
     api.stop().await.unwrap();
     env.cleanup().await;
+}
+
+/// A 500 ms horizon (a copy stored a second after its creation was made is late), and no
+/// indexer.
+const QUICK: [(&str, &str); 3] = [
+    ("CONFAB_PUBLISH_DEADLINE_MS", "500"),
+    ("CONFAB_CLOCK_SKEW_MS", "0"),
+    ("CONFAB_INDEXER_CONSUMER", ""),
+];
+
+/// What [`keyed_message_persisted`] leaves: an api, a chat, and the first answer to a keyed
+/// message creation (the persister is stopped).
+struct Keyed {
+    api: confab_tests::Service,
+    c: Client,
+    app: u64,
+    chat: u64,
+    path: String,
+    body: serde_json::Value,
+    first: serde_json::Value,
+}
+
+/// An api with [`QUICK`] settings and a message posted with `Idempotency-Key: key`, persisted and
+/// gone from the events stream; the persister stopped again.
+async fn keyed_message_persisted(env: &TestEnv, key: &str) -> Keyed {
+    let api = env.spawn_api_with(&QUICK).await;
+    let persister = env.spawn_persister_with(&QUICK).await;
+    let c = Client::new(&api.base);
+    let token = c.create_app("late-copy").await;
+    let chat = c.create_chat(&token).await;
+    let app = env.application_id(&token).await;
+    let path = format!("/api/v1/applications/{token}/chats/{chat}/messages");
+    let body = json!({"body": "once"});
+    let (status, first) = c.post_idempotent(&path, &body, key).await;
+    assert_eq!(status, 201, "{first}");
+    eventually(Duration::from_secs(20), "persisted and gone", || async {
+        env.count("SELECT COUNT(*) FROM messages").await == 1 && env.stream_messages().await == 0
+    })
+    .await;
+    persister.stop().await.unwrap();
+    Keyed {
+        api,
+        c,
+        app,
+        chat,
+        path,
+        body,
+        first,
+    }
 }
 
 /// Publishes the creation recorded under this test's (only) idempotency key once more, as

@@ -16,8 +16,8 @@ struct Link {
 }
 
 /// The anchor GitHub gives a heading: lower case; letters, digits, `-` and `_` kept; each space
-/// becomes `-`; any other character is dropped.
-fn slug(heading: &str) -> String {
+/// becomes `-`; any other character is dropped. (The runbook check uses it too.)
+pub(crate) fn slug(heading: &str) -> String {
     heading
         .trim()
         .to_lowercase()

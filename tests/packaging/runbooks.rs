@@ -9,25 +9,12 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
+use crate::links::slug as anchor;
 use crate::{read, repo, yaml};
 
 /// Where the runbooks live, relative to the repository: also the path part of every
 /// `runbook_url` in the rule files.
 const RUNBOOKS: &str = "docs/runbooks.md";
-
-/// The anchor GitHub gives a heading: lower case, punctuation dropped, spaces as hyphens.
-fn anchor(heading: &str) -> String {
-    heading
-        .trim()
-        .to_lowercase()
-        .chars()
-        .filter_map(|c| match c {
-            ' ' => Some('-'),
-            c if c.is_alphanumeric() || c == '-' || c == '_' => Some(c),
-            _ => None,
-        })
-        .collect()
-}
 
 /// The level-2 headings of a Markdown text, outside code fences.
 fn sections(markdown: &str) -> Vec<String> {
