@@ -208,7 +208,8 @@ async fn ensure_stream(context: &jetstream::Context, config: stream::Config) -> 
         let pause = ENSURE_RETRY.delay(attempt);
         match context.create_or_update_stream(config.clone()).await {
             Ok(_) => return Ok(()),
-            // A stream made by an earlier version with another retention: waiting cannot help.
+            // A stream whose settings JetStream will not change in place (a work-queue retention,
+            // another storage type; limits to interest it does change): waiting cannot help.
             Err(source) if source.to_string().contains("can not change") => {
                 return Err(Error::Incompatible {
                     name: config.name.clone(),
