@@ -25,6 +25,7 @@
 use std::future::Future;
 use std::sync::LazyLock;
 
+use confab_core::keys::Keys;
 use confab_core::quota::{retry_after_secs, RateLimitState, RateParams};
 use redis::aio::ConnectionManager;
 use redis::Script;
@@ -77,9 +78,10 @@ pub struct Admission {
     pub rate: Option<(String, RateParams)>,
     /// The parent's deletion mark: no number is taken while it is set.
     pub gone: Option<String>,
-    /// The application's sequence epoch ([`confab_core::keys::Keys::sequence_epoch`]): seeding
-    /// waits until it is settled and is fenced by it.
-    pub epoch: String,
+    /// The application: seeding waits until its sequence epoch
+    /// ([`confab_core::keys::Keys::sequence_epoch`]) is settled and is fenced by it. (An id, not
+    /// the key: the key is built only on the rare seeding path, not on every request.)
+    pub application_id: u64,
 }
 
 /// The raising script's status when it moved the key (otherwise it answers like the first one).
@@ -91,6 +93,7 @@ const FENCED: u8 = 6;
 pub struct Numbering {
     redis: ConnectionManager,
     metrics: Metrics,
+    keys: Keys,
     /// How long after its epoch began an application's sequences may be seeded
     /// ([`confab_runtime::config::StreamConfig::reseed_quiescence`]).
     quiescence: std::time::Duration,
@@ -100,11 +103,13 @@ impl Numbering {
     pub fn new(
         redis: ConnectionManager,
         metrics: Metrics,
+        keys: Keys,
         quiescence: std::time::Duration,
     ) -> Self {
         Self {
             redis,
             metrics,
+            keys,
             quiescence,
         }
     }
@@ -116,9 +121,9 @@ impl Numbering {
     /// Starts a new application's epoch as already settled: none of its numbers was ever handed
     /// out, so none can be in flight, and its first chat need not wait out a quiescence. (Left
     /// unset, as when Redis is away now, it starts unsettled at its first chat.)
-    pub async fn settle_new_application(&self, epoch_key: &str) -> Result<()> {
+    pub async fn settle_new_application(&self, application_id: u64) -> Result<()> {
         let _: (String, String) = EPOCH
-            .key(epoch_key)
+            .key(self.keys.sequence_epoch(application_id))
             .arg(self.quiescence_us())
             .invoke_async(&mut self.redis.clone())
             .await?;
@@ -168,7 +173,8 @@ impl Numbering {
                 return decide(answer, kind, admission, &self.metrics);
             }
         }
-        let epoch = match self.settled_epoch(&admission.epoch).await {
+        let epoch_key = self.keys.sequence_epoch(admission.application_id);
+        let epoch = match self.settled_epoch(&epoch_key).await {
             Ok(epoch) => epoch,
             Err(recovering @ ApiError::Recovering { .. }) => {
                 // Not yet: but a deleted parent is `404` now, not after the quiescence (its
@@ -180,12 +186,11 @@ impl Numbering {
             Err(other) => return Err(other),
         };
         let seed = seed().await?;
-        let answer: (u8, u64, i64) =
-            invocation(&RAISE_THEN_INCR, key, admission, Some(&admission.epoch))
-                .arg(seed)
-                .arg(&epoch)
-                .invoke_async(&mut conn)
-                .await?;
+        let answer: (u8, u64, i64) = invocation(&RAISE_THEN_INCR, key, admission, Some(&epoch_key))
+            .arg(seed)
+            .arg(&epoch)
+            .invoke_async(&mut conn)
+            .await?;
         if answer.0 == FENCED {
             tracing::warn!(kind, "redis lost its data while a sequence was seeded");
             return Err(ApiError::Recovering {

@@ -228,10 +228,9 @@ impl Publisher {
         let stored = Envelope::decode(&message.payload).map_err(|error| {
             ApiError::Unavailable(format!("stored creation unreadable: {error}"))
         })?;
-        let nanos = i64::try_from(message.time.unix_timestamp_nanos()).unwrap_or(i64::MAX);
         let late = confab_core::sequence::creation_is_late(
             stored.occurred_at,
-            chrono::DateTime::from_timestamp_nanos(nanos),
+            confab_core::time::from_unix_nanos(message.time.unix_timestamp_nanos()),
             self.js.config.creation_horizon(),
         );
         Ok(Some((stored.id.to_string(), late)))

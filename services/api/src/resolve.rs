@@ -122,20 +122,15 @@ impl AppState {
         number: u64,
         in_flight: bool,
     ) -> Result<bool> {
-        Ok(
-            match repo::chat_state(&self.db, application_id, number).await? {
-                Some(state) => state == repo::State::Live,
-                None => in_flight,
-            },
-        )
+        let state = repo::chat_state(&self.db, application_id, number).await?;
+        Ok(live_or(state, in_flight))
     }
 
     /// Starts a just-created application's sequence epoch settled, so its first chat is numbered
     /// at once ([`crate::numbering::Numbering::settle_new_application`]). Best effort: with Redis
     /// away, the epoch starts at the first chat instead, which then waits out the quiescence.
     pub async fn settle_new_application(&self, application_id: u64) {
-        let epoch = self.keys.sequence_epoch(application_id);
-        if let Err(error) = self.numbering.settle_new_application(&epoch).await {
+        if let Err(error) = self.numbering.settle_new_application(application_id).await {
             tracing::warn!(%error, "could not settle a new application's sequence epoch");
         }
     }
@@ -211,13 +206,15 @@ impl AppState {
                         .stored(&subjects.message_deleted(application_id, chat, number))
                         .await?;
                 // Again: it may have left the stream for MySQL meanwhile (the module's note).
-                Ok(
-                    match repo::message_state(&self.db, application_id, chat, number).await? {
-                        Some(state) => state == repo::State::Live,
-                        None => in_flight,
-                    },
-                )
+                let state = repo::message_state(&self.db, application_id, chat, number).await?;
+                Ok(live_or(state, in_flight))
             }
         }
     }
+}
+
+/// What a second MySQL read says of an item when it has a row (live or deleted), else what the
+/// stream said (`in_flight`): a row found on the second read is the newer truth.
+fn live_or(state: Option<repo::State>, in_flight: bool) -> bool {
+    state.map_or(in_flight, |state| state == repo::State::Live)
 }

@@ -104,6 +104,7 @@ impl AppState {
             numbering: Numbering::new(
                 parts.redis.clone(),
                 parts.metrics.clone(),
+                parts.keys.clone(),
                 parts.publisher.jetstream().config.reseed_quiescence(),
             ),
             db: parts.db,

@@ -71,6 +71,12 @@ fn write(at: &DateTime<Utc>, out: &mut [u8; 30]) -> Option<usize> {
     Some(len + 1)
 }
 
+/// A JetStream timestamp (nanoseconds since the epoch, as the client hands it over) as a
+/// `DateTime`; one far outside chrono's range (it is not) would clamp to the latest one.
+pub fn from_unix_nanos(nanos: i128) -> DateTime<Utc> {
+    DateTime::from_timestamp_nanos(i64::try_from(nanos).unwrap_or(i64::MAX))
+}
+
 #[cfg(test)]
 mod tests {
     use chrono::TimeZone;

@@ -71,8 +71,7 @@ pub fn refuse_late_creation(
     let Ok(info) = message.info() else {
         return Ok(());
     };
-    let nanos = info.published.unix_timestamp_nanos();
-    let stored = chrono::DateTime::from_timestamp_nanos(i64::try_from(nanos).unwrap_or(i64::MAX));
+    let stored = confab_core::time::from_unix_nanos(info.published.unix_timestamp_nanos());
     if confab_core::sequence::creation_is_late(envelope.occurred_at, stored, horizon) {
         return Err(Refusal {
             class: "late",

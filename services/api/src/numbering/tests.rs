@@ -33,6 +33,11 @@ impl Fixture {
         format!("{}{name}", self.prefix)
     }
 
+    /// The key layout under this fixture's prefix (application 1's epoch is `key("epoch:1")`).
+    fn keys(&self) -> Keys {
+        Keys::new(self.prefix.clone())
+    }
+
     /// A sequence key that exists at `value`.
     async fn sequence(&self, name: &str, value: u64) -> String {
         let key = self.key(name);
@@ -80,7 +85,7 @@ fn rate_limited(rate_key: &str, per_second: u32, burst: u32) -> Admission {
         cap: 0,
         rate: Some((rate_key.to_owned(), quotas.rate().unwrap())),
         gone: None,
-        epoch: format!("{rate_key}:epoch"),
+        application_id: 1,
     }
 }
 
@@ -190,12 +195,12 @@ async fn one_applications_rate_does_not_touch_anothers() {
 async fn the_cap_is_exact_under_concurrency_on_both_paths() {
     let f = Fixture::new().await;
     let metrics = crate::metrics::Metrics::register(&confab_runtime::metrics::registry());
-    let numbering = Numbering::new(f.conn.clone(), metrics.clone(), Duration::ZERO);
+    let numbering = Numbering::new(f.conn.clone(), metrics.clone(), f.keys(), Duration::ZERO);
     let capped = Admission {
         cap: 5,
         rate: None,
         gone: None,
-        epoch: f.key("epoch"),
+        application_id: 1,
     };
     let no_seed = || async { unreachable!("the key exists") };
     let seq = f.sequence("seq", 0).await;
@@ -297,7 +302,7 @@ async fn replicas_decide_by_redis_time_not_their_own_clock() {
 async fn no_number_is_taken_in_a_parent_marked_deleted_on_either_path() {
     let f = Fixture::new().await;
     let metrics = crate::metrics::Metrics::register(&confab_runtime::metrics::registry());
-    let numbering = Numbering::new(f.conn.clone(), metrics, Duration::ZERO);
+    let numbering = Numbering::new(f.conn.clone(), metrics, f.keys(), Duration::ZERO);
     let mark = f.key("deleted");
     let admission = Admission {
         gone: Some(mark.clone()),
@@ -343,12 +348,12 @@ async fn seeding_waits_out_the_quiescence_of_a_new_epoch_and_is_fenced_by_it() {
     let f = Fixture::new().await;
     let metrics = crate::metrics::Metrics::register(&confab_runtime::metrics::registry());
     let quiescence = Duration::from_secs(30);
-    let numbering = Numbering::new(f.conn.clone(), metrics, quiescence);
+    let numbering = Numbering::new(f.conn.clone(), metrics, f.keys(), quiescence);
     let admission = Admission {
         cap: 0,
         rate: None,
         gone: None,
-        epoch: f.key("epoch"),
+        application_id: 1,
     };
     let missing = f.key("seq");
     let seeds = std::sync::atomic::AtomicU32::new(0);
@@ -381,9 +386,10 @@ async fn seeding_waits_out_the_quiescence_of_a_new_epoch_and_is_fenced_by_it() {
     );
 
     // A settled epoch (as a new application's is): seeded at once.
-    let () = f.conn.clone().del(&admission.epoch).await.unwrap();
+    let epoch_key = f.key("epoch:1");
+    let () = f.conn.clone().del(&epoch_key).await.unwrap();
     numbering
-        .settle_new_application(&admission.epoch)
+        .settle_new_application(admission.application_id)
         .await
         .unwrap();
     let numbered = numbering
@@ -394,18 +400,14 @@ async fn seeding_waits_out_the_quiescence_of_a_new_epoch_and_is_fenced_by_it() {
 
     // The fence: a seed read under one epoch is not written under another.
     let () = f.conn.clone().del(&missing).await.unwrap();
-    let epoch: String = f.conn.clone().get(&admission.epoch).await.unwrap();
-    let (status, _, _): (u8, u64, i64) = invocation(
-        &RAISE_THEN_INCR,
-        &missing,
-        &admission,
-        Some(&admission.epoch),
-    )
-    .arg(7)
-    .arg(format!("{epoch}0"))
-    .invoke_async(&mut f.conn.clone())
-    .await
-    .unwrap();
+    let epoch: String = f.conn.clone().get(&epoch_key).await.unwrap();
+    let (status, _, _): (u8, u64, i64) =
+        invocation(&RAISE_THEN_INCR, &missing, &admission, Some(&epoch_key))
+            .arg(7)
+            .arg(format!("{epoch}0"))
+            .invoke_async(&mut f.conn.clone())
+            .await
+            .unwrap();
     assert_eq!(status, FENCED);
     assert_eq!(f.get(&missing).await, None, "a fenced seed writes nothing");
     f.cleanup().await;

@@ -48,7 +48,7 @@ pub async fn create(
             cap: tenant.quotas.chat_cap(),
             rate: None,
             gone: None,
-            epoch: state.keys.sequence_epoch(app),
+            application_id: app,
         },
         trace: &trace,
         idempotency: IdempotencyKey::from_request(&headers, format_args!("chats {app}"), &body.0)?,

@@ -104,7 +104,7 @@ pub async fn create(
                 .rate()
                 .map(|params| (state.keys.message_rate(app), params)),
             gone: Some(state.keys.chat_deleted(app, chat)),
-            epoch: state.keys.sequence_epoch(app),
+            application_id: app,
         },
         trace: &trace,
         idempotency: IdempotencyKey::from_request(
