@@ -388,7 +388,7 @@ async fn updating_a_number_that_was_taken_but_never_stored_is_not_found() {
     // Take the next number the way a request whose publish then failed would have.
     let redis = redis::Client::open(confab_tests::redis_url()).unwrap();
     let mut conn = redis.get_multiplexed_async_connection().await.unwrap();
-    let key = format!("t:{}:seq:messages:1:{chat}", env.id);
+    let key = format!("t:{}:seq:messages:{{1}}:{chat}", env.id);
     let burned: u64 = redis::cmd("INCR")
         .arg(&key)
         .query_async(&mut conn)

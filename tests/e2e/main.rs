@@ -20,5 +20,6 @@ mod observability;
 mod operator;
 mod publishing;
 mod quotas;
+mod read_replica;
 mod search;
 mod stream_scale;

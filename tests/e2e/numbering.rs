@@ -308,7 +308,7 @@ async fn a_sequence_behind_the_stream_is_raised_not_repeated() {
     let redis = redis::Client::open(confab_tests::redis_url()).unwrap();
     let mut conn = redis.get_multiplexed_async_connection().await.unwrap();
     let app_id: u64 = 1;
-    let key = format!("t:{}:seq:messages:{app_id}:{chat}", env.id);
+    let key = format!("t:{}:seq:messages:{{{app_id}}}:{chat}", env.id);
     let () = redis::cmd("SET")
         .arg(&key)
         .arg(1)

@@ -32,7 +32,7 @@ async fn a_repeated_publish_is_retried_and_a_taken_number_is_a_collision() {
     let redis = redis::Client::open(confab_tests::redis_url()).unwrap();
     let mut conn = redis.get_multiplexed_async_connection().await.unwrap();
     let () = redis::cmd("SET")
-        .arg(format!("t:{}:seq:messages:1:{chat}", env.id))
+        .arg(format!("t:{}:seq:messages:{{1}}:{chat}", env.id))
         .arg(0)
         .query_async(&mut conn)
         .await

@@ -170,6 +170,7 @@ fn env_names(text: &str) -> BTreeSet<String> {
         }
         let known = [
             "DATABASE_URL",
+            "DATABASE_READ_URL",
             "REDIS_URL",
             "NATS_URL",
             "ELASTICSEARCH_URL",

@@ -20,6 +20,7 @@ pub mod metrics;
 pub mod numbering;
 pub mod openapi;
 pub mod publish;
+pub mod reads;
 pub mod repo;
 pub mod resolve;
 pub mod routes;
@@ -80,6 +81,16 @@ pub async fn connect(config: &ApiConfig, metrics: metrics::Metrics) -> Result<Ap
         db::migrate(&db).await?;
     }
     let redis = cache::connect(&config.common).await?;
+    let reads = match &config.common.database_read_url {
+        None => reads::Reads::primary(db.clone()),
+        Some(url) => reads::Reads::with_replica(
+            db.clone(),
+            db::pool_at(&config.common, url.expose())?,
+            config.common.read_replica_max_lag,
+            config.common.stream.clock_skew,
+            metrics.read_replica_lag.clone(),
+        ),
+    };
     let js =
         jetstream::connect(&config.common.nats_url, "confab-api", &config.common.stream).await?;
     let (search, search_label) = search_backend(config)?;
@@ -87,6 +98,7 @@ pub async fn connect(config: &ApiConfig, metrics: metrics::Metrics) -> Result<Ap
         jetstream::records_stream(&js, &config.idempotency_stream, config.idempotency_ttl).await?;
     Ok(AppState::new(StateParts {
         db,
+        reads,
         redis,
         publisher: publish::Publisher::new(js.clone(), metrics.clone()),
         idempotency: idempotency::Idempotency::new(js, records, metrics.clone()),

@@ -19,6 +19,8 @@ pub struct Metrics {
     pub sequence_reseeds: IntCounterVec,
     pub idempotent_requests: IntCounterVec,
     pub quota_rejections: IntCounterVec,
+    pub reads: IntCounterVec,
+    pub read_replica_lag: confab_runtime::metrics::Gauge,
     pub search: Search,
     pub dependencies: Dependencies,
     pub live: crate::live::LiveMetrics,
@@ -87,6 +89,19 @@ impl Metrics {
                  application_creation, subscriptions).",
                 &["quota"],
             ),
+            reads: metrics::counter_vec(
+                registry,
+                "confab_db_reads_total",
+                "Reads of chats and messages by where they were answered: replica \
+                 (DATABASE_READ_URL) or primary.",
+                &["source"],
+            ),
+            read_replica_lag: metrics::gauge(
+                registry,
+                "confab_read_replica_lag_seconds",
+                "The read replica's lag, the age of the heartbeat it shows (-1: unknown or \
+                 unreachable; 0 without a replica).",
+            ),
             search: Search::register(registry, &["query"]),
             dependencies: Dependencies::register(registry),
             live: crate::live::LiveMetrics::register(registry),
@@ -110,6 +125,9 @@ impl Metrics {
                 m.events_published.with_label_values(&[kind, outcome]);
             }
             m.publish_retries.with_label_values(&[kind]);
+        }
+        for source in ["replica", "primary"] {
+            m.reads.with_label_values(&[source]);
         }
         for outcome in ["replayed", "mismatch"] {
             m.idempotent_requests.with_label_values(&[outcome]);

@@ -27,7 +27,7 @@ use std::sync::LazyLock;
 
 use confab_core::keys::Keys;
 use confab_core::quota::{retry_after_secs, RateLimitState, RateParams};
-use redis::aio::ConnectionManager;
+use confab_runtime::cache::Redis;
 use redis::Script;
 
 use crate::error::{ApiError, Result};
@@ -91,7 +91,7 @@ const FENCED: u8 = 6;
 
 #[derive(Clone)]
 pub struct Numbering {
-    redis: ConnectionManager,
+    redis: Redis,
     metrics: Metrics,
     keys: Keys,
     /// How long after its epoch began an application's sequences may be seeded
@@ -101,7 +101,7 @@ pub struct Numbering {
 
 impl Numbering {
     pub fn new(
-        redis: ConnectionManager,
+        redis: Redis,
         metrics: Metrics,
         keys: Keys,
         quiescence: std::time::Duration,
@@ -120,11 +120,20 @@ impl Numbering {
 
     /// Starts a new application's epoch as already settled: none of its numbers was ever handed
     /// out, so none can be in flight, and its first chat need not wait out a quiescence. (Left
-    /// unset, as when Redis is away now, it starts unsettled at its first chat.)
-    pub async fn settle_new_application(&self, application_id: u64) -> Result<()> {
+    /// unset, as when Redis is away now, it starts unsettled at its first chat.) It is dated
+    /// the quiescence back, or `at_least` when longer (what the read replica's rule needs:
+    /// [`crate::reads`]; a new application has no change a replica could lack).
+    pub async fn settle_new_application(
+        &self,
+        application_id: u64,
+        at_least: std::time::Duration,
+    ) -> Result<()> {
+        let back = u64::try_from(at_least.as_micros())
+            .unwrap_or(u64::MAX)
+            .max(self.quiescence_us());
         let _: (String, String) = EPOCH
             .key(self.keys.sequence_epoch(application_id))
-            .arg(self.quiescence_us())
+            .arg(back)
             .invoke_async(&mut self.redis.clone())
             .await?;
         Ok(())

@@ -5,7 +5,9 @@
 //! persisted), then MySQL once more. The events stream drops an event once every consumer
 //! acked it, and the persister acks only after its commit, so an event that left the stream
 //! between the first MySQL read and the stream lookup is in MySQL by the second read: whatever
-//! the stream acknowledged is found in one of the three reads.
+//! the stream acknowledged is found in one of the three reads. The first read may come from the
+//! read replica ([`crate::reads`]), which can lack a row but never shows a changed one as it was;
+//! the second is always the primary's.
 
 use confab_core::Token;
 use redis::AsyncCommands;
@@ -65,7 +67,7 @@ impl AppState {
 
     async fn chat_exists_uncached(&self, application_id: u64, number: u64) -> Result<bool> {
         let subjects = &self.publisher.jetstream().subjects;
-        let exists = match repo::chat_state(&self.db, application_id, number).await? {
+        let exists = match self.chat_state_first(application_id, number).await? {
             Some(state) => state == repo::State::Live,
             None => {
                 let in_flight = self
@@ -99,7 +101,7 @@ impl AppState {
     /// Redis mark aside).
     pub async fn chat_undeleted(&self, application_id: u64, number: u64) -> Result<bool> {
         let subjects = &self.publisher.jetstream().subjects;
-        match repo::chat_state(&self.db, application_id, number).await? {
+        match self.chat_state_first(application_id, number).await? {
             Some(state) => Ok(state == repo::State::Live),
             None => {
                 let in_flight = self.chat_exists(application_id, number).await?
@@ -113,7 +115,22 @@ impl AppState {
         }
     }
 
-    /// The chat's state in MySQL, read again after the stream was looked at (`in_flight`, what
+    /// The chat's state in MySQL, read first (from the read replica when it may answer: it
+    /// never shows a deleted chat live, [`crate::reads`]). When it has no row, the stream and
+    /// then the primary decide.
+    async fn chat_state_first(
+        &self,
+        application_id: u64,
+        number: u64,
+    ) -> Result<Option<repo::State>> {
+        Ok(self
+            .read(application_id, |db| async move {
+                repo::chat_state(&db, application_id, number).await
+            })
+            .await?)
+    }
+
+    /// The chat's state in the primary MySQL, read again after the stream was looked at (`in_flight`, what
     /// the stream said), which it replaces when the chat has reached MySQL meanwhile (see the
     /// module's note).
     async fn chat_state_again(
@@ -130,7 +147,11 @@ impl AppState {
     /// at once ([`crate::numbering::Numbering::settle_new_application`]). Best effort: with Redis
     /// away, the epoch starts at the first chat instead, which then waits out the quiescence.
     pub async fn settle_new_application(&self, application_id: u64) {
-        if let Err(error) = self.numbering.settle_new_application(application_id).await {
+        if let Err(error) = self
+            .numbering
+            .settle_new_application(application_id, self.reads.settle())
+            .await
+        {
             tracing::warn!(%error, "could not settle a new application's sequence epoch");
         }
     }
@@ -193,7 +214,12 @@ impl AppState {
         chat: u64,
         number: u64,
     ) -> Result<bool> {
-        match repo::message_state(&self.db, application_id, chat, number).await? {
+        let first = self
+            .read(application_id, |db| async move {
+                repo::message_state(&db, application_id, chat, number).await
+            })
+            .await?;
+        match first {
             Some(state) => Ok(state == repo::State::Live),
             None => {
                 let subjects = &self.publisher.jetstream().subjects;
@@ -205,7 +231,8 @@ impl AppState {
                         .publisher
                         .stored(&subjects.message_deleted(application_id, chat, number))
                         .await?;
-                // Again: it may have left the stream for MySQL meanwhile (the module's note).
+                // Again, on the primary: it may have left the stream for MySQL meanwhile (the
+                // module's note), and the replica may not show that yet.
                 let state = repo::message_state(&self.db, application_id, chat, number).await?;
                 Ok(live_or(state, in_flight))
             }

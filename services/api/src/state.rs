@@ -6,9 +6,9 @@ use std::time::Duration;
 use confab_core::keys::Keys;
 use confab_core::quota::Quotas;
 use confab_core::validation::Limits;
+use confab_runtime::cache::Redis;
 use confab_runtime::Secret;
 use moka::sync::Cache;
-use redis::aio::ConnectionManager;
 use sqlx::MySqlPool;
 
 use crate::idempotency::Idempotency;
@@ -34,8 +34,11 @@ impl std::ops::Deref for AppState {
 }
 
 pub struct Shared {
+    /// The primary: every write, and reads that must see the latest commit.
     pub db: MySqlPool,
-    pub redis: ConnectionManager,
+    /// Reads of chats and messages, from the read replica when it may answer.
+    pub reads: crate::reads::Reads,
+    pub redis: Redis,
     pub keys: Keys,
     pub numbering: Numbering,
     pub publisher: Publisher,
@@ -64,6 +67,31 @@ pub struct Shared {
     pub token_cache_ttl: Duration,
 }
 
+impl AppState {
+    /// Runs `read` of `application_id`'s items on the read replica when it may answer, else on
+    /// the primary ([`crate::reads`]).
+    pub async fn read<T, F, Fut>(&self, application_id: u64, read: F) -> sqlx::Result<T>
+    where
+        F: Fn(MySqlPool) -> Fut,
+        Fut: std::future::Future<Output = sqlx::Result<T>>,
+    {
+        self.reads
+            .read(&self.redis, &self.keys, &self.metrics, application_id, read)
+            .await
+    }
+
+    /// [`Self::read`] of one item, which the primary is asked for when the replica lacks it.
+    pub async fn read_one<T, F, Fut>(&self, application_id: u64, read: F) -> sqlx::Result<Option<T>>
+    where
+        F: Fn(MySqlPool) -> Fut,
+        Fut: std::future::Future<Output = sqlx::Result<Option<T>>>,
+    {
+        self.reads
+            .read_one(&self.redis, &self.keys, &self.metrics, application_id, read)
+            .await
+    }
+}
+
 /// An application as a tenant request sees it: its id and the quotas in force.
 #[derive(Debug, Clone, Copy)]
 pub struct Tenant {
@@ -73,7 +101,8 @@ pub struct Tenant {
 
 pub struct StateParts {
     pub db: MySqlPool,
-    pub redis: ConnectionManager,
+    pub reads: crate::reads::Reads,
+    pub redis: Redis,
     pub publisher: Publisher,
     pub idempotency: Idempotency,
     pub keys: Keys,
@@ -108,6 +137,7 @@ impl AppState {
                 parts.publisher.jetstream().config.reseed_quiescence(),
             ),
             db: parts.db,
+            reads: parts.reads,
             redis: parts.redis,
             keys: parts.keys,
             publisher: parts.publisher,

@@ -2,6 +2,11 @@
 //!
 //! Keys carry internal ids (never tokens) and start with a configurable prefix so that several
 //! installations (or parallel tests) can share one Redis.
+//!
+//! Every key of an application carries its id as a Redis Cluster hash tag
+//! (`confab:seq:messages:{42}:7`): a cluster puts all of them on one slot, so the numbering
+//! scripts, which touch a sequence, the rate state, the epoch and a deletion mark together, run
+//! there, and the load spreads across applications. One Redis ignores the braces.
 
 /// Builds every Redis key a service uses.
 #[derive(Debug, Clone)]
@@ -16,30 +21,43 @@ impl Keys {
         }
     }
 
-    /// `{prefix}{kind}:{number}:…`, built without `format!` (keys are built on every request).
-    fn key(&self, kind: &str, numbers: &[u64]) -> String {
-        crate::name::join(&self.prefix, kind, ':', numbers, "")
+    /// `{prefix}{kind}:{{application}}:{number}…`, built without `format!` (keys are built on
+    /// every request).
+    fn key(&self, kind: &str, application_id: u64, numbers: &[u64]) -> String {
+        let mut key =
+            String::with_capacity(self.prefix.len() + kind.len() + 24 + 21 * numbers.len());
+        key.push_str(&self.prefix);
+        key.push_str(kind);
+        let mut digits = itoa::Buffer::new();
+        key.push_str(":{");
+        key.push_str(digits.format(application_id));
+        key.push('}');
+        for number in numbers {
+            key.push(':');
+            key.push_str(digits.format(*number));
+        }
+        key
     }
 
     /// The sequence that numbers an application's chats.
     pub fn chat_sequence(&self, application_id: u64) -> String {
-        self.key("seq:chats", &[application_id])
+        self.key("seq:chats", application_id, &[])
     }
 
     /// The sequence that numbers one chat's messages.
     pub fn message_sequence(&self, application_id: u64, chat_number: u64) -> String {
-        self.key("seq:messages", &[application_id, chat_number])
+        self.key("seq:messages", application_id, &[chat_number])
     }
 
     /// When this Redis's sequences of an application began (µs of Redis's clock): re-seeding's
     /// fence and the start of its quiescence ([`crate::sequence`]).
     pub fn sequence_epoch(&self, application_id: u64) -> String {
-        self.key("epoch", &[application_id])
+        self.key("epoch", application_id, &[])
     }
 
     /// The message-rate limiter's state of an application (a GCRA "theoretical arrival time").
     pub fn message_rate(&self, application_id: u64) -> String {
-        self.key("rate:messages", &[application_id])
+        self.key("rate:messages", application_id, &[])
     }
 
     /// The application-creation limiter's state of one client (its address).
@@ -52,14 +70,22 @@ impl Keys {
     /// message of the chat re-seeds its sequence, and re-seeding finds the deletion in MySQL or
     /// the stream and sets the mark again.)
     pub fn chat_deleted(&self, application_id: u64, chat_number: u64) -> String {
-        self.key("deleted:chat", &[application_id, chat_number])
+        self.key("deleted:chat", application_id, &[chat_number])
+    }
+
+    /// Set by the persister around a commit that changed or deleted an application's items,
+    /// expiring after the read replica's allowed lag and a margin: while it exists, the api
+    /// reads the application from the primary, so no reader sees a deleted item come back or an
+    /// edit undone by a lagging replica.
+    pub fn recent_change(&self, application_id: u64) -> String {
+        self.key("changed", application_id, &[])
     }
 
     /// The live subscriptions open on an application, across replicas: a sorted set of
     /// subscription ids scored by when their lease ends (a replica that died leaves entries that
     /// simply expire).
     pub fn subscriptions(&self, application_id: u64) -> String {
-        self.key("live", &[application_id])
+        self.key("live", application_id, &[])
     }
 }
 
@@ -75,8 +101,16 @@ mod tests {
             k.message_sequence(1, 2),
             k.chat_deleted(1, 2),
             k.subscriptions(1),
+            k.sequence_epoch(1),
+            k.message_rate(1),
+            k.recent_change(1),
         ];
         assert!(all.iter().all(|x| x.starts_with("t1:")));
+        assert!(
+            all.iter().all(|x| x.contains(":{1}")),
+            "every key of application 1 carries its hash tag: {all:?}"
+        );
+        assert_eq!(k.message_sequence(12, 3), "t1:seq:messages:{12}:3");
         let set: std::collections::HashSet<_> = all.iter().collect();
         assert_eq!(set.len(), all.len());
     }

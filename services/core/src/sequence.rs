@@ -62,9 +62,17 @@
 //! **The assumptions**, stated in the docs:
 //! - Redis is never restored from an old snapshot.
 //! - Redis does not evict sequence keys (`maxmemory-policy noeviction`).
-//! - A Redis failover does not lose acknowledged writes silently: a replica promoted without
-//!   an increment looks like neither a loss nor a seed. Redis Cluster needs that answered
-//!   separately.
+//! - A Redis failover (Redis Cluster, Sentinel) promotes a replica that acknowledged the
+//!   persister's raises: `CONFAB_REDIS_WAIT_REPLICAS` set to the replicas of each master. A
+//!   replica promoted without some increments looks like neither a loss nor a seed: its
+//!   sequence is merely behind. That is safe for what rule 2 covers: the persister's raise of a
+//!   number is written on the master after the increment that took it, and the persister acks
+//!   the event only once `WAIT` says the replicas hold the raise (replication is in order, so
+//!   they hold the increment too). A promoted replica can therefore be behind only by numbers
+//!   whose events are still in the stream, and rule 1 refuses those a second time (the api
+//!   counts a collision and takes the next number). Without the wait, a number persisted and
+//!   acked just before its master died could be handed out again by the promoted replica once
+//!   the stream had forgotten it.
 //! - Clocks of api hosts and NATS servers differ by at most `CONFAB_CLOCK_SKEW_MS`.
 //! - Consumers ack an event within `CONFAB_STREAM_MAX_AGE_SECS` (a week), which bounds how
 //!   long an unacked event waits.

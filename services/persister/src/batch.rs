@@ -245,6 +245,25 @@ impl Plan {
         apps
     }
 
+    /// The applications whose existing items this plan changes (edits, deletions), ascending:
+    /// their reads stay on the primary while a replica may not show the change yet.
+    pub fn changed_applications(&self) -> Vec<u64> {
+        let mut apps: Vec<u64> = self
+            .deleted_chats
+            .keys()
+            .map(|k| k.application_id)
+            .chain(
+                self.messages
+                    .iter()
+                    .filter(|m| m.deleted || m.creation.is_none())
+                    .map(|m| m.chat.application_id),
+            )
+            .collect();
+        apps.sort_unstable();
+        apps.dedup();
+        apps
+    }
+
     /// Drops every row of the given (deleted) applications: events still in flight when an
     /// application was deleted must not bring its chats back.
     pub fn retain_applications(&mut self, deleted: &[u64]) {
@@ -315,6 +334,38 @@ mod tests {
         assert_eq!(p.applications(), vec![2]);
         assert_eq!(p.messages.len(), 1);
         assert_eq!(p.counted_chats.len(), 1);
+    }
+
+    #[test]
+    fn edits_and_deletions_change_their_application_creations_do_not() {
+        use confab_core::event::{ChatDeleted, MessageDeleted};
+        let of = |application_id, m: MessageWritten| MessageWritten {
+            application_id,
+            ..m
+        };
+        let p = plan(&[
+            ev(1, Event::MessageCreated(of(1, msg(1, 1, "new")))),
+            ev(2, Event::MessageUpdated(of(2, msg(1, 1, "edited")))),
+            ev(
+                3,
+                Event::MessageDeleted(MessageDeleted {
+                    application_id: 3,
+                    chat_number: 1,
+                    number: 1,
+                }),
+            ),
+            ev(
+                4,
+                Event::ChatDeleted(ChatDeleted {
+                    application_id: 4,
+                    number: 1,
+                }),
+            ),
+            // Created and edited in one batch: no reader saw the first body.
+            ev(5, Event::MessageCreated(of(5, msg(1, 1, "a")))),
+            ev(6, Event::MessageUpdated(of(5, msg(1, 1, "b")))),
+        ]);
+        assert_eq!(p.changed_applications(), vec![2, 3, 4]);
     }
 
     fn msg(chat: u64, number: u64, body: &str) -> MessageWritten {

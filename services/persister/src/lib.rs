@@ -27,6 +27,10 @@ use tokio::net::TcpListener;
 pub use config::PersisterConfig;
 use worker::Worker;
 
+/// What an application's change mark lasts beyond the replica's allowed lag: the commit's own
+/// duration and the api's heartbeat look (every 200 ms) fit well within it.
+const CHANGE_MARK_MARGIN: std::time::Duration = std::time::Duration::from_secs(2);
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("database: {0}")]
@@ -69,6 +73,13 @@ pub async fn run(
         registry,
         shutdown.wait(),
     ));
+    let heartbeat = tokio::spawn({
+        let (db, stop) = (db.clone(), shutdown.wait());
+        async move {
+            db::heartbeat(db, stop).await;
+            Ok(())
+        }
+    });
     let context = consume::Context {
         js: js.clone(),
         metrics: metrics.consumer.clone(),
@@ -76,6 +87,8 @@ pub async fn run(
     let worker = Worker {
         db,
         redis,
+        wait_replicas: config.common.redis_wait_replicas,
+        change_mark: config.common.read_replica_max_lag + CHANGE_MARK_MARGIN,
         keys: confab_core::keys::Keys::new(config.common.redis_prefix.clone()),
         consume: context.clone(),
         metrics,
@@ -91,7 +104,7 @@ pub async fn run(
         shutdown.wait(),
     ))
     .await;
-    shutdown::drain(&shutdown, Some(&js.client), vec![admin]).await?;
+    shutdown::drain(&shutdown, Some(&js.client), vec![admin, heartbeat]).await?;
     tracing::info!("persister stopped");
     Ok(())
 }

@@ -32,6 +32,10 @@ pub enum StoreError {
     /// is applied again (idempotently) rather than acked.
     #[error("raising sequences in redis: {0}")]
     Sequence(#[source] redis::RedisError),
+    /// The applications this batch changes could not be marked changed in Redis (which keeps
+    /// their reads off a lagging replica): nothing is committed, the batch is applied again.
+    #[error("marking changed applications in redis: {0}")]
+    Marking(#[source] redis::RedisError),
 }
 
 impl From<sqlx::Error> for StoreError {

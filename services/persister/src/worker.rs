@@ -11,9 +11,9 @@ use async_nats::jetstream;
 use confab_core::keys::Keys;
 use confab_core::Envelope;
 use confab_runtime::backoff::Backoff;
+use confab_runtime::cache::Redis;
 use confab_runtime::consume::{self, Delivery, Failure, Handler, Refusal};
 use confab_runtime::{metrics, sequence};
-use redis::aio::ConnectionManager;
 use sqlx::MySqlPool;
 
 use crate::batch::{self, SequenceOf, Sequenced};
@@ -32,7 +32,12 @@ const CONFLICT_ROUNDS: usize = 3;
 #[derive(Clone)]
 pub struct Worker {
     pub db: MySqlPool,
-    pub redis: ConnectionManager,
+    pub redis: Redis,
+    /// `CONFAB_REDIS_WAIT_REPLICAS`: replicas that must hold a raise before its events are acked.
+    pub wait_replicas: u32,
+    /// How long an application stays marked changed after a commit that edited or deleted its
+    /// items: the read replica's allowed lag and a margin.
+    pub change_mark: Duration,
     pub keys: Keys,
     pub consume: consume::Context,
     pub metrics: Metrics,
@@ -129,18 +134,30 @@ impl Worker {
         if !plan.conflicts.is_empty() {
             return Err(StoreError::Conflicts(plan.conflicts));
         }
+        let changed = plan.changed_applications();
         let mut attempt = 1;
         loop {
-            let started = Instant::now();
-            let mut result = store::apply(&self.db, &plan).await;
-            self.metrics.dependencies.mysql("persist_batch", started);
+            // Marked before the commit (a replica must not answer for these applications once
+            // the primary may show the change) and again after it (the mark then lasts the
+            // replica's allowed lag from the commit on).
+            let mut result = self.mark_changed(&changed).await;
+            if result.is_ok() {
+                let started = Instant::now();
+                result = store::apply(&self.db, &plan).await;
+                self.metrics.dependencies.mysql("persist_batch", started);
+            }
+            if result.is_ok() {
+                result = self.mark_changed(&changed).await;
+            }
             if result.is_ok() {
                 result = self.raise_sequences(&plan).await;
             }
             match result {
-                Err(error @ (StoreError::Transient(_) | StoreError::Sequence(_)))
-                    if attempt < TX_ATTEMPTS =>
-                {
+                Err(
+                    error @ (StoreError::Transient(_)
+                    | StoreError::Sequence(_)
+                    | StoreError::Marking(_)),
+                ) if attempt < TX_ATTEMPTS => {
                     tracing::warn!(%error, attempt, "transaction failed, retrying");
                     tokio::time::sleep(TX_RETRY.delay(attempt)).await;
                     attempt += 1;
@@ -148,6 +165,29 @@ impl Worker {
                 other => return other,
             }
         }
+    }
+
+    /// Marks `applications` changed for [`Worker::change_mark`] (`confab_core::keys::Keys::recent_change`).
+    async fn mark_changed(&self, applications: &[u64]) -> Result<(), StoreError> {
+        if applications.is_empty() {
+            return Ok(());
+        }
+        let marks = applications
+            .iter()
+            .map(|app| {
+                let key = self.keys.recent_change(*app);
+                let mut set = redis::cmd("SET");
+                set.arg(&key)
+                    .arg(1u8)
+                    .arg("PX")
+                    .arg(u64::try_from(self.change_mark.as_millis()).unwrap_or(u64::MAX));
+                (key, set)
+            })
+            .collect();
+        let started = Instant::now();
+        let result = self.redis.query_grouped::<()>(marks).await;
+        self.metrics.dependencies.redis("mark_changed", started);
+        result.map(drop).map_err(StoreError::Marking)
     }
 
     /// Raises the Redis sequences past the numbers this batch created. Failing here fails the
@@ -166,7 +206,7 @@ impl Worker {
             })
             .collect();
         let started = Instant::now();
-        let result = sequence::raise(&self.redis, &raises).await;
+        let result = sequence::raise(&self.redis, &raises, self.wait_replicas).await;
         self.metrics.dependencies.redis("raise_sequences", started);
         result.map(drop).map_err(StoreError::Sequence)
     }

@@ -48,7 +48,7 @@ impl Readiness {
     }
 
     /// Ready when Redis answers a `PING`.
-    pub fn redis(self, conn: &redis::aio::ConnectionManager) -> Self {
+    pub fn redis(self, conn: &crate::cache::Redis) -> Self {
         let conn = conn.clone();
         self.with("redis", move || {
             let conn = conn.clone();

@@ -171,10 +171,23 @@ pub struct CommonConfig {
     pub database_url: Secret<String>,
     /// `CONFAB_DB_MAX_CONNECTIONS`, default 16 (1 to 1000).
     pub db_max_connections: u32,
-    /// `REDIS_URL`, default `redis://127.0.0.1:6379`.
+    /// `REDIS_URL`, default `redis://127.0.0.1:6379`; with `CONFAB_REDIS_CLUSTER=true`, a
+    /// comma-separated list of the cluster's nodes (any of them: the rest is discovered).
     pub redis_url: Secret<String>,
-    /// `CONFAB_REDIS_PREFIX`, default `confab:`.
+    /// `CONFAB_REDIS_CLUSTER`, default false: talk to a Redis Cluster.
+    pub redis_cluster: bool,
+    /// `CONFAB_REDIS_WAIT_REPLICAS`, default 0 (0 to 16): how many replicas must acknowledge the
+    /// persister's sequence raises before it acks the events behind them (Redis `WAIT`); set it
+    /// to the replicas of each master when Redis fails over to replicas.
+    pub redis_wait_replicas: u32,
+    /// `CONFAB_REDIS_PREFIX`, default `confab:` (no `{` or `}`: the keys' hash tags follow it).
     pub redis_prefix: String,
+    /// `DATABASE_READ_URL`, unset by default: a MySQL read replica the api's reads may use.
+    pub database_read_url: Option<Secret<String>>,
+    /// `CONFAB_READ_REPLICA_MAX_LAG_MS`, default 1000 (10 to 60000): the api reads from the
+    /// replica only while it is at most this far behind; the persister keeps a changed
+    /// application's reads on the primary for this long (plus a margin) after the change.
+    pub read_replica_max_lag: Duration,
     /// `NATS_URL`, default `nats://127.0.0.1:4222`.
     pub nats_url: String,
     /// `CONFAB_ADMIN_ADDR`: health and metrics; each service has its own default port (a
@@ -249,7 +262,31 @@ impl StreamConfig {
     }
 }
 
+/// `CONFAB_REDIS_PREFIX`: a brace in it would become the keys' hash tag in a Redis Cluster and
+/// put every application on one shard.
+fn redis_prefix(env: &Env) -> Result<String, ConfigError> {
+    let prefix = string(env, "CONFAB_REDIS_PREFIX", "confab:");
+    if prefix.contains(['{', '}']) {
+        return Err(ConfigError::Invalid {
+            name: "CONFAB_REDIS_PREFIX",
+            reason: "must not contain `{` or `}` (the keys' hash tags follow it)".into(),
+        });
+    }
+    Ok(prefix)
+}
+
 impl CommonConfig {
+    /// The Redis URLs `REDIS_URL` lists (one, or a cluster's nodes).
+    pub fn redis_urls(&self) -> Vec<String> {
+        self.redis_url
+            .expose()
+            .split(',')
+            .map(str::trim)
+            .filter(|url| !url.is_empty())
+            .map(str::to_owned)
+            .collect()
+    }
+
     pub fn from_env(env: &Env, default_admin_port: u16) -> Result<Self, ConfigError> {
         let admin_default = SocketAddr::from(([0, 0, 0, 0], default_admin_port));
         let stream = StreamConfig::from_env(env)?;
@@ -262,7 +299,19 @@ impl CommonConfig {
             // More than a thousand connections per process is far past what MySQL serves well.
             db_max_connections: parse_within(env, "CONFAB_DB_MAX_CONNECTIONS", 16, 1..=1000)?,
             redis_url: Secret::new(string(env, "REDIS_URL", "redis://127.0.0.1:6379")),
-            redis_prefix: string(env, "CONFAB_REDIS_PREFIX", "confab:"),
+            redis_cluster: boolean(env, "CONFAB_REDIS_CLUSTER", false)?,
+            redis_wait_replicas: parse_within(env, "CONFAB_REDIS_WAIT_REPLICAS", 0, 0..=16)?,
+            redis_prefix: redis_prefix(env)?,
+            database_read_url: env
+                .get("DATABASE_READ_URL")
+                .filter(|url| !url.is_empty())
+                .map(|url| Secret::new(url.to_owned())),
+            read_replica_max_lag: millis_within(
+                env,
+                "CONFAB_READ_REPLICA_MAX_LAG_MS",
+                1_000,
+                10..=60_000,
+            )?,
             nats_url: string(env, "NATS_URL", "nats://127.0.0.1:4222"),
             admin_addr: socket_addr(env, "CONFAB_ADMIN_ADDR", admin_default)?,
             stream,

@@ -11,13 +11,60 @@ use crate::CommonConfig;
 /// The migrations in `migrations/`, embedded in every binary.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations");
 
+/// How often the persister rewrites the replication heartbeat.
+pub const HEARTBEAT_EVERY: Duration = Duration::from_millis(250);
+
+/// Rewrites the replication heartbeat (`replication_heartbeat`) with the primary's clock every
+/// [`HEARTBEAT_EVERY`] until `stop`: read on a replica, its age is the replica's lag. A failed
+/// beat is logged and the next one tried; a stale heartbeat only sends reads to the primary.
+pub async fn heartbeat(pool: MySqlPool, stop: impl std::future::Future<Output = ()>) {
+    let mut tick = tokio::time::interval(HEARTBEAT_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            () = &mut stop => return,
+            _ = tick.tick() => {}
+        }
+        let beat = sqlx::query(
+            "INSERT INTO replication_heartbeat (id, at) VALUES (1, UTC_TIMESTAMP(6)) \
+             ON DUPLICATE KEY UPDATE at = VALUES(at)",
+        )
+        .execute(&pool)
+        .await;
+        if let Err(error) = beat {
+            tracing::debug!(%error, "replication heartbeat");
+        }
+    }
+}
+
+/// How far `replica` is behind its primary: the age of the heartbeat it shows, by its own clock
+/// (at most [`HEARTBEAT_EVERY`] more than the lag, plus the clocks' skew). `None` when there is
+/// no heartbeat yet.
+pub async fn replica_lag(replica: &MySqlPool) -> sqlx::Result<Option<Duration>> {
+    let age: Option<Option<i64>> = sqlx::query_scalar(
+        "SELECT TIMESTAMPDIFF(MICROSECOND, at, UTC_TIMESTAMP(6)) FROM replication_heartbeat \
+         WHERE id = 1",
+    )
+    .fetch_optional(replica)
+    .await?;
+    Ok(age
+        .flatten()
+        .map(|us| Duration::from_micros(u64::try_from(us).unwrap_or(0))))
+}
+
 /// A lazily connecting pool: services start (and report not-ready) while MySQL is down.
 ///
 /// Every session runs at READ COMMITTED: each statement sees what other transactions committed
 /// before it (a persister replica must see the chat another replica just inserted; a recount
 /// must see the latest rows), and reads take no gap locks.
 pub fn pool(config: &CommonConfig) -> Result<MySqlPool, sqlx::Error> {
-    pool_with(config, |options| {
+    pool_at(config, config.database_url.expose())
+}
+
+/// [`pool`] for another database of the same shape (a read replica, `DATABASE_READ_URL`).
+pub fn pool_at(config: &CommonConfig, url: &str) -> Result<MySqlPool, sqlx::Error> {
+    pool_with_at(config, url, |options| {
         options.after_connect(|conn, _meta| {
             Box::pin(async move {
                 sqlx::Executor::execute(
@@ -36,7 +83,15 @@ pub fn pool_with(
     config: &CommonConfig,
     customize: impl FnOnce(MySqlPoolOptions) -> MySqlPoolOptions,
 ) -> Result<MySqlPool, sqlx::Error> {
-    let options = MySqlConnectOptions::from_str(config.database_url.expose())?
+    pool_with_at(config, config.database_url.expose(), customize)
+}
+
+fn pool_with_at(
+    config: &CommonConfig,
+    url: &str,
+    customize: impl FnOnce(MySqlPoolOptions) -> MySqlPoolOptions,
+) -> Result<MySqlPool, sqlx::Error> {
+    let options = MySqlConnectOptions::from_str(url)?
         .charset("utf8mb4")
         // Statements are logged at debug only, with placeholders, never bound values.
         .log_statements(log::LevelFilter::Debug)

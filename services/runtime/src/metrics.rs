@@ -11,7 +11,8 @@ use prometheus::core::Collector;
 use prometheus::{HistogramOpts, Opts};
 
 pub use prometheus::{
-    GaugeVec, Histogram, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Registry,
+    Gauge, GaugeVec, Histogram, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Registry,
 };
 
 pub const LATENCY_BUCKETS: &[f64] = &[
@@ -65,6 +66,10 @@ pub fn gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -
         registry,
         GaugeVec::new(Opts::new(name, help), labels).expect("valid metric name"),
     )
+}
+
+pub fn gauge(registry: &Registry, name: &str, help: &str) -> Gauge {
+    register(registry, Gauge::new(name, help).expect("valid metric name"))
 }
 
 pub fn int_gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {

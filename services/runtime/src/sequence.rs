@@ -9,7 +9,9 @@
 
 use std::sync::LazyLock;
 
-use redis::aio::ConnectionManager;
+use redis::RedisResult;
+
+use crate::cache::{hash_tag, Redis};
 use redis::Script;
 
 static RAISE: LazyLock<Script> =
@@ -18,15 +20,51 @@ static RAISE: LazyLock<Script> =
 /// Keys per script call (Lua's `unpack` has a bound on how many values it spreads).
 const KEYS_PER_CALL: usize = 500;
 
-/// Raises each `(key, number)` sequence to at least `number`, in one pipelined round trip of
-/// one script call per 500 keys; returns how many keys moved.
-pub async fn raise(conn: &ConnectionManager, raises: &[(String, u64)]) -> redis::RedisResult<u64> {
+/// How long a raise waits for replicas to acknowledge it (Redis `WAIT`).
+const WAIT_FOR_REPLICAS_MS: u64 = 2_000;
+
+/// Raises each `(key, number)` sequence to at least `number`; returns how many keys moved.
+///
+/// One pipelined round trip of one script call per 500 keys (on a cluster, one per hash tag,
+/// all at once). With `wait_replicas` > 0 each pipeline ends with `WAIT`: the raise is not
+/// done until that many replicas of the master hold it, and with it every increment the
+/// master had acknowledged before (replication is in order). A failover to one of them then
+/// cannot bring back a sequence below a number whose event the persister is about to ack;
+/// fewer acknowledgements is an error, and the events stay unacked.
+pub async fn raise(conn: &Redis, raises: &[(String, u64)], wait_replicas: u32) -> RedisResult<u64> {
     if raises.is_empty() {
         return Ok(0);
     }
+    let mut groups: Vec<(&str, Vec<&(String, u64)>)> = Vec::new();
+    for raise in raises {
+        let tag = if conn.is_cluster() {
+            hash_tag(&raise.0)
+        } else {
+            ""
+        };
+        match groups.iter_mut().find(|(t, _)| *t == tag) {
+            Some((_, members)) => members.push(raise),
+            None => groups.push((tag, vec![raise])),
+        }
+    }
+    let moved = futures::future::try_join_all(
+        groups
+            .iter()
+            .map(|(_, members)| raise_on_one_slot(conn, members, wait_replicas)),
+    )
+    .await?;
+    Ok(moved.into_iter().sum())
+}
+
+async fn raise_on_one_slot(
+    conn: &Redis,
+    raises: &[&(String, u64)],
+    wait_replicas: u32,
+) -> RedisResult<u64> {
     let mut conn = conn.clone();
     // EVALSHA in one pipeline; the script is loaded only when Redis does not know it (first
-    // use, or after Redis restarted).
+    // use, or after Redis restarted or failed over).
+    let touch = u8::from(wait_replicas > 0);
     let mut pipe = redis::pipe();
     for chunk in raises.chunks(KEYS_PER_CALL) {
         let call = pipe.cmd("EVALSHA").arg(RAISE.get_hash()).arg(chunk.len());
@@ -36,15 +74,35 @@ pub async fn raise(conn: &ConnectionManager, raises: &[(String, u64)]) -> redis:
         for (_, number) in chunk {
             call.arg(*number);
         }
+        call.arg(touch);
     }
-    let moved: Vec<u64> = match pipe.query_async(&mut conn).await {
+    if wait_replicas > 0 {
+        pipe.cmd("WAIT")
+            .arg(wait_replicas)
+            .arg(WAIT_FOR_REPLICAS_MS);
+    }
+    let replies: Vec<u64> = match pipe.query_async(&mut conn).await {
         Err(error) if error.kind() == redis::ErrorKind::NoScriptError => {
             RAISE.prepare_invoke().load_async(&mut conn).await?;
             pipe.query_async(&mut conn).await?
         }
         other => other?,
     };
-    Ok(moved.into_iter().sum())
+    let calls = raises.len().div_ceil(KEYS_PER_CALL);
+    if wait_replicas > 0 {
+        let acknowledged = replies.get(calls).copied().unwrap_or(0);
+        if acknowledged < u64::from(wait_replicas) {
+            return Err((
+                redis::ErrorKind::TryAgain,
+                "sequence raise not acknowledged by enough replicas",
+                format!(
+                    "{acknowledged} of {wait_replicas} replicas within {WAIT_FOR_REPLICAS_MS} ms"
+                ),
+            )
+                .into());
+        }
+    }
+    Ok(replies.iter().take(calls).sum())
 }
 
 #[cfg(test)]
@@ -60,7 +118,7 @@ mod tests {
     async fn raising_moves_only_the_keys_behind_never_creates_one_in_any_number() {
         let url = std::env::var("CONFAB_TEST_REDIS_URL")
             .unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
-        let mut conn = ConnectionManager::new(redis::Client::open(url).unwrap())
+        let mut conn = Redis::single(&url)
             .await
             .expect("Redis must be reachable for the sequence tests");
         let prefix = format!("t:raise:{}:", std::process::id());
@@ -68,14 +126,14 @@ mod tests {
         let () = conn.set(key("ahead"), 10).await.unwrap();
         let () = conn.set(key("behind"), 3).await.unwrap();
         let raises = [(key("missing"), 5), (key("ahead"), 7), (key("behind"), 9)];
-        assert_eq!(raise(&conn, &raises).await.unwrap(), 1);
+        assert_eq!(raise(&conn, &raises, 0).await.unwrap(), 1);
         let values: Vec<Option<u64>> = conn
             .mget(&[key("missing"), key("ahead"), key("behind")])
             .await
             .unwrap();
         assert_eq!(values, [None, Some(10), Some(9)]);
         assert_eq!(
-            raise(&conn, &raises).await.unwrap(),
+            raise(&conn, &raises, 0).await.unwrap(),
             0,
             "a second raise is a no-op"
         );
@@ -85,7 +143,7 @@ mod tests {
         for (k, _) in &many {
             let () = conn.set(k, 0).await.unwrap();
         }
-        assert_eq!(raise(&conn, &many).await.unwrap(), 1_234);
+        assert_eq!(raise(&conn, &many, 0).await.unwrap(), 1_234);
         let last: u64 = conn.get(key("m1233")).await.unwrap();
         assert_eq!(last, 1_234);
 

@@ -154,11 +154,16 @@ async fn watch_deletions(hub: Weak<HubInner>, generation: u64) {
         if feeds.is_empty() {
             continue;
         }
-        let mut pipe = redis::pipe();
-        for feed in &feeds {
-            pipe.exists(hub.keys.chat_deleted(feed.key.0, feed.key.1));
-        }
-        let marked: Vec<bool> = match pipe.query_async(&mut hub.redis.clone()).await {
+        let looks = feeds
+            .iter()
+            .map(|feed| {
+                let key = hub.keys.chat_deleted(feed.key.0, feed.key.1);
+                let mut exists = redis::cmd("EXISTS");
+                exists.arg(&key);
+                (key, exists)
+            })
+            .collect();
+        let marked: Vec<bool> = match hub.redis.query_grouped(looks).await {
             Ok(marked) => marked,
             // Redis being away is not a deletion; the next look decides.
             Err(error) => {

@@ -9,7 +9,7 @@
 use std::sync::LazyLock;
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
+use confab_runtime::cache::Redis;
 
 use super::Error;
 
@@ -32,7 +32,7 @@ return 1
 static SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(ACQUIRE));
 
 pub struct Lease {
-    redis: ConnectionManager,
+    redis: Redis,
     key: String,
     member: String,
     length: Duration,
@@ -44,7 +44,7 @@ pub struct Lease {
 impl Lease {
     /// A lease on one of `limit` subscriptions (`None` when the application has no limit).
     pub async fn acquire(
-        redis: ConnectionManager,
+        redis: Redis,
         key: String,
         limit: u32,
         length: Duration,

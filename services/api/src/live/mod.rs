@@ -28,11 +28,11 @@ use std::time::Duration;
 use confab_core::keys::Keys;
 use confab_core::live::Cursor;
 use confab_core::Token;
+use confab_runtime::cache::Redis;
 use confab_runtime::config::{millis_within, parse_within, secs_within};
 use confab_runtime::jetstream::JetStream;
 use confab_runtime::metrics::{self, Histogram, IntCounterVec, IntGaugeVec, Registry};
 use confab_runtime::{ConfigError, Env};
-use redis::aio::ConnectionManager;
 use tokio::sync::{broadcast, watch};
 
 use crate::error::ApiError;
@@ -169,7 +169,7 @@ pub struct Hub(Arc<HubInner>);
 
 pub struct HubInner {
     js: JetStream,
-    redis: ConnectionManager,
+    redis: Redis,
     keys: Keys,
     config: LiveConfig,
     metrics: LiveMetrics,
@@ -232,7 +232,7 @@ const START_TIMEOUT: Duration = Duration::from_secs(5);
 impl Hub {
     pub fn new(
         js: JetStream,
-        redis: ConnectionManager,
+        redis: Redis,
         keys: Keys,
         config: LiveConfig,
         metrics: LiveMetrics,

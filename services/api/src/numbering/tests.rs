@@ -8,7 +8,7 @@
 use std::time::{Duration, Instant};
 
 use confab_core::quota::RateParams;
-use redis::aio::ConnectionManager;
+use confab_runtime::cache::Redis;
 use redis::AsyncCommands;
 
 use super::*;
@@ -17,7 +17,7 @@ use super::*;
 const ONE_PER_SECOND: u64 = 1_000_000;
 
 struct Fixture {
-    conn: ConnectionManager,
+    conn: Redis,
     prefix: String,
 }
 
@@ -33,7 +33,7 @@ impl Fixture {
         format!("{}{name}", self.prefix)
     }
 
-    /// The key layout under this fixture's prefix (application 1's epoch is `key("epoch:1")`).
+    /// The key layout under this fixture's prefix (application 1's epoch is `key("epoch:{1}")`).
     fn keys(&self) -> Keys {
         Keys::new(self.prefix.clone())
     }
@@ -67,10 +67,10 @@ impl Fixture {
     }
 }
 
-async fn connection() -> ConnectionManager {
+async fn connection() -> Redis {
     let url = std::env::var("CONFAB_TEST_REDIS_URL")
         .unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
-    ConnectionManager::new(redis::Client::open(url).unwrap())
+    Redis::single(&url)
         .await
         .expect("Redis must be reachable for the numbering tests")
 }
@@ -90,7 +90,7 @@ fn rate_limited(rate_key: &str, per_second: u32, burst: u32) -> Admission {
 }
 
 /// One "increment an existing key" call on `conn`: the script's raw `{status, value}`.
-async fn take(conn: &ConnectionManager, key: &str, admission: &Admission) -> (u8, u64) {
+async fn take(conn: &Redis, key: &str, admission: &Admission) -> (u8, u64) {
     let (status, value, _ahead): (u8, u64, i64) = invocation(&INCR_EXISTING, key, admission, None)
         .invoke_async(&mut conn.clone())
         .await
@@ -386,10 +386,10 @@ async fn seeding_waits_out_the_quiescence_of_a_new_epoch_and_is_fenced_by_it() {
     );
 
     // A settled epoch (as a new application's is): seeded at once.
-    let epoch_key = f.key("epoch:1");
+    let epoch_key = f.key("epoch:{1}");
     let () = f.conn.clone().del(&epoch_key).await.unwrap();
     numbering
-        .settle_new_application(admission.application_id)
+        .settle_new_application(admission.application_id, Duration::ZERO)
         .await
         .unwrap();
     let numbered = numbering

@@ -81,7 +81,12 @@ pub async fn list(
     page: Page,
 ) -> Result<axum::response::Response> {
     let app = state.application_id(&extract::token(&token)?).await?;
-    let rows = repo::list_chats(&state.db, app, page.probe_limit(), page.offset).await?;
+    let (limit, offset) = (page.probe_limit(), page.offset);
+    let rows = state
+        .read(app, |db| async move {
+            repo::list_chats(&db, app, limit, offset).await
+        })
+        .await?;
     Ok(page.answer(rows.into_iter().map(ChatView::from).collect()))
 }
 
@@ -95,7 +100,8 @@ pub async fn show(
 ) -> Result<Json<ChatView>> {
     let app = state.application_id(&extract::token(&token)?).await?;
     let number = extract::number(&number, "chat")?;
-    let row = repo::chat(&state.db, app, number)
+    let row = state
+        .read_one(app, |db| async move { repo::chat(&db, app, number).await })
         .await?
         .ok_or(ApiError::NotFound("chat"))?;
     Ok(Json(row.into()))

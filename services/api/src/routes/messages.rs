@@ -149,7 +149,12 @@ pub async fn list(
 ) -> Result<axum::response::Response> {
     let (tenant, chat) = chat_of(&state, &token, &chat, Use::Existing).await?;
     let app = tenant.id;
-    let rows = repo::list_messages(&state.db, app, chat, page.probe_limit(), page.offset).await?;
+    let (limit, offset) = (page.probe_limit(), page.offset);
+    let rows = state
+        .read(app, |db| async move {
+            repo::list_messages(&db, app, chat, limit, offset).await
+        })
+        .await?;
     Ok(page.answer(rows.into_iter().map(MessageView::from).collect()))
 }
 
@@ -165,7 +170,10 @@ pub async fn show(
     let (tenant, chat) = chat_of(&state, &token, &chat, Use::Existing).await?;
     let app = tenant.id;
     let number = extract::number(&number, "message")?;
-    let row = repo::message(&state.db, app, chat, number)
+    let row = state
+        .read_one(app, |db| async move {
+            repo::message(&db, app, chat, number).await
+        })
         .await?
         .ok_or(ApiError::NotFound("message"))?;
     Ok(Json(row.into()))
