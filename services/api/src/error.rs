@@ -98,7 +98,7 @@ impl From<confab_search::QueryError> for ApiError {
 
 impl From<redis::RedisError> for ApiError {
     fn from(error: redis::RedisError) -> Self {
-        if error.is_io_error() || error.is_timeout() || error.is_connection_dropped() {
+        if confab_runtime::cache::is_transient(&error) {
             Self::Unavailable(format!("redis: {error}"))
         } else {
             Self::Internal(Internal::Redis(error))

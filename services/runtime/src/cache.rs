@@ -169,6 +169,31 @@ impl ConnectionLike for Redis {
     }
 }
 
+/// Whether a command that failed so may succeed if tried again soon: Redis unreachable or
+/// slow, or a cluster between two states (a failover, slots moving, a replica promoted). The
+/// cluster client retries these itself for a few seconds; what is left is the caller's `503`.
+pub fn is_transient(error: &redis::RedisError) -> bool {
+    use redis::ErrorKind::{
+        Ask, BusyLoadingError, ClusterConnectionNotFound, ClusterDown, MasterDown, Moved, ReadOnly,
+        TryAgain,
+    };
+    error.is_io_error()
+        || error.is_timeout()
+        || error.is_connection_dropped()
+        || error.is_connection_refusal()
+        || matches!(
+            error.kind(),
+            Moved
+                | Ask
+                | TryAgain
+                | ClusterDown
+                | MasterDown
+                | BusyLoadingError
+                | ReadOnly
+                | ClusterConnectionNotFound
+        )
+}
+
 /// Cheap reachability check for `/readyz`.
 pub async fn ping(conn: &Redis) -> bool {
     let mut conn = conn.clone();
@@ -183,6 +208,30 @@ pub async fn ping(conn: &Redis) -> bool {
 #[cfg(test)]
 mod tests {
     use super::hash_tag;
+
+    #[test]
+    fn a_cluster_between_two_states_is_transient_a_script_error_is_not() {
+        use redis::ErrorKind;
+        let error = |kind| redis::RedisError::from((kind, "test"));
+        for kind in [
+            ErrorKind::Moved,
+            ErrorKind::ClusterDown,
+            ErrorKind::TryAgain,
+            ErrorKind::ReadOnly,
+        ] {
+            assert!(super::is_transient(&error(kind)), "{kind:?}");
+        }
+        for kind in [
+            ErrorKind::ResponseError,
+            ErrorKind::CrossSlot,
+            ErrorKind::NoScriptError,
+        ] {
+            assert!(!super::is_transient(&error(kind)), "{kind:?}");
+        }
+        let io =
+            redis::RedisError::from(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
+        assert!(super::is_transient(&io));
+    }
 
     #[test]
     fn the_hash_tag_is_what_redis_cluster_hashes() {
