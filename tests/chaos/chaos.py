@@ -35,7 +35,8 @@ if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
 from confab_chaos.environment import BINARY_OF  # noqa: E402
-from confab_chaos.harness import Options, log, nats_server_problem, which  # noqa: E402
+from confab_chaos.harness import (Options, log, nats_server_problem,  # noqa: E402
+                                  redis_cluster_problem, which)
 from confab_chaos.processes import kill_all_children  # noqa: E402
 from confab_chaos.scenarios import SCENARIOS, run_scenario  # noqa: E402
 
@@ -52,7 +53,8 @@ def parse_args(argv: List[str]) -> Tuple[Options, List[str]]:
                              "directory or the repository root; default target/debug)")
     parser.add_argument("--writers", type=int, default=16, help="concurrent writers (16)")
     parser.add_argument("--duration", type=float,
-                        help="seconds of load per scenario (default 45/30/45, --short 30/15/24)")
+                        help="seconds of load per scenario (default 45/30/45/45, "
+                             "--short 30/15/24/30)")
     parser.add_argument("--short", action="store_true", help="CI-sized durations")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs, data)")
     parser.add_argument("--seed", type=int, default=1)
@@ -88,12 +90,17 @@ def parse_args(argv: List[str]) -> Tuple[Options, List[str]]:
     return opts, names
 
 
-def check_prerequisites(opts: Options) -> List[str]:
+def check_prerequisites(opts: Options, names: List[str]) -> List[str]:
     problems = []
     # nats-server: CONFAB_NATS_SERVER, else on PATH, else /usr/sbin; 2.10 or later.
     nats_problem = nats_server_problem()
     if nats_problem is not None:
         problems.append(nats_problem)
+    # redis-cluster: redis-cli, and redis-server 7.0 or later.
+    if "redis-cluster" in names:
+        redis_problem = redis_cluster_problem()
+        if redis_problem is not None:
+            problems.append(redis_problem)
     for tool, fallbacks in (("redis-server", ()), ("mariadbd", ("/usr/sbin/mariadbd",)),
                             ("mariadb-install-db", ("/usr/bin/mariadb-install-db",)),
                             ("mysql", ())):
@@ -128,7 +135,7 @@ async def main_async(opts: Options, names: List[str], tmp_root: Path) -> int:
 
 def main(argv: List[str]) -> int:
     opts, names = parse_args(argv)
-    problems = check_prerequisites(opts)
+    problems = check_prerequisites(opts, names)
     if problems:
         for problem in problems:
             log(f"cannot run: {problem}")

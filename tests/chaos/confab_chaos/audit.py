@@ -7,15 +7,14 @@ from __future__ import annotations
 import asyncio
 import collections
 import random
-import re
 import urllib.parse
 from dataclasses import dataclass, field
 from typing import Dict, List, Set, Tuple
 
 from .clients import HttpClient, HttpError
 from .harness import Deadline, HarnessError, log
-from .ledger import WORD_RE, Ledger
-from .load import Context
+from .ledger import WORD_RE, Chat, Ledger
+from .load import Context, tokens_sql
 
 @dataclass
 class Findings:
@@ -26,26 +25,31 @@ class Findings:
     extra_rows: int = 0
 
 
-async def fetch_rows(ctx: Context, app_id: int) -> Tuple[Set[int], Dict[Tuple[int, int], str]]:
-    chats = {int(r[0]) for r in await ctx.env.db.query(
-        f"SELECT number FROM chats WHERE application_id = {app_id}")}
+Rows = Dict[Tuple[Chat, int], str]
+
+
+async def fetch_rows(ctx: Context) -> Tuple[Set[Chat], Rows]:
+    """The chats and messages MySQL holds for the scenario's applications."""
+    index = {app.id: i for i, app in enumerate(ctx.apps)}
+    ids = ", ".join(str(app.id) for app in ctx.apps)
+    chats = {Chat(index[int(r[0])], int(r[1])) for r in await ctx.env.db.query(
+        f"SELECT application_id, number FROM chats WHERE application_id IN ({ids})")}
     rows = {}
-    for chat, number, body in await ctx.env.db.query(
-            "SELECT c.number, m.number, m.body FROM messages m JOIN chats c ON c.id = m.chat_id "
-            f"WHERE c.application_id = {app_id}", timeout=120):
-        rows[(int(chat), int(number))] = body
+    for app_id, chat, number, body in await ctx.env.db.query(
+            "SELECT c.application_id, c.number, m.number, m.body FROM messages m "
+            f"JOIN chats c ON c.id = m.chat_id WHERE c.application_id IN ({ids})", timeout=120):
+        rows[(Chat(index[int(app_id)], int(chat)), int(number))] = body
     return chats, rows
 
 
-def analyse(ledger: Ledger, chats: Set[int], rows: Dict[Tuple[int, int], str],
-            idempotency: bool) -> Findings:
+def analyse(ledger: Ledger, chats: Set[Chat], rows: Rows, idempotency: bool) -> Findings:
     """Compares MySQL with the ledger."""
     found = Findings()
-    for number, reqs in ledger.chat_acks.items():
+    for chat, reqs in ledger.chat_acks.items():
         if len(reqs) > 1:
-            found.duplicated.append(f"chat {number} acknowledged to {len(reqs)} requests")
-        if number not in chats:
-            found.lost.append(f"chat {number}")
+            found.duplicated.append(f"chat {chat} acknowledged to {len(reqs)} requests")
+        if chat not in chats:
+            found.lost.append(f"chat {chat}")
     for key, reqs in ledger.message_acks.items():
         chat, number = key
         if len({r.key for r in reqs}) > 1:
@@ -62,7 +66,7 @@ def analyse(ledger: Ledger, chats: Set[int], rows: Dict[Tuple[int, int], str],
             found.misplaced.append(f"message {chat}/{number}: stored {rows[key][:50]!r}, "
                                    f"expected {state.latest_body[:50]!r}")
     # The same body under more than one number: a request stored twice.
-    by_body: Dict[str, List[Tuple[int, int]]] = collections.defaultdict(list)
+    by_body: Dict[str, List[Tuple[Chat, int]]] = collections.defaultdict(list)
     for key, body in rows.items():
         by_body[body].append(key)
     for body, keys in by_body.items():
@@ -81,7 +85,7 @@ def analyse(ledger: Ledger, chats: Set[int], rows: Dict[Tuple[int, int], str],
     return found
 
 
-async def wait_for_persister(ctx: Context, app_id: int, timeout: float):
+async def wait_for_persister(ctx: Context, timeout: float):
     """Polls MySQL until every acknowledged write is there with its expected body, or the
     persister's consumer has drained (nothing pending, nothing unacked: what is missing then
     will not come), or the deadline passes."""
@@ -89,7 +93,7 @@ async def wait_for_persister(ctx: Context, app_id: int, timeout: float):
     consumer = ctx.env.setting("CONFAB_PERSISTER_CONSUMER", "confab-persister")
     drained_polls = 0
     while True:
-        chats, rows = await fetch_rows(ctx, app_id)
+        chats, rows = await fetch_rows(ctx)
         findings = analyse(ctx.ledger, chats, rows, bool(ctx.idempotency))
         if not findings.lost and not findings.misplaced:
             return chats, rows, True
@@ -108,11 +112,12 @@ async def wait_for_counts(ctx: Context, timeout: float) -> Tuple[bool, List[str]
     mismatches: List[str] = []
     while True:
         mismatches = []
-        for number, stored, actual in await ctx.env.db.query(
-                "SELECT c.number, c.messages_count, "
+        for app_id, number, stored, actual in await ctx.env.db.query(
+                "SELECT c.application_id, c.number, c.messages_count, "
                 "(SELECT COUNT(*) FROM messages m WHERE m.chat_id = c.id) FROM chats c"):
             if stored != actual:
-                mismatches.append(f"chat {number}: messages_count={stored}, rows={actual}")
+                mismatches.append(f"chat {number} of application id {app_id}: "
+                                  f"messages_count={stored}, rows={actual}")
         for name, stored, actual in await ctx.env.db.query(
                 "SELECT a.name, a.chats_count, "
                 "(SELECT COUNT(*) FROM chats c WHERE c.application_id = a.id) "
@@ -124,7 +129,7 @@ async def wait_for_counts(ctx: Context, timeout: float) -> Tuple[bool, List[str]
         await asyncio.sleep(0.5)
 
 
-async def check_search(ctx: Context, rows: Dict[Tuple[int, int], str], candidates: List[Tuple[int, int]],
+async def check_search(ctx: Context, rows: Rows, candidates: List[Tuple[Chat, int]],
                        timeout: float) -> Tuple[int, List[str], List[str]]:
     """Every sampled message must be found by its unique word in its chat (polling for index
     lag until the deadline). An error answer is never 'not found': it fails the check."""
@@ -138,7 +143,7 @@ async def check_search(ctx: Context, rows: Dict[Tuple[int, int], str], candidate
             break
         await asyncio.sleep(0.5)
 
-    pending: Dict[Tuple[int, int], str] = {}
+    pending: Dict[Tuple[Chat, int], str] = {}
     for key in sample:
         match = WORD_RE.search(rows[key])
         if match:
@@ -146,9 +151,10 @@ async def check_search(ctx: Context, rows: Dict[Tuple[int, int], str], candidate
     errors: List[str] = []
     semaphore = asyncio.Semaphore(8)
 
-    async def lookup(key: Tuple[int, int], word: str, client_index: int) -> str:
+    async def lookup(key: Tuple[Chat, int], word: str, client_index: int) -> str:
         chat, number = key
-        path = (f"/api/v1/applications/{ctx.token}/chats/{chat}/messages/search"
+        path = (f"/api/v1/applications/{ctx.apps[chat.app].token}/chats/{chat.number}"
+                f"/messages/search"
                 f"?query={urllib.parse.quote(word)}&per_page=500")
         async with semaphore:
             client = HttpClient(ctx.env.api_ports[client_index % 2], ctx.opts.request_timeout)
@@ -204,21 +210,21 @@ async def audit(ctx: Context, timeouts: Dict[str, float]) -> AuditResult:
     env = ctx.env
     log("audit: waiting until every service is ready")
     await env.ensure_all_ready()
-    app_rows = await env.db.query(f"SELECT id FROM applications WHERE token = '{ctx.token}'")
-    if not app_rows:
-        raise HarnessError("the application is missing from MySQL")
-    app_id = int(app_rows[0][0])
+    ids = {token: int(app_id) for token, app_id in await env.db.query(
+        f"SELECT token, id FROM applications WHERE token IN ({tokens_sql(ctx)})")}
+    for app in ctx.apps:
+        if app.token not in ids:
+            raise HarnessError(f"the application {app.name} is missing from MySQL")
+        app.id = ids[app.token]
     log("audit: waiting for the persister to catch up")
-    chats, rows, caught_up = await wait_for_persister(ctx, app_id, timeouts["persist"])
+    chats, rows, caught_up = await wait_for_persister(ctx, timeouts["persist"])
     findings = analyse(ctx.ledger, chats, rows, bool(ctx.idempotency))
     log("audit: waiting for the counts to converge")
     counts_ok, mismatches = await wait_for_counts(ctx, timeouts["counts"])
     log("audit: searching")
-    flagged = set()
-    for line in findings.duplicated:
-        match = re.match(r"message (\d+)/(\d+)", line)
-        if match:
-            flagged.add((int(match.group(1)), int(match.group(2))))
+    # Numbers acknowledged to two requests (duplicated) are left out of the search sample.
+    flagged = {key for key, reqs in ctx.ledger.message_acks.items()
+               if len({r.key for r in reqs}) > 1}
     candidates = sorted(key for key, state in ctx.ledger.messages.items()
                         if key in rows and key not in flagged
                         and (rows[key] == state.latest_body or rows[key] in state.unconfirmed))

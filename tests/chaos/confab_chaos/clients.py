@@ -1,6 +1,6 @@
 """Protocol clients, all standard library: HTTP/1.1 over asyncio streams, one request/reply of
-the NATS text protocol (enough for the JetStream API), the `mysql` CLI in batch mode, and Redis
-PING."""
+the NATS text protocol (enough for the JetStream API), the `mysql` CLI in batch mode, Redis
+commands over RESP, and the `redis-cli` tool (for its `--cluster` subcommands)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import re
 import subprocess
 import uuid
 from dataclasses import dataclass
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 from .harness import HOST
 
@@ -218,6 +218,73 @@ async def redis_ping(port: int) -> bool:
         return (await asyncio.wait_for(reader.readline(), 2)).startswith(b"+PONG")
     finally:
         writer.close()
+
+
+class RedisError(Exception):
+    """An error reply (`-ERR …`, `-MOVED …`, `-CLUSTERDOWN …`) or a broken reply."""
+
+
+async def _read_resp(reader: asyncio.StreamReader):
+    line = await reader.readline()
+    if not line.endswith(b"\r\n"):
+        raise RedisError("connection closed")
+    kind, rest = line[:1], line[1:-2]
+    if kind == b"+":
+        return rest.decode("utf-8", "replace")
+    if kind == b"-":
+        raise RedisError(rest.decode("utf-8", "replace"))
+    if kind == b":":
+        return int(rest)
+    if kind == b"$":
+        size = int(rest)
+        if size < 0:
+            return None
+        return (await reader.readexactly(size + 2))[:-2].decode("utf-8", "replace")
+    if kind == b"*":
+        size = int(rest)
+        return None if size < 0 else [await _read_resp(reader) for _ in range(size)]
+    raise RedisError(f"unexpected reply {line[:80]!r}")
+
+
+async def redis_command(port: int, *args, timeout: float = 3.0):
+    """One Redis command on a fresh connection to one node (no cluster redirection: a `MOVED`
+    reply is a RedisError). Arguments are str, int or bytes; the reply comes back as str, int,
+    None or a list of them."""
+    parts = [f"*{len(args)}\r\n".encode()]
+    for arg in args:
+        data = arg if isinstance(arg, bytes) else str(arg).encode()
+        parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
+
+    async def exchange():
+        reader, writer = await asyncio.open_connection(HOST, port)
+        try:
+            writer.write(b"".join(parts))
+            await writer.drain()
+            return await _read_resp(reader)
+        finally:
+            writer.close()
+
+    return await asyncio.wait_for(exchange(), timeout)
+
+
+ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
+
+
+async def redis_cli(*args: str, timeout: float = 60) -> Tuple[int, str]:
+    """Runs `redis-cli` (for its `--cluster` subcommands: create, reshard, check) and returns its
+    exit status and its output, stdout and stderr together, without colour codes."""
+    proc = await asyncio.create_subprocess_exec(
+        "redis-cli", *args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT)
+    try:
+        out, _ = await asyncio.wait_for(proc.communicate(), timeout)
+    except BaseException:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        raise
+    assert proc.returncode is not None
+    return proc.returncode, ANSI_ESCAPE.sub("", out.decode("utf-8", "replace"))
 
 
 async def jetstream_ready(port: int) -> bool:

@@ -27,15 +27,17 @@ STARTUP_RESTARTS = 3
 
 
 class Environment:
-    """Private MariaDB, Redis and NATS (one node or a three-node JetStream cluster), on free
-    loopback ports, each with its own data directory under `root`, plus the Confab services."""
+    """Private MariaDB, Redis (one node or a six-node Redis Cluster) and NATS (one node or a
+    three-node JetStream cluster), on free loopback ports, each with its own data directory under
+    `root`, plus the Confab services."""
 
-    def __init__(self, opts: Options, root: Path, scenario_env: Dict[str, str], nats_nodes: int):
+    def __init__(self, opts: Options, root: Path, scenario_env: Dict[str, str], nats_nodes: int,
+                 redis_nodes: int = 1):
         self.opts = opts
         self.root = root
         self.scenario_env = scenario_env
         self.procs = ProcessTable(root)
-        self.servers = Servers(root, self.procs, nats_nodes)
+        self.servers = Servers(root, self.procs, nats_nodes, redis_nodes)
         self.http_ports = {"api-a": free_port(), "api-b": free_port()}
         self.admin_ports = {name: free_port() for name in SERVICES}
         self.search_port = free_port()
@@ -52,8 +54,9 @@ class Environment:
         env = dict(os.environ)
         # Never let a developer's connection settings point a chaos run at shared servers or
         # export telemetry anywhere.
-        for name in ("DATABASE_URL", "REDIS_URL", "NATS_URL", "ELASTICSEARCH_URL",
-                     "OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"):
+        for name in ("DATABASE_URL", "REDIS_URL", "CONFAB_REDIS_CLUSTER", "NATS_URL",
+                     "ELASTICSEARCH_URL", "OTEL_EXPORTER_OTLP_ENDPOINT",
+                     "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"):
             env.pop(name, None)
         tunables = {
             "RUST_LOG": "info",
@@ -76,11 +79,14 @@ class Environment:
         env.update(self.scenario_env)
         env.update({
             "DATABASE_URL": f"mysql://root@{HOST}:{self.servers.mysql_port}/confab",
-            "REDIS_URL": f"redis://{HOST}:{self.servers.redis_port}",
+            "REDIS_URL": self.servers.redis_url,
             "NATS_URL": ",".join(f"nats://{HOST}:{p}" for p in self.servers.nats_ports),
             # Migrations run once, before the services start (two apis migrating at once race).
             "CONFAB_MIGRATE": "false",
         })
+        if self.servers.redis_cluster:
+            # With it, REDIS_URL lists every node of the cluster.
+            env["CONFAB_REDIS_CLUSTER"] = "true"
         if len(self.servers.nats_ports) > 1:
             env.setdefault("CONFAB_STREAM_REPLICAS", "3")
         return env

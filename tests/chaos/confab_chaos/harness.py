@@ -120,6 +120,33 @@ def nats_server_problem() -> Optional[str]:
     return None
 
 
+# The redis-cluster scenario sets each node's cluster bus port (cluster-port, new in Redis 7.0)
+# and drives the cluster with redis-cli's --cluster subcommands.
+MIN_REDIS_CLUSTER_VERSION = (7, 0)
+
+
+def redis_cluster_problem() -> Optional[str]:
+    """Why the suite cannot run a Redis Cluster, or None when it can."""
+    if which("redis-cli") is None:
+        return "redis-cli not found (Debian's redis-tools, which redis-server depends on)"
+    binary = which("redis-server", "/usr/bin/redis-server")
+    if binary is None:
+        return None     # reported as a missing redis-server already
+    try:
+        out = subprocess.run([binary, "--version"], stdin=subprocess.DEVNULL,
+                             capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        out = ""
+    match = re.search(r"v=(\d+)\.(\d+)", out)
+    if match is None:
+        return f"{binary} --version did not report a version"
+    version = (int(match.group(1)), int(match.group(2)))
+    if version < MIN_REDIS_CLUSTER_VERSION:
+        return (f"{binary} is Redis {version[0]}.{version[1]}; the redis-cluster scenario needs "
+                f"{'.'.join(map(str, MIN_REDIS_CLUSTER_VERSION))} or later")
+    return None
+
+
 @dataclass
 class Options:
     bin_dir: Path

@@ -5,20 +5,37 @@ from __future__ import annotations
 
 import collections
 import re
+import time
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Set, Tuple
+from typing import Dict, List, NamedTuple, Optional, Set, Tuple
+
+
+class Chat(NamedTuple):
+    """A chat as the suite names it: its application, as an index into the scenario's
+    applications (0 is the first, and most scenarios have only that one), and its number there.
+    Shown as the number alone in the first application and as `<n>:<number>` in the n-th
+    (counted from 1, as the applications' names are), so `message 3:2/17` is message 17 of chat 2
+    of the third application."""
+    app: int
+    number: int
+
+    def __str__(self) -> str:
+        return str(self.number) if self.app == 0 else f"{self.app + 1}:{self.number}"
+
 
 @dataclass
 class Request:
     """One logical request, however many attempts it took."""
     kind: str                      # "application", "chat", "message" or "patch"
     key: str                       # Idempotency-Key (POST); also identifies the request
-    chat: int = 0
+    chat: Chat = Chat(0, 0)
     number: Optional[int] = None   # the number a 201 gave, or the message a PATCH targets
     body: str = ""
     attempts: int = 0
     outcome: str = "pending"       # acked | unavailable | rejected
     final_status: str = ""
+    sent_at: float = 0.0           # time.monotonic() when its latest attempt began
+    acked_at: Optional[float] = None   # time.monotonic() of its acknowledgement
 
 
 @dataclass
@@ -36,9 +53,9 @@ class Ledger:
 
     def __init__(self) -> None:
         self.requests: List[Request] = []
-        self.chat_acks: Dict[int, List[Request]] = collections.defaultdict(list)
-        self.message_acks: Dict[Tuple[int, int], List[Request]] = collections.defaultdict(list)
-        self.messages: Dict[Tuple[int, int], MessageState] = {}
+        self.chat_acks: Dict[Chat, List[Request]] = collections.defaultdict(list)
+        self.message_acks: Dict[Tuple[Chat, int], List[Request]] = collections.defaultdict(list)
+        self.messages: Dict[Tuple[Chat, int], MessageState] = {}
         self.creation_by_body: Dict[str, Request] = {}
         self.attempt_statuses: collections.Counter = collections.Counter()
         self.latencies_ms: List[float] = []
@@ -50,12 +67,12 @@ class Ledger:
         self.attempt_statuses[outcome] += 1
         self.latencies_ms.append(elapsed * 1000.0)
 
-    def ack_chat(self, req: Request, number: int) -> None:
-        req.outcome, req.number = "acked", number
-        self.chat_acks[number].append(req)
+    def ack_chat(self, req: Request, chat: Chat) -> None:
+        req.outcome, req.number, req.chat = "acked", chat.number, chat
+        self.chat_acks[chat].append(req)
 
     def ack_message(self, req: Request, number: int) -> None:
-        req.outcome, req.number = "acked", number
+        req.outcome, req.number, req.acked_at = "acked", number, time.monotonic()
         key = (req.chat, number)
         self.message_acks[key].append(req)
         # The first acknowledgement defines the message; a second one for the same (chat,

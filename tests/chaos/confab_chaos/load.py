@@ -1,6 +1,6 @@
 """The load: keep-alive connections to both api replicas, requests retried with the same
-Idempotency-Key, the writers, and the set-up traffic before the faults begin (the application,
-its chats, the idempotency probe and the warm-up)."""
+Idempotency-Key, the writers, and the set-up traffic before the faults begin (the applications,
+their chats, the idempotency probe and the warm-up)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,15 @@ from typing import Awaitable, Callable, Dict, List, Optional, Tuple
 from .clients import HttpClient, HttpError, MySQLError, Response
 from .environment import Environment
 from .harness import Deadline, HarnessError, Options, log
-from .ledger import Ledger, Request, message_body
+from .ledger import Chat, Ledger, Request, message_body
+
+
+@dataclass
+class App:
+    """One application the writers write into."""
+    name: str
+    token: str
+    id: Optional[int] = None       # its row's id, known once the persister has stored it
 
 
 @dataclass
@@ -29,9 +37,13 @@ class Context:
     load_seconds: float = 0.0
     reseeds: Optional[int] = None
     collisions: Optional[int] = None
-    token: str = ""
-    chats: List[int] = field(default_factory=list)
+    apps: List[App] = field(default_factory=list)
+    chats: List[Chat] = field(default_factory=list)    # of every application
     idempotency: Optional[bool] = None
+    # A scenario's own summary fields (after the common ones) and the checks of its own that
+    # failed; any such failure makes the scenario's ok false.
+    extra_fields: Dict[str, object] = field(default_factory=dict)
+    failures: List[str] = field(default_factory=list)
 
 
 class ApiPool:
@@ -73,6 +85,7 @@ async def send(ctx: Context, pool: ApiPool, req: Request, method: str, path: str
     for attempt in range(ctx.opts.retries + 1):
         client = pool.clients[(first_api + attempt) % len(pool.clients)]
         started = time.monotonic()
+        req.sent_at = started
         response = None
         try:
             response = await client.request(method, path, body, headers)
@@ -96,11 +109,11 @@ async def send(ctx: Context, pool: ApiPool, req: Request, method: str, path: str
     return None
 
 
-def messages_path(ctx: Context, chat: int) -> str:
-    return f"/api/v1/applications/{ctx.token}/chats/{chat}/messages"
+def messages_path(ctx: Context, chat: Chat) -> str:
+    return f"/api/v1/applications/{ctx.apps[chat.app].token}/chats/{chat.number}/messages"
 
 
-async def create_message(ctx: Context, pool: ApiPool, chat: int, tag: str, seq: int,
+async def create_message(ctx: Context, pool: ApiPool, chat: Chat, tag: str, seq: int,
                          first_api: int) -> Optional[Request]:
     req = Request("message", str(uuid.uuid4()), chat=chat, body=message_body(tag, seq))
     ctx.ledger.requests.append(req)
@@ -117,7 +130,7 @@ async def create_message(ctx: Context, pool: ApiPool, chat: int, tag: str, seq: 
     return req
 
 
-async def patch_message(ctx: Context, pool: ApiPool, chat: int, number: int, tag: str, seq: int,
+async def patch_message(ctx: Context, pool: ApiPool, chat: Chat, number: int, tag: str, seq: int,
                         edit: int, first_api: int) -> None:
     # PATCH sets a body, so repeating it is harmless; it carries no Idempotency-Key.
     req = Request("patch", str(uuid.uuid4()), chat=chat, number=number,
@@ -138,7 +151,7 @@ async def writer(ctx: Context, wid: int, stop: asyncio.Event, patch_ratio: float
     acknowledged messages, until `stop`; finishes the request in hand (with its retries)."""
     rng = random.Random(ctx.opts.seed * 7919 + wid)
     pool = ApiPool(ctx.env.api_ports, ctx.opts.request_timeout)
-    mine: List[Tuple[int, int, int]] = []   # (chat, number, seq) of acknowledged messages
+    mine: List[Tuple[Chat, int, int]] = []  # (chat, number, seq) of acknowledged messages
     edits: Dict[int, int] = collections.defaultdict(int)
     seq = 0
     try:
@@ -168,30 +181,34 @@ async def progress(ctx: Context, every: float = 5.0) -> None:
             f"unavailable={ctx.ledger.unavailable}")
 
 
-async def setup_application(ctx: Context, chats: int, scenario: str) -> None:
-    """Creates the application and its chats (through both replicas) before any fault."""
+async def setup_application(ctx: Context, chats: int, scenario: str, apps: int = 1) -> None:
+    """Creates the application (or `apps` of them) and `chats` chats in each, through both
+    replicas, before any fault."""
     pool = ApiPool(ctx.env.api_ports, ctx.opts.request_timeout)
     try:
-        req = Request("application", str(uuid.uuid4()))
-        response = await send(ctx, pool, req, "POST", "/api/v1/applications",
-                              {"name": f"chaos-{scenario}"}, 201, 0)
-        if response is None or response.status != 201:
-            raise HarnessError(f"creating the application failed: "
-                               f"{response.status if response else req.final_status} "
-                               f"{response.body[:300] if response else ''}")
-        ctx.token = response.json()["token"]
-        if not re.fullmatch(r"[0-9a-f]{48}", ctx.token):
-            raise HarnessError(f"unexpected token format {ctx.token!r}")
-        for i in range(chats):
-            req = Request("chat", str(uuid.uuid4()))
-            ctx.ledger.requests.append(req)
-            response = await send(ctx, pool, req, "POST", f"/api/v1/applications/{ctx.token}/chats",
-                                  {}, 201, i % 2)
+        for index in range(apps):
+            name = f"chaos-{scenario}" if apps == 1 else f"chaos-{scenario}-{index + 1}"
+            req = Request("application", str(uuid.uuid4()))
+            response = await send(ctx, pool, req, "POST", "/api/v1/applications",
+                                  {"name": name}, 201, index % 2)
             if response is None or response.status != 201:
-                raise HarnessError(f"creating a chat failed: {req.final_status}")
-            number = int(response.json()["number"])
-            ctx.ledger.ack_chat(req, number)
-            ctx.chats.append(number)
+                raise HarnessError(f"creating the application failed: "
+                                   f"{response.status if response else req.final_status} "
+                                   f"{response.body[:300] if response else ''}")
+            token = response.json()["token"]
+            if not re.fullmatch(r"[0-9a-f]{48}", token):
+                raise HarnessError(f"unexpected token format {token!r}")
+            ctx.apps.append(App(name, token))
+            for i in range(chats):
+                req = Request("chat", str(uuid.uuid4()))
+                ctx.ledger.requests.append(req)
+                response = await send(ctx, pool, req, "POST",
+                                      f"/api/v1/applications/{token}/chats", {}, 201, i % 2)
+                if response is None or response.status != 201:
+                    raise HarnessError(f"creating a chat failed: {req.final_status}")
+                chat = Chat(index, int(response.json()["number"]))
+                ctx.ledger.ack_chat(req, chat)
+                ctx.chats.append(chat)
     finally:
         pool.close()
 
@@ -202,8 +219,8 @@ async def warm_up(ctx: Context) -> None:
     pool = ApiPool(ctx.env.api_ports, ctx.opts.request_timeout)
     try:
         for api in range(len(ctx.env.api_ports)):
-            for chat in ctx.chats:
-                if await create_message(ctx, pool, chat, f"a{api}", chat, api) is None:
+            for i, chat in enumerate(ctx.chats):
+                if await create_message(ctx, pool, chat, f"a{api}", i + 1, api) is None:
                     raise HarnessError(f"warm-up message to chat {chat} via api {api} failed")
     finally:
         pool.close()
@@ -231,14 +248,24 @@ async def probe_idempotency(ctx: Context) -> bool:
         pool.close()
 
 
+def tokens_sql(ctx: Context) -> str:
+    """The applications' tokens as an SQL list (tokens are hex: nothing to escape)."""
+    return ", ".join(f"'{app.token}'" for app in ctx.apps)
+
+
 async def wait_chats_persisted(ctx: Context, timeout: float = 60) -> None:
+    """Waits until MySQL has every application and chat (and learns the applications' ids)."""
+    index = {app.token: i for i, app in enumerate(ctx.apps)}
     deadline = Deadline(timeout)
     while not deadline.expired():
         try:
             rows = await ctx.env.db.query(
-                "SELECT c.number FROM chats c JOIN applications a ON a.id = c.application_id "
-                f"WHERE a.token = '{ctx.token}'")
-            if {int(r[0]) for r in rows} >= set(ctx.chats):
+                "SELECT a.token, a.id, c.number FROM chats c "
+                "JOIN applications a ON a.id = c.application_id "
+                f"WHERE a.token IN ({tokens_sql(ctx)})")
+            if {Chat(index[r[0]], int(r[2])) for r in rows} >= set(ctx.chats):
+                for token, app_id, _ in rows:
+                    ctx.apps[index[token]].id = int(app_id)
                 return
         except MySQLError:
             pass

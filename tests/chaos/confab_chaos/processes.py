@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Awaitable, Callable, Dict, List, Optional, Set
 
-from .clients import MySQLError, NatsError
+from .clients import MySQLError, NatsError, RedisError
 from .harness import Deadline, HarnessError, log
 
 BACKTRACE_FRAME = re.compile(r"^\s+(\d+: |at )")
@@ -86,6 +86,16 @@ class Proc:
                 pass
         _LIVE.discard(self)
 
+    def send_signal(self, signum: int) -> None:
+        """Sends `signum` (SIGSTOP, SIGCONT) to the process group, under the same rule as
+        kill_now: only while its leader is not reaped. A stopped process still counts as
+        running (poll() does not report stops), so the watchdog leaves it alone."""
+        if self.popen is not None and self.popen.poll() is None:
+            try:
+                os.killpg(self.popen.pid, signum)
+            except (ProcessLookupError, PermissionError):
+                pass
+
     def tail(self, lines: int = 30) -> str:
         try:
             with open(self.log_path, "rb") as f:
@@ -126,7 +136,8 @@ async def wait_ready(proc: Proc, timeout: float, max_restarts: Optional[int] = N
                     # Slow recoveries are findings in themselves: say who and how long.
                     log(f"{proc.name} became ready after {waited:.1f}s")
                 return
-        except (asyncio.TimeoutError, OSError, ValueError, HarnessError, NatsError, MySQLError):
+        except (asyncio.TimeoutError, OSError, ValueError, HarnessError, NatsError, MySQLError,
+                RedisError):
             pass
         await asyncio.sleep(0.2)
     raise HarnessError(f"{proc.name} was not ready within {timeout:.0f}s", (proc,))

@@ -13,7 +13,6 @@ from typing import Dict, List, Optional
 from .audit import AuditResult
 from .faults import FaultCounter
 from .harness import log
-from .ledger import Ledger
 from .load import Context
 
 
@@ -58,6 +57,11 @@ def summary_fields(ctx: Context, counter: FaultCounter, result: Optional[AuditRe
         "idempotency": {True: "supported", False: "ignored", None: "unknown"}[ctx.idempotency],
         "reseeds": "?" if ctx.reseeds is None else ctx.reseeds,
         "collisions": "?" if ctx.collisions is None else ctx.collisions,
+    })
+    # The scenario's own fields (redis-cluster: failover_s, writes_resume_s, …).
+    fields.update({name: "?" if value is None else value
+                   for name, value in ctx.extra_fields.items()})
+    fields.update({
         "exits": ctx.env.unexpected_exits(),
         "load_s": round(ctx.load_seconds, 1),
         "elapsed_s": round(time.monotonic() - started, 1),
@@ -68,7 +72,7 @@ def summary_fields(ctx: Context, counter: FaultCounter, result: Optional[AuditRe
         # duplicated_bodies is not a failure: analyse() only puts rows there when the server
         # ignores Idempotency-Key (with support, a retry stored twice counts as duplicated).
         ok = (not f.lost and not f.misplaced and not f.duplicated and result.counts_ok
-              and result.search_ok)
+              and result.search_ok and not ctx.failures)
     else:
         fields["harness_error"] = error or "unknown"
     fields["ok"] = ok
@@ -96,6 +100,8 @@ def report_details(name: str, ctx: Context, result: AuditResult, counter: FaultC
         f"persister caught up={result.caught_up}, rejected={dict(ledger.rejected)}, "
         f"attempt statuses={dict(ledger.attempt_statuses)}")
     log(f"{name}: search checked {result.search_checked} messages")
+    for failure in ctx.failures:
+        log(f"{name}: failed check: {failure}")
     for label, items in (("lost", f.lost), ("misplaced", f.misplaced),
                          ("duplicated", f.duplicated), ("duplicated_bodies", f.duplicated_bodies),
                          ("count mismatch", result.count_mismatches),
@@ -108,11 +114,12 @@ def report_details(name: str, ctx: Context, result: AuditResult, counter: FaultC
 
 
 def write_report(root: Path, name: str, fields: Dict[str, object], result: Optional[AuditResult],
-                 ledger: Ledger) -> None:
+                 ctx: Context) -> None:
     """A JSON report next to the logs (kept with --keep)."""
+    ledger = ctx.ledger
     report = {"scenario": name, "summary": fields,
               "attempt_statuses": dict(ledger.attempt_statuses),
-              "rejected": dict(ledger.rejected)}
+              "rejected": dict(ledger.rejected), "failed_checks": ctx.failures}
     if result is not None:
         report.update({k: getattr(result.findings, k)[:200]
                        for k in ("lost", "misplaced", "duplicated", "duplicated_bodies")})
