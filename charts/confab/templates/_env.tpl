@@ -11,8 +11,10 @@ null in the values is not set at all, so the service's documented default applie
 - name: CONFAB_MIGRATE
   value: {{ ternary "false" "true" .Values.migration.enabled | quote }}
 {{- include "confab.env.database" . }}
-{{- include "confab.secretEnv" (dict "root" . "name" "REDIS_URL" "setting" .Values.redis "value" .Values.redis.url "key" "redis-url") }}
-{{- include "confab.optionalEnv" (list (list "CONFAB_REDIS_PREFIX" .Values.redis.keyPrefix)) }}
+{{- $replica := .Values.database.readReplica }}
+{{- include "confab.secretEnv" (dict "root" . "name" "DATABASE_READ_URL" "setting" $replica "value" $replica.url "key" "database-read-url") }}
+{{- include "confab.optionalEnv" (list (list "CONFAB_READ_REPLICA_MAX_LAG_MS" $replica.maxLagMs)) }}
+{{- include "confab.env.redis" . }}
 {{- include "confab.env.nats" . }}
 {{- include "confab.env.apiSearch" . }}
 {{- include "confab.env.internalToken" . }}
@@ -50,9 +52,15 @@ null in the values is not set at all, so the service's documented default applie
 {{- $v := .Values.persister }}
 {{- include "confab.env.common" (dict "root" . "component" "persister" "values" $v) }}
 {{- include "confab.env.database" . }}
+{{- /* The api's reads of an application stay on the primary for this long after the
+persister changed it, so it must be the api's value. */}}
+{{- include "confab.optionalEnv" (list (list "CONFAB_READ_REPLICA_MAX_LAG_MS" .Values.database.readReplica.maxLagMs)) }}
 {{- /* The persister raises the api's Redis sequences past the numbers it committed. */}}
-{{- include "confab.secretEnv" (dict "root" . "name" "REDIS_URL" "setting" .Values.redis "value" .Values.redis.url "key" "redis-url") }}
-{{- include "confab.optionalEnv" (list (list "CONFAB_REDIS_PREFIX" .Values.redis.keyPrefix)) }}
+{{- include "confab.env.redis" . }}
+{{- if .Values.redis.cluster.enabled }}
+- name: CONFAB_REDIS_WAIT_REPLICAS
+  value: {{ include "confab.envValue" .Values.redis.cluster.waitReplicas | quote }}
+{{- end }}
 {{- include "confab.env.nats" . }}
 {{- include "confab.optionalEnv" (list
   (list "CONFAB_BATCH_SIZE" $v.config.batchSize)

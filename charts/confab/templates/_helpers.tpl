@@ -197,6 +197,18 @@ Secret when a value was given, else not set. (dict root name setting value key)
 {{- include "confab.optionalEnv" (list (list "CONFAB_DB_MAX_CONNECTIONS" $v.database.maxConnections)) }}
 {{- end }}
 
+{{/* REDIS_URL (one URL, or a Redis Cluster's nodes), the key prefix and the cluster switch: the
+api and the persister. */}}
+{{- define "confab.env.redis" -}}
+{{- $r := .Values.redis }}
+{{- include "confab.secretEnv" (dict "root" . "name" "REDIS_URL" "setting" $r "value" $r.url "key" "redis-url") }}
+{{- include "confab.optionalEnv" (list (list "CONFAB_REDIS_PREFIX" $r.keyPrefix)) }}
+{{- if $r.cluster.enabled }}
+- name: CONFAB_REDIS_CLUSTER
+  value: "true"
+{{- end }}
+{{- end }}
+
 {{- define "confab.env.nats" -}}
 {{- $v := .Values }}
 {{- include "confab.secretEnv" (dict "root" . "name" "NATS_URL" "setting" $v.nats "value" $v.nats.url "key" "nats-url") }}
