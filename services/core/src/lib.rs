@@ -18,6 +18,7 @@
 //! ```
 
 pub mod admin;
+pub mod client_token;
 pub mod event;
 pub mod keys;
 pub mod live;
