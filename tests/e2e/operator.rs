@@ -1,7 +1,8 @@
 //! The operator's reconcile against a mocked Kubernetes API server (tower-test, in the style of
 //! kube-rs's controller example; see `operator/mock.rs`) and the real api's admin API: a new
 //! resource gets its application, Secret, Ready and Synced conditions and a `Registered` event;
-//! quota updates and rotations reach the api and are told as events; deletion with each policy;
+//! quota and allowed-origin updates and rotations reach the api and are told as events (the
+//! allowed origin lets a page in, another is refused); deletion with each policy;
 //! an api outage is a `Synced=False` condition, a warning event and a retry, not a crash.
 //! `operator/lifecycle.rs` has the Secret template, the pause annotation, the Retain pitfall and
 //! the liveness of the watch.
@@ -22,7 +23,7 @@ use kube::runtime::controller::Action;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-use crate::quotas::admin_env;
+use crate::quotas::{admin_env, ADMIN_TOKEN};
 use mock::*;
 
 /// The token the Secret of a successful reconcile holds, and the status applied.
@@ -141,6 +142,32 @@ async fn quota_updates_and_token_rotation_reach_the_api_and_are_told_as_events()
         c.create_chat_status(&token).await == StatusCode::CREATED
     })
     .await;
+
+    // The tenant's web app goes live: its origin reaches the api, which lets its pages in.
+    let page = "https://chat.example.com";
+    app.spec.allowed_origins = vec![page.into()];
+    app.metadata.generation = Some(3);
+    (_, handle) = reconcile_with(&ctx, handle, &app, |mut h| async {
+        (_, status) = reconciled(&mut h, &app).await;
+        events = expect_events(&mut h, &app, &["AllowedOriginsChanged"]).await;
+        h
+    })
+    .await;
+    app = with_status(app, &status);
+    assert_eq!(events[0]["note"], format!("allowed {page}"));
+    assert_eq!(status["allowedOrigins"], json!([page]));
+    let admin = Client::with_bearer(&api.base, ADMIN_TOKEN);
+    let key = app.metadata.uid.clone().unwrap();
+    let (_, shown) = admin.get(&format!("/admin/v1/applications/{key}")).await;
+    assert_eq!(shown["allowed_origins"], json!([page]), "{shown}");
+    eventually(Duration::from_secs(5), "the page is let in", || async {
+        from_page(&api.base, &token, page).await == (StatusCode::OK, Some(page.to_owned()))
+    })
+    .await;
+    assert_eq!(
+        from_page(&api.base, &token, "https://elsewhere.example").await,
+        (StatusCode::FORBIDDEN, None)
+    );
 
     // A rotation request: a new token in the Secret, the old one still valid for its grace.
     app.spec.token_rotation = Some(TokenRotation {
@@ -276,6 +303,23 @@ async fn an_api_outage_is_a_not_synced_condition_a_warning_and_a_retry_with_back
     };
     assert!(within(&first, Duration::from_secs(1)), "{first:?}");
     assert!(within(&second, Duration::from_secs(2)), "{second:?}");
+}
+
+/// What a page at `origin` gets when it reads the application: the status, and the
+/// `Access-Control-Allow-Origin` that lets the browser show it the answer.
+async fn from_page(base: &str, token: &str, origin: &str) -> (StatusCode, Option<String>) {
+    let response = reqwest::Client::new()
+        .get(format!("{base}/api/v1/applications/{token}"))
+        .header("origin", origin)
+        .send()
+        .await
+        .unwrap();
+    let allowed = response
+        .headers()
+        .get("access-control-allow-origin")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    (response.status(), allowed)
 }
 
 /// The delay of a requeue `Action` (kube keeps the field private; its `Debug` shows it as

@@ -48,6 +48,10 @@ pub struct ApiConfig {
     /// `CONFAB_ADMIN_TOKEN`: the admin API's bearer credential. Unset or empty: the admin API
     /// answers 401 to everything.
     pub admin_token: Option<Secret<String>>,
+    /// `CONFAB_CORS_ALLOWED_ORIGINS`, default none: browser origins allowed for every
+    /// application (comma-separated, e.g. `http://localhost:5173`), beside each application's own
+    /// allowed origins. Meant for development.
+    pub cors_origins: Vec<String>,
     /// Quotas of applications that did not ask for their own: `CONFAB_DEFAULT_MAX_CHATS`
     /// (100000, 0 to 2^53 - 1), `CONFAB_DEFAULT_MESSAGES_PER_SECOND` (1000, 0 to 10000000),
     /// `CONFAB_DEFAULT_MESSAGE_BURST` (2000, 1 to 10000000), `CONFAB_DEFAULT_MAX_BODY_BYTES`
@@ -91,6 +95,30 @@ pub const ADMIN_PORT: u16 = 9090;
 /// The most `CONFAB_MAX_BODY_BYTES` and `CONFAB_DEFAULT_MAX_BODY_BYTES` may say: an event carries
 /// the whole body, and 8 MiB is the largest `max_payload` NATS advises.
 pub const BODY_BYTES_LIMIT: u32 = 8 * 1024 * 1024;
+
+/// `CONFAB_CORS_ALLOWED_ORIGINS`: a comma-separated list of origins, each checked.
+fn cors_origins(env: &Env) -> Result<Vec<String>, ConfigError> {
+    let raw = env
+        .get("CONFAB_CORS_ALLOWED_ORIGINS")
+        .map(String::as_str)
+        .unwrap_or_default();
+    let origins: Vec<String> = raw
+        .split(',')
+        .map(str::trim)
+        .filter(|origin| !origin.is_empty())
+        .map(str::to_owned)
+        .collect();
+    if let Some(bad) = origins
+        .iter()
+        .find(|origin| !confab_core::admin::valid_origin(origin))
+    {
+        return Err(ConfigError::Invalid {
+            name: "CONFAB_CORS_ALLOWED_ORIGINS",
+            reason: format!("{bad:?} is not an origin (scheme://host[:port], lowercase, no path)"),
+        });
+    }
+    Ok(origins)
+}
 
 impl ApiConfig {
     pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
@@ -179,6 +207,7 @@ impl ApiConfig {
                     .filter(|h| !h.is_empty()),
             },
             admin_token: secret(env, "CONFAB_ADMIN_TOKEN"),
+            cors_origins: cors_origins(env)?,
             quota_defaults: Quotas {
                 // The numbering script compares in Lua numbers, exact up to 2^53.
                 max_chats: parse_within(

@@ -18,9 +18,19 @@ pub struct ApplicationRow {
     pub message_burst: Option<u32>,
     pub max_body_bytes: Option<u32>,
     pub max_subscriptions: Option<u32>,
+    /// A JSON array of origins, or NULL.
+    pub allowed_origins: Option<String>,
 }
 
 impl ApplicationRow {
+    /// The browser origins allowed to call its routes.
+    pub fn allowed_origins(&self) -> Vec<String> {
+        self.allowed_origins
+            .as_deref()
+            .and_then(|json| serde_json::from_str(json).ok())
+            .unwrap_or_default()
+    }
+
     /// The quotas this application asked for (NULL columns follow the defaults).
     pub fn requested_quotas(&self) -> QuotaRequest {
         QuotaRequest {
@@ -50,7 +60,8 @@ pub struct MessageRow {
 }
 
 pub const APPLICATION_COLUMNS: &str = "id, name, token, chats_count, created_at, updated_at, \
-     max_chats, messages_per_second, message_burst, max_body_bytes, max_subscriptions";
+     max_chats, messages_per_second, message_burst, max_body_bytes, max_subscriptions, \
+     allowed_origins";
 
 /// Inserts an application; with `external_key`, a row already inserted under that key is
 /// returned as it is instead (a retried idempotent request).
@@ -99,6 +110,16 @@ pub async fn list_applications(
 
 /// The live application a token names: its current token, or the one it replaced while that is
 /// in its grace period.
+/// A live application by its id (client tokens name their application by id).
+pub async fn application_by_id(db: &MySqlPool, id: u64) -> sqlx::Result<Option<ApplicationRow>> {
+    sqlx::query_as(&format!(
+        "SELECT {APPLICATION_COLUMNS} FROM applications WHERE id = ? AND deleted_at IS NULL"
+    ))
+    .bind(id)
+    .fetch_optional(db)
+    .await
+}
+
 pub async fn application_by_token(
     db: &MySqlPool,
     token: &str,

@@ -27,6 +27,16 @@ pub const RATE_LIMIT: u32 = 10_000_000;
 pub const BODY_BYTES_LIMIT: u32 = 8 * 1024 * 1024;
 pub const SUBSCRIPTIONS_LIMIT: u32 = confab_core::quota::MAX_SUBSCRIPTIONS_LIMIT;
 pub const GRACE_SECONDS_LIMIT: u64 = 2_592_000;
+pub const ALLOWED_ORIGINS_LIMIT: usize = confab_core::admin::MAX_ALLOWED_ORIGINS;
+/// The longest origin: `http://` and a host of the api's longest, 253 characters (so no origin
+/// the API server accepts has a longer host; a longer origin is hardly a real one).
+pub const ORIGIN_LENGTH_LIMIT: usize = 260;
+/// A browser origin as the api's `confab_core::admin::valid_origin` accepts it: `http` or
+/// `https`, then a lowercase DNS name (labels of at most 63 characters, no hyphen at either end)
+/// or an IPv6 address in brackets, then an optional port 1 to 65535. Written for both Go's RE2
+/// (the API server) and ECMA-262 (JSON Schema validators). Stricter than the api only where an
+/// `Origin` header never goes: no leading zeros in the port, no uppercase hex in an IPv6 address.
+pub const ORIGIN_PATTERN: &str = r"^https?://([a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?(\.[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)*|\[[0-9a-f:]+\])(:([1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5]))?$";
 
 /// The spec of an Application: a tenant application of Confab with its quotas. The operator
 /// registers it with the api's admin API and keeps its token in a Secret.
@@ -70,6 +80,19 @@ pub struct ApplicationSpec {
     /// (its `CONFAB_DEFAULT_*` settings), and follows that default when it changes.
     #[serde(default)]
     pub quotas: QuotaSpec,
+    /// Browser origins allowed to call the application's routes (CORS), for example
+    /// `https://chat.example.com`: `http` or `https`, a lowercase host (or an IPv6 address in
+    /// brackets) and an optional port, nothing after (no path, no trailing slash). At most 32,
+    /// each listed once. Pages from other origins are refused, unless the api's
+    /// `CONFAB_CORS_ALLOWED_ORIGINS` allows them for every application.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(
+        length(max = ALLOWED_ORIGINS_LIMIT),
+        inner(length(max = ORIGIN_LENGTH_LIMIT), regex(pattern = ORIGIN_PATTERN))
+    )]
+    #[x_kube(validation = Rule::new("self.all(o, self.exists_one(p, p == o))")
+        .message("each origin may be listed only once"))]
+    pub allowed_origins: Vec<String>,
     /// Token rotation: set `requestId`, or change it, to replace the token once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token_rotation: Option<TokenRotation>,
@@ -197,6 +220,9 @@ pub struct ApplicationStatus {
     /// `messageBurst`, `maxBodyBytes`, `maxSubscriptions`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quotas: Option<BTreeMap<String, u64>>,
+    /// The browser origins in force, as the api stores them (sorted, each once).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allowed_origins: Option<Vec<String>>,
 }
 
 /// A status condition, the shape of `metav1.Condition`.
@@ -244,6 +270,7 @@ impl ApplicationSpec {
                 max_body_bytes: self.quotas.max_body_bytes,
                 max_subscriptions: self.quotas.max_subscriptions,
             },
+            allowed_origins: self.allowed_origins.clone(),
         }
     }
 }
@@ -268,6 +295,7 @@ pub(crate) fn sample() -> Application {
         ApplicationSpec {
             display_name: "Shop".into(),
             quotas: Default::default(),
+            allowed_origins: Vec::new(),
             token_rotation: None,
             deletion_policy: Default::default(),
             secret_template: None,

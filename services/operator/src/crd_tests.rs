@@ -108,7 +108,7 @@ fn every_cel_rule_compiles() {
     let mut errors = Vec::new();
     let rules = count(&compile_schema(&schema()), &mut errors);
     assert!(errors.is_empty(), "{errors:#?}");
-    assert_eq!(rules, 4, "the four rules of crd.rs");
+    assert_eq!(rules, 5, "the five rules of crd.rs");
 }
 
 /// Everything the API server would say about `object` (given the `old` one on an update).
@@ -144,6 +144,7 @@ fn full_spec() -> Value {
             "maxBodyBytes": BODY_BYTES_LIMIT,
             "maxSubscriptions": SUBSCRIPTIONS_LIMIT,
         },
+        "allowedOrigins": ["https://chat.example.com", "http://localhost:5173", "http://[::1]:8080"],
         "tokenRotation": {"requestId": "2026-11-26", "graceSeconds": GRACE_SECONDS_LIMIT},
         "deletionPolicy": "Delete",
         "secretTemplate": {
@@ -170,6 +171,22 @@ fn good_objects_are_accepted() {
         with(full_spec(), "/quotas/messagesPerSecond", json!(0)),
         with(full_spec(), "/quotas/maxSubscriptions", json!(0)),
         with(full_spec(), "/tokenRotation/graceSeconds", json!(0)),
+        with(full_spec(), "/allowedOrigins", json!([])),
+        with(
+            full_spec(),
+            "/allowedOrigins",
+            json!(many_origins(ALLOWED_ORIGINS_LIMIT)),
+        ),
+        with(
+            full_spec(),
+            "/allowedOrigins",
+            json!([
+                "https://a.b-c.example:65535",
+                "http://127.0.0.1:1",
+                "https://xn--bcher-kva.example",
+                "http://[2001:db8::1]",
+            ]),
+        ),
     ] {
         let refused = refusals(&object("shop", spec.clone()), None);
         assert!(refused.is_empty(), "{spec}: {refused:#?}");
@@ -283,12 +300,36 @@ fn bad_objects_are_refused_with_a_reason() {
             ),
             "set by the operator",
         ),
+        (
+            with(
+                full_spec(),
+                "/allowedOrigins",
+                json!(many_origins(ALLOWED_ORIGINS_LIMIT + 1)),
+            ),
+            "/spec/allowedOrigins",
+        ),
+        (
+            with(
+                full_spec(),
+                "/allowedOrigins",
+                json!(["https://chat.example.com", "https://chat.example.com"]),
+            ),
+            "listed only once",
+        ),
     ];
     for (spec, expected) in cases {
         let refused = refusals(&object("shop", spec.clone()), None);
         assert!(
             refused.iter().any(|r| r.contains(expected)),
             "{spec} should be refused about {expected}: {refused:#?}"
+        );
+    }
+    for origin in NOT_ORIGINS {
+        let spec = with(full_spec(), "/allowedOrigins", json!([origin]));
+        let refused = refusals(&object("shop", spec), None);
+        assert!(
+            refused.iter().any(|r| r.contains("/spec/allowedOrigins/0")),
+            "{origin:?} should be refused: {refused:#?}"
         );
     }
     let refused = refusals(&object(&"a".repeat(64), full_spec()), None);
@@ -338,6 +379,11 @@ fn changes_that_cannot_be_honoured_are_refused_on_update() {
         with(full_spec(), "/deletionPolicy", json!("Retain")),
         with(
             full_spec(),
+            "/allowedOrigins",
+            json!(["https://shop.example"]),
+        ),
+        with(
+            full_spec(),
             "/secretTemplate/labels",
             json!({"backup": "weekly"}),
         ),
@@ -370,9 +416,157 @@ fn the_admin_api_is_asked_for_exactly_the_quotas_of_the_spec() {
             max_subscriptions: Some(SUBSCRIPTIONS_LIMIT),
         }
     );
+    assert_eq!(
+        asked.allowed_origins,
+        [
+            "https://chat.example.com",
+            "http://localhost:5173",
+            "http://[::1]:8080"
+        ]
+    );
     let plain: ApplicationSpec = serde_json::from_value(json!({"displayName": "Shop"})).unwrap();
     assert_eq!(
         plain.admin_spec().quotas,
         confab_core::quota::QuotaRequest::default()
     );
+    assert!(plain.admin_spec().allowed_origins.is_empty());
+    // An unset list stays out of the resource the operator writes back.
+    assert!(serde_json::to_value(&plain)
+        .unwrap()
+        .get("allowedOrigins")
+        .is_none());
+}
+
+/// `n` distinct origins.
+fn many_origins(n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("https://app{i}.example")).collect()
+}
+
+/// What `spec.allowedOrigins` refuses: not an origin as a browser sends it, or not one the api
+/// accepts.
+const NOT_ORIGINS: &[&str] = &[
+    "",
+    "chat.example.com",
+    "//chat.example.com",
+    "ftp://chat.example.com",
+    "HTTPS://chat.example.com",
+    "https://Chat.example.com",
+    "https://chat.example.com/",
+    "https://chat.example.com/app",
+    "https://chat.example.com?x=1",
+    "https://chat.example.com#x",
+    "https://user@chat.example.com",
+    "https://*.example.com",
+    "https://chat_app.example.com",
+    "https://-chat.example.com",
+    "https://chat-.example.com",
+    "https://chat..example.com",
+    "https://.example.com",
+    "https://example.com.",
+    "https://chat.example.com:",
+    "https://chat.example.com:0",
+    "https://chat.example.com:65536",
+    "https://chat.example.com:123456",
+    "https://chat.example.com:080",
+    "https://chat.example.com:http",
+    "https://[::1",
+    "https://[]",
+    "https://[::1]/",
+    "https://[::G]",
+    " https://chat.example.com",
+    "https://chat.example.com ",
+    "https://chat.example.com\n",
+    "null",
+];
+
+/// The schema's item rule (pattern and length) never lets through an origin the api refuses
+/// (`confab_core::admin::valid_origin`), so a resource the API server accepts is never
+/// `Rejected` for its origins; and the two agree on everything a browser may send.
+#[test]
+fn the_origin_rule_of_the_schema_is_the_apis() {
+    let items = schema()["properties"]["spec"]["properties"]["allowedOrigins"]["items"].clone();
+    let rule = jsonschema::validator_for(&items).unwrap();
+    let accepted = |origin: &str| rule.is_valid(&json!(origin));
+
+    let label63 = "a".repeat(63);
+    let host253 = format!("{label63}.{label63}.{label63}.{}", "a".repeat(61));
+    let hosts: Vec<String> = [
+        "chat.example.com",
+        "localhost",
+        "127.0.0.1",
+        "a",
+        "a-b.c-d",
+        "xn--bcher-kva.example",
+        "[::1]",
+        "[2001:db8::ff]",
+        "[]",
+        "[::1",
+        "a_b",
+        "-a",
+        "a-",
+        "a..b",
+        ".a",
+        "a.",
+        "A.b",
+        "",
+    ]
+    .into_iter()
+    .map(str::to_owned)
+    .chain([
+        label63.clone(),
+        format!("{label63}a"),
+        host253.clone(),
+        format!("{host253}a"),
+        format!("{host253}.a"),
+    ])
+    .collect();
+    let mut corpus: Vec<String> = NOT_ORIGINS.iter().map(|o| (*o).to_owned()).collect();
+    for scheme in ["http://", "https://", "ws://", "HTTP://", ""] {
+        for host in &hosts {
+            for port in [
+                "", ":1", ":80", ":443", ":8080", ":65535", ":65536", ":0", ":99999", ":", ":x",
+                ":1:2",
+            ] {
+                for tail in ["", "/", "/x", "?q", " "] {
+                    corpus.push(format!("{scheme}{host}{port}{tail}"));
+                }
+            }
+        }
+    }
+    let mut agreed = 0;
+    for origin in &corpus {
+        let api = confab_core::admin::valid_origin(origin);
+        assert!(
+            !accepted(origin) || api,
+            "the CRD accepts {origin:?}, which the api refuses"
+        );
+        agreed += usize::from(accepted(origin) == api);
+    }
+    assert!(
+        agreed > corpus.len() * 9 / 10,
+        "{agreed} of {}",
+        corpus.len()
+    );
+    for origin in [
+        "https://chat.example.com",
+        "http://localhost:5173",
+        "http://127.0.0.1:8080",
+        "https://a:65535",
+        "http://[::1]:3000",
+        "http://[2001:db8::ff]",
+    ] {
+        assert!(
+            accepted(origin) && confab_core::admin::valid_origin(origin),
+            "{origin}"
+        );
+    }
+    // The longest host the api accepts fits with `http://`; a longer origin is refused even
+    // where the api would take it (hosts this long are not real).
+    assert!(accepted(&format!("http://{host253}")));
+    assert!(!accepted(&format!("https://{host253}")));
+    // Where the api is laxer than what a browser sends (a port with leading zeros, uppercase
+    // hex in an IPv6 address), the CRD refuses.
+    for origin in ["https://a:080", "http://[::ABCD]"] {
+        assert!(!accepted(origin), "{origin}");
+    }
 }

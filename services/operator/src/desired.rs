@@ -129,7 +129,8 @@ pub fn status(app: &Application, outcome: &Outcome<'_>, now: DateTime<Utc>) -> A
                 reason::SYNCED,
                 "True",
                 reason::RECONCILE_SUCCESS,
-                "the application, its Secret and its quotas match the spec".to_owned(),
+                "the application, its Secret, its quotas and its allowed origins match the spec"
+                    .to_owned(),
             ),
         ),
         Outcome::Failed { reason, message } => (
@@ -167,6 +168,9 @@ pub fn status(app: &Application, outcome: &Outcome<'_>, now: DateTime<Utc>) -> A
             .and_then(|r| r.rotation_id.clone())
             .or(previous.last_rotation),
         quotas: registered.map(quotas_in_force).or(previous.quotas),
+        allowed_origins: registered
+            .map(|r| r.allowed_origins.clone())
+            .or(previous.allowed_origins),
     }
 }
 
@@ -241,6 +245,7 @@ mod tests {
             token: "t0k3n".into(),
             requested_quotas: QuotaRequest::default(),
             quotas: Quotas::default(),
+            allowed_origins: vec!["https://chat.example.com".into()],
             chats_count: 7,
             rotation_id: None,
             previous_token_expires_at: None,
@@ -340,6 +345,11 @@ mod tests {
             ])),
             "every quota in force, the defaults filled in"
         );
+        assert_eq!(
+            first.allowed_origins,
+            Some(vec!["https://chat.example.com".to_owned()]),
+            "the origins the api stored"
+        );
         assert!(first
             .conditions
             .iter()
@@ -374,6 +384,7 @@ mod tests {
         );
         assert_eq!(failed.chats_count, Some(7), "what was known is kept");
         assert_eq!(failed.secret_name.as_deref(), Some("shop-confab-token"));
+        assert_eq!(failed.allowed_origins, first.allowed_origins);
 
         // A resource that was never registered is not Ready.
         let never = status(&app(), &down, Utc::now());
@@ -406,6 +417,8 @@ mod tests {
         let paused = status(&a, &Outcome::Paused, Utc::now());
         assert_eq!(paused.conditions[0].status, "True");
         assert_eq!(paused.observed_generation, Some(3));
-        assert_eq!(paused.quotas, a.status.unwrap().quotas);
+        let before = a.status.unwrap();
+        assert_eq!(paused.quotas, before.quotas);
+        assert_eq!(paused.allowed_origins, before.allowed_origins);
     }
 }

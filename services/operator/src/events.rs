@@ -1,6 +1,6 @@
 //! Kubernetes Events about each `Application`, so `kubectl describe capp` tells its story:
-//! `Registered`, `QuotasChanged`, `TokenRotated`, `Deleted`/`Retained`, `ApiUnavailable`,
-//! `Rejected`, `ReconciliationPaused`.
+//! `Registered`, `QuotasChanged`, `AllowedOriginsChanged`, `TokenRotated`, `Deleted`/`Retained`,
+//! `ApiUnavailable`, `Rejected`, `ReconciliationPaused`.
 //!
 //! Which events a reconcile produces is a pure function of the status before and after it
 //! ([`after_reconcile`]); the controller publishes them through one [`Recorder`] kept in its
@@ -16,6 +16,7 @@ use crate::desired::{self, reason};
 
 /// `events.k8s.io` reasons beside the condition reasons.
 pub const QUOTAS_CHANGED: &str = "QuotasChanged";
+pub const ALLOWED_ORIGINS_CHANGED: &str = "AllowedOriginsChanged";
 pub const TOKEN_ROTATED: &str = "TokenRotated";
 pub const DELETED: &str = "Deleted";
 pub const RETAINED: &str = "Retained";
@@ -87,6 +88,33 @@ pub fn after_reconcile(
             .collect();
         if !changes.is_empty() {
             out.push(Notice::normal(QUOTAS_CHANGED, changes.join(", ")));
+        }
+    }
+    if let (Some(before), Some(after)) = (
+        previous.and_then(|s| s.allowed_origins.as_ref()),
+        &next.allowed_origins,
+    ) {
+        let listed = |what: &str, origins: Vec<&String>| {
+            (!origins.is_empty()).then(|| {
+                let origins: Vec<&str> = origins.iter().map(|o| o.as_str()).collect();
+                format!("{what} {}", origins.join(", "))
+            })
+        };
+        let changes: Vec<String> = [
+            listed(
+                "allowed",
+                after.iter().filter(|o| !before.contains(o)).collect(),
+            ),
+            listed(
+                "no longer allowed",
+                before.iter().filter(|o| !after.contains(o)).collect(),
+            ),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        if !changes.is_empty() {
+            out.push(Notice::normal(ALLOWED_ORIGINS_CHANGED, changes.join("; ")));
         }
     }
     if let Some(rotation) = rotated {
@@ -161,6 +189,7 @@ mod tests {
                 max_chats,
                 ..Quotas::default()
             },
+            allowed_origins: Vec::new(),
             chats_count: 0,
             rotation_id: None,
             previous_token_expires_at: None,
@@ -186,6 +215,25 @@ mod tests {
         let notices = after_reconcile(&a, &raised, None);
         assert_eq!(reasons(&notices), ["QuotasChanged"]);
         assert_eq!(notices[0].note, "maxChats 10 -> 20");
+
+        let origins = |list: &[&str]| AdminApplication {
+            allowed_origins: list.iter().map(|o| (*o).to_owned()).collect(),
+            ..registered(10)
+        };
+        let opened = status(&a, &Outcome::Synced(&origins(&["https://a.example"])));
+        let notices = after_reconcile(&a, &opened, None);
+        assert_eq!(reasons(&notices), ["AllowedOriginsChanged"]);
+        assert_eq!(notices[0].note, "allowed https://a.example");
+        let mut b = a.clone();
+        b.status = Some(opened);
+        let moved = status(
+            &b,
+            &Outcome::Synced(&origins(&["https://b.example", "https://c.example"])),
+        );
+        assert_eq!(
+            after_reconcile(&b, &moved, None)[0].note,
+            "allowed https://b.example, https://c.example; no longer allowed https://a.example"
+        );
 
         let rotation = RotateRequest {
             request_id: Some("r1".into()),

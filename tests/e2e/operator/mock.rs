@@ -38,6 +38,7 @@ pub fn spec(quotas: QuotaSpec) -> ApplicationSpec {
     ApplicationSpec {
         display_name: "Shop".into(),
         quotas,
+        allowed_origins: Vec::new(),
         token_rotation: None,
         deletion_policy: DeletionPolicy::Retain,
         secret_template: None,

@@ -3,7 +3,9 @@
 use axum::extract::{FromRequest, Path, Request, State};
 use axum::http::StatusCode;
 use axum::Json;
-use confab_core::admin::{valid_key, AdminApplication, ApplicationSpec, RotateRequest};
+use confab_core::admin::{
+    valid_key, valid_origin, AdminApplication, ApplicationSpec, RotateRequest, MAX_ALLOWED_ORIGINS,
+};
 use serde::de::DeserializeOwned;
 
 use super::store::{self, AdminRow};
@@ -48,6 +50,23 @@ impl<T: DeserializeOwned> FromRequest<AppState> for AdminJson<T> {
     }
 }
 
+/// Allowed origins as stored: valid, at most [`MAX_ALLOWED_ORIGINS`], sorted, no repeats.
+fn checked_origins(mut origins: Vec<String>) -> Result<Vec<String>> {
+    if origins.len() > MAX_ALLOWED_ORIGINS {
+        return Err(ApiError::Unprocessable(format!(
+            "allowed_origins: at most {MAX_ALLOWED_ORIGINS} origins"
+        )));
+    }
+    if let Some(bad) = origins.iter().find(|origin| !valid_origin(origin)) {
+        return Err(ApiError::Unprocessable(format!(
+            "allowed_origins: {bad:?} is not an origin (scheme://host[:port], lowercase, no path)"
+        )));
+    }
+    origins.sort();
+    origins.dedup();
+    Ok(origins)
+}
+
 fn key(raw: &str) -> Result<&str> {
     if valid_key(raw) {
         Ok(raw)
@@ -65,6 +84,7 @@ impl AppState {
             key: row.external_key.unwrap_or_default(),
             quotas: requested.resolve(&self.quota_defaults, self.hard_max_body_bytes),
             requested_quotas: requested,
+            allowed_origins: row.app.allowed_origins(),
             name: row.app.name,
             token: row.app.token,
             chats_count: row.app.chats_count,
@@ -110,8 +130,10 @@ pub async fn put(
     spec.quotas
         .validate(state.hard_max_body_bytes)
         .map_err(|error| ApiError::Unprocessable(error.to_string()))?;
+    spec.allowed_origins = checked_origins(spec.allowed_origins)?;
     let (row, created) = store::upsert(&state.db, key, &spec).await?;
     state.tokens.invalidate(&row.app.token);
+    state.forget_application(row.app.id);
     if created {
         state.settle_new_application(row.app.id).await;
     }
@@ -161,6 +183,9 @@ pub async fn rotate(
         // Other replicas drop it from their caches within CONFAB_TOKEN_CACHE_TTL_MS.
         state.tokens.invalidate(&old);
     }
+    // Client tokens are signed with a key derived from the token: every rotation retires them
+    // (here at once; in other replicas within CONFAB_TOKEN_CACHE_TTL_MS).
+    state.forget_application(rotated.row.app.id);
     let row = rotated.row;
     tracing::info!("token rotated");
     Ok(Json(state.admin_view(row)))
@@ -178,6 +203,7 @@ pub async fn delete(State(state): State<AppState>, Path(raw): Path<String>) -> R
         .await?
         .ok_or(ApiError::NotFound("application"))?;
     state.tokens.invalidate(&deleted.app.token);
+    state.forget_application(deleted.app.id);
     tracing::info!("application deleted");
     Ok(StatusCode::NO_CONTENT)
 }

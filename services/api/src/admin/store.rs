@@ -64,12 +64,14 @@ async fn upsert_once(
     let mut tx = db.begin().await?;
     let now = Utc::now();
     let q = &spec.quotas;
+    let origins = (!spec.allowed_origins.is_empty())
+        .then(|| serde_json::to_string(&spec.allowed_origins).expect("strings serialize"));
     let created = match lock(&mut tx, key).await? {
         Some(row) => {
             sqlx::query(
                 "UPDATE applications SET name = ?, max_chats = ?, messages_per_second = ?, \
-                 message_burst = ?, max_body_bytes = ?, max_subscriptions = ?, updated_at = ? \
-                 WHERE id = ?",
+                 message_burst = ?, max_body_bytes = ?, max_subscriptions = ?, \
+                 allowed_origins = ?, updated_at = ? WHERE id = ?",
             )
             .bind(&spec.name)
             .bind(q.max_chats)
@@ -77,6 +79,7 @@ async fn upsert_once(
             .bind(q.message_burst)
             .bind(q.max_body_bytes)
             .bind(q.max_subscriptions)
+            .bind(&origins)
             .bind(now)
             .bind(row.app.id)
             .execute(&mut *tx)
@@ -87,7 +90,8 @@ async fn upsert_once(
             sqlx::query(
                 "INSERT INTO applications (name, token, chats_count, external_key, max_chats, \
                  messages_per_second, message_burst, max_body_bytes, max_subscriptions, \
-                 created_at, updated_at) VALUES (?, ?, 0, ?, ?, ?, ?, ?, ?, ?, ?)",
+                 allowed_origins, created_at, updated_at) \
+                 VALUES (?, ?, 0, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             )
             .bind(&spec.name)
             .bind(Token::generate().expose())
@@ -97,6 +101,7 @@ async fn upsert_once(
             .bind(q.message_burst)
             .bind(q.max_body_bytes)
             .bind(q.max_subscriptions)
+            .bind(&origins)
             .bind(now)
             .bind(now)
             .execute(&mut *tx)
