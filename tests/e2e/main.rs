@@ -4,6 +4,8 @@
 
 mod admin;
 mod bad_input;
+mod browser;
+mod clients;
 mod conformance;
 mod consumers;
 mod contract;
@@ -23,3 +25,4 @@ mod quotas;
 mod read_replica;
 mod search;
 mod stream_scale;
+mod websocket;

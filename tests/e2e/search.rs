@@ -108,11 +108,16 @@ async fn search_finds_partial_matches_within_one_chat_through_the_api() {
         "{link}"
     );
 
-    // Nothing to look for finds nothing: no query at all, or one without a word of two.
-    for path in [
-        format!("/api/v1/applications/{token}/chats/1/messages/search"),
-        s("%21%20%3F"),
-    ] {
+    // No query at all is a 400, as a one-letter query is.
+    let (status, error) = c
+        .get(&format!(
+            "/api/v1/applications/{token}/chats/1/messages/search"
+        ))
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{error}");
+    assert_eq!(error["error"]["code"], "invalid_query");
+    // A query without a word of two letters finds nothing.
+    for path in [s("%21%20%3F")] {
         let (status, hits) = c.get(&path).await;
         assert_eq!(
             (status, hits),

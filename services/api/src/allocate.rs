@@ -44,34 +44,61 @@ pub struct Sequence<'a, P> {
 enum Recorded {
     /// No key: nothing to record.
     NotAsked,
-    /// No record yet: create one.
-    Absent,
-    /// A record at this revision whose event collided: replace it.
-    Stale(u64),
+    /// This request holds the key's record at this revision (its claim, or its own event's
+    /// record after a collision): it replaces it with the event it publishes.
+    Held(u64),
+}
+
+/// What a creation turned out to be.
+pub struct Published {
+    pub number: u64,
+    pub envelope: Envelope,
+    /// The rate limiter's state after taking the number (none when no number was taken).
+    pub rate: Option<RateLimitState>,
+    /// Answered from an earlier request with the same `Idempotency-Key`.
+    pub replayed: bool,
+}
+
+impl Published {
+    fn replayed((number, envelope): (u64, Envelope)) -> Self {
+        Self {
+            number,
+            envelope,
+            rate: None,
+            replayed: true,
+        }
+    }
 }
 
 impl AppState {
     /// Publishes `event(number)` under a fresh number (or the number an earlier request with the
-    /// same idempotency key recorded); returns its number, the stored envelope, and the rate
-    /// limiter's state after taking the number (none for a replayed answer, which took none).
+    /// same idempotency key recorded).
+    ///
+    /// With a key, the request first claims it (a pending record, written only if the key has
+    /// none, atomically): a concurrent request with the same key finds the claim, takes no
+    /// number, and waits for the first request's answer (`409 idempotency_key_in_use` if that
+    /// takes longer than the publish deadline), so no number goes to a request that creates
+    /// nothing. A claim older than the creation horizon belongs to a request that is over, and
+    /// is taken over.
     pub async fn publish_numbered<P, F>(
         &self,
         sequence: Sequence<'_, P>,
         event: impl Fn(u64) -> Event,
-    ) -> Result<(u64, Envelope, Option<RateLimitState>)>
+    ) -> Result<Published>
     where
         P: Fn() -> F,
         F: Future<Output = Result<Option<u64>>>,
     {
         let mut recorded = Recorded::NotAsked;
+        let mut raise = false;
         if let Some(key) = &sequence.idempotency {
-            recorded = match Box::pin(self.replay(key, sequence.trace)).await? {
-                Replay::Answered((number, envelope)) => return Ok((number, envelope, None)),
-                Replay::Absent => Recorded::Absent,
-                Replay::Collided(revision) => Recorded::Stale(revision),
+            let (held, collided) = match Box::pin(self.claim(key, sequence.trace)).await? {
+                Claimed::Answered(answer) => return Ok(Published::replayed(answer)),
+                Claimed::Held(revision, collided) => (revision, collided),
             };
+            recorded = Recorded::Held(held);
+            raise = collided;
         }
-        let mut raise = matches!(recorded, Recorded::Stale(_));
         // The highest number seen taken: the sequence is raised at least past it.
         let mut taken = 0;
         for _ in 0..MAX_NUMBER_ATTEMPTS {
@@ -102,28 +129,31 @@ impl AppState {
                 )
                 .await?;
             let envelope = Envelope::made_at(event(number), made);
-            if let Some(key) = &sequence.idempotency {
+            if let (Some(key), Recorded::Held(held)) = (&sequence.idempotency, &recorded) {
                 let record = Record::for_envelope(key, &envelope);
-                let revision = match recorded {
-                    Recorded::Stale(revision) => {
-                        Box::pin(self.idempotency.replace(key, &record, revision)).await?
-                    }
-                    _ => Box::pin(self.idempotency.create(key, &record)).await?,
-                };
-                let Some(revision) = revision else {
-                    // A concurrent request with the same key recorded first: answer as it does.
+                let Some(revision) =
+                    Box::pin(self.idempotency.replace(key, &record, *held)).await?
+                else {
+                    // Our claim was taken over (this request outlived the horizon): answer as
+                    // the request that took it does.
                     return match Box::pin(self.replay(key, sequence.trace)).await? {
-                        Replay::Answered((number, envelope)) => Ok((number, envelope, None)),
+                        Replay::Answered(answer) => Ok(Published::replayed(answer)),
+                        Replay::Pending { .. } => Err(ApiError::IdempotencyKeyInUse),
                         Replay::Absent | Replay::Collided(_) => Err(ApiError::Unavailable(
                             "idempotency record changed concurrently".to_owned(),
                         )),
                     };
                 };
-                recorded = Recorded::Stale(revision);
+                recorded = Recorded::Held(revision);
             }
             match self.publisher.publish(&envelope, sequence.trace).await? {
                 PublishOutcome::Stored | PublishOutcome::RetriedOwn => {
-                    return Ok((number, envelope, rate))
+                    return Ok(Published {
+                        number,
+                        envelope,
+                        rate,
+                        replayed: false,
+                    })
                 }
                 PublishOutcome::Collision => {
                     tracing::warn!(
@@ -142,11 +172,76 @@ impl AppState {
         )))
     }
 
+    /// Claims `key` for this request: an earlier request's answer, or the record's revision
+    /// this request now holds (and whether the recorded event's number collided, so the
+    /// sequence must be raised past it).
+    async fn claim(&self, key: &IdempotencyKey, trace: &TraceContext) -> Result<Claimed> {
+        for _ in 0..3 {
+            let (expected, collided) = match Box::pin(self.replay(key, trace)).await? {
+                Replay::Answered(answer) => return Ok(Claimed::Answered(answer)),
+                Replay::Absent => (0, false),
+                Replay::Collided(revision) => (revision, true),
+                Replay::Pending { revision, since } => {
+                    let horizon = self.publisher.jetstream().config.creation_horizon();
+                    let age = (chrono::Utc::now() - since).to_std().unwrap_or_default();
+                    if age <= horizon {
+                        // The first request is still running: wait for its answer.
+                        match Box::pin(self.await_answer(key, trace, since)).await? {
+                            Some(answer) => return Ok(Claimed::Answered(answer)),
+                            None => continue,
+                        }
+                    }
+                    (revision, false)
+                }
+            };
+            let claim = Record::pending(key);
+            let written = if expected == 0 {
+                Box::pin(self.idempotency.create(key, &claim)).await?
+            } else {
+                Box::pin(self.idempotency.replace(key, &claim, expected)).await?
+            };
+            if let Some(revision) = written {
+                return Ok(Claimed::Held(revision, collided));
+            }
+            // Another request with this key wrote first: look again.
+        }
+        Err(ApiError::IdempotencyKeyInUse)
+    }
+
+    /// Waits while the request that claimed `key` at `since` runs: its answer once it recorded
+    /// one, `None` when the record changed otherwise (look again), or `409
+    /// idempotency_key_in_use` after the publish deadline (the claim is then taken over once it
+    /// is older than the creation horizon).
+    async fn await_answer(
+        &self,
+        key: &IdempotencyKey,
+        trace: &TraceContext,
+        since: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Option<(u64, Envelope)>> {
+        let deadline =
+            tokio::time::Instant::now() + self.publisher.jetstream().config.publish_deadline;
+        loop {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            match Box::pin(self.replay(key, trace)).await? {
+                Replay::Answered(answer) => return Ok(Some(answer)),
+                Replay::Pending { since: still, .. } if still == since => {
+                    if tokio::time::Instant::now() >= deadline {
+                        return Err(ApiError::IdempotencyKeyInUse);
+                    }
+                }
+                _ => return Ok(None),
+            }
+        }
+    }
+
     /// Answers from an earlier request's record, if there is one.
     async fn replay(&self, key: &IdempotencyKey, trace: &TraceContext) -> Result<Replay> {
         let Some((record, revision)) = self.idempotency.lookup(key).await? else {
             return Ok(Replay::Absent);
         };
+        if let Some(since) = record.pending_since {
+            return Ok(Replay::Pending { revision, since });
+        }
         let envelope = record.envelope.ok_or(ApiError::IdempotencyMismatch)?;
         let number = envelope
             .event
@@ -205,4 +300,15 @@ enum Replay {
     Answered((u64, Envelope)),
     Absent,
     Collided(u64),
+    /// Claimed by a request that has not recorded its event yet.
+    Pending {
+        revision: u64,
+        since: chrono::DateTime<chrono::Utc>,
+    },
+}
+
+enum Claimed {
+    Answered((u64, Envelope)),
+    /// The record's revision this request holds; whether the earlier record's number collided.
+    Held(u64, bool),
 }

@@ -47,6 +47,22 @@ pub enum ApiError {
     /// Turned off on this deployment; the text says what to use instead.
     #[error("{0}")]
     Forbidden(&'static str),
+    /// A client token that is not valid (forged, altered, or signed before a rotation).
+    #[error("the client token is not valid")]
+    InvalidToken,
+    #[error("the client token has expired; mint a new one")]
+    TokenExpired,
+    /// A client token used beyond its chats or rights; the text says what it lacks.
+    #[error("{0}")]
+    NotAllowed(String),
+    /// A browser request from an origin the application does not allow (CORS).
+    #[error(
+        "requests from this origin are not allowed; add it to the application's allowed origins"
+    )]
+    OriginNotAllowed,
+    /// Another request with this Idempotency-Key is still in progress.
+    #[error("a request with this Idempotency-Key is in progress; retry in a moment")]
+    IdempotencyKeyInUse,
     #[error("no route for this path")]
     NoRoute,
     #[error("method not allowed for this path")]
@@ -148,7 +164,11 @@ impl ApiError {
             }
             Self::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
             Self::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
-            Self::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+            Self::Forbidden(_) | Self::NotAllowed(_) => (StatusCode::FORBIDDEN, "forbidden"),
+            Self::InvalidToken => (StatusCode::UNAUTHORIZED, "invalid_token"),
+            Self::TokenExpired => (StatusCode::UNAUTHORIZED, "token_expired"),
+            Self::OriginNotAllowed => (StatusCode::FORBIDDEN, "origin_not_allowed"),
+            Self::IdempotencyKeyInUse => (StatusCode::CONFLICT, "idempotency_key_in_use"),
             Self::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             Self::Timeout => (StatusCode::SERVICE_UNAVAILABLE, "timeout"),
             Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
@@ -185,6 +205,7 @@ impl IntoResponse for ApiError {
                 retry_after_secs, ..
             }
             | Self::Recovering { retry_after_secs } => Some(*retry_after_secs),
+            Self::IdempotencyKeyInUse => Some(1),
             _ if status == StatusCode::SERVICE_UNAVAILABLE => Some(1),
             _ => None,
         };

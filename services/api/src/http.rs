@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::{MatchedPath, Request, State};
+use axum::http::{HeaderName, HeaderValue};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Router;
@@ -30,16 +31,99 @@ use crate::metrics::Metrics;
 /// One middleware rather than a layer for each: axum boxes a route once per layer and clones and
 /// polls every box for every request (four layers were seven boxed clones per request).
 pub fn layers(router: Router, request_timeout: Duration, metrics: Metrics) -> Router {
-    router.layer(axum::middleware::from_fn_with_state(
-        // Shared: axum clones a route's layers and their state for every request, and the
-        // metrics are a few dozen reference-counted handles.
-        Arc::new(Observed {
-            metrics,
-            request_timeout,
-        }),
-        observe,
-    ))
+    use tower_http::compression::predicate::{NotForContentType, Predicate, SizeAbove};
+    use tower_http::compression::CompressionLayer;
+    // gzip for answers over 1 KiB when the client accepts it (lists, search); never for event
+    // streams, whose events must leave as they are written. Small answers, as a created message
+    // is, go out as they are.
+    let compression = CompressionLayer::new()
+        .compress_when(SizeAbove::new(COMPRESS_ABOVE).and(NotForContentType::SSE));
+    router
+        .layer(axum::middleware::from_fn_with_state(
+            // Shared: axum clones a route's layers and their state for every request, and the
+            // metrics are a few dozen reference-counted handles.
+            Arc::new(Observed {
+                metrics,
+                request_timeout,
+            }),
+            observe,
+        ))
+        .layer(compression)
 }
+
+/// `ETag` on `GET` answers of JSON (one item, a list), and `304 Not Modified` when the client's
+/// `If-None-Match` names it: a weak tag over the body (and the `Link` header, which a list's
+/// page depends on), so a client polling an unchanged list gets no body. Event streams and
+/// WebSocket upgrades pass untouched.
+pub async fn etag(req: Request, next: Next) -> Response {
+    use axum::http::header::{CONTENT_TYPE, ETAG, IF_NONE_MATCH, LINK};
+    use axum::http::{Method, StatusCode};
+    use sha2::{Digest, Sha256};
+    if req.method() != Method::GET {
+        return next.run(req).await;
+    }
+    let if_none_match = req.headers().get(IF_NONE_MATCH).cloned();
+    let response = next.run(req).await;
+    let json = response
+        .headers()
+        .get(CONTENT_TYPE)
+        .is_some_and(|value| value.as_bytes().starts_with(b"application/json"));
+    if response.status() != StatusCode::OK || !json {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, usize::MAX).await else {
+        return ApiError::Internal(Internal::Other("reading an answer's body".into()))
+            .into_response();
+    };
+    let mut hash = Sha256::new().chain_update(&bytes);
+    if let Some(link) = parts.headers.get(LINK) {
+        hash.update(link.as_bytes());
+    }
+    let digest = hash.finalize();
+    let tag = format!("W/\"{}\"", hex::encode(&digest[..12]));
+    let tag = HeaderValue::from_str(&tag).expect("hex is a valid header value");
+    let matches = if_none_match.is_some_and(|value| {
+        value.to_str().is_ok_and(|list| {
+            list.split(',')
+                .map(str::trim)
+                .any(|candidate| candidate == "*" || weak_eq(candidate, tag.to_str().unwrap_or("")))
+        })
+    });
+    parts.headers.insert(ETAG, tag);
+    if matches {
+        parts.status = StatusCode::NOT_MODIFIED;
+        parts.headers.remove(CONTENT_TYPE);
+        return Response::from_parts(parts, axum::body::Body::empty());
+    }
+    Response::from_parts(parts, axum::body::Body::from(bytes))
+}
+
+/// RFC 9110's weak comparison: equal once any `W/` is dropped.
+fn weak_eq(a: &str, b: &str) -> bool {
+    a.trim_start_matches("W/") == b.trim_start_matches("W/")
+}
+
+/// Answers at most this long go out uncompressed.
+const COMPRESS_ABOVE: u16 = 1024;
+
+/// The request's id: the client's `X-Request-Id` when it sent a sensible one (1 to 128 visible
+/// ASCII characters), else a new one. Echoed on the answer and logged with the request.
+fn request_id(req: &Request) -> HeaderValue {
+    req.headers()
+        .get(REQUEST_ID)
+        .filter(|value| {
+            let bytes = value.as_bytes();
+            !bytes.is_empty() && bytes.len() <= 128 && bytes.iter().all(u8::is_ascii_graphic)
+        })
+        .cloned()
+        .unwrap_or_else(|| {
+            HeaderValue::from_str(&uuid::Uuid::new_v4().simple().to_string())
+                .expect("hex is a valid header value")
+        })
+}
+
+const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// What [`observe`] needs besides the request.
 struct Observed {
@@ -71,10 +155,12 @@ async fn observe(
     let method = req.method().clone();
     let method = method.as_str();
     let parent = extract(&HeaderExtractor(req.headers()));
+    let request_id = request_id(&req);
     let span = tracing::info_span!(
         "http_request",
         %route,
         %method,
+        request_id = request_id.to_str().unwrap_or_default(),
         trace_id = tracing::field::Empty
     );
     // The request span continues the caller's trace; events carry this span as their parent.
@@ -83,7 +169,7 @@ async fn observe(
     req.extensions_mut().insert(trace);
     let handled = AssertUnwindSafe(next.run(req)).catch_unwind();
     let metrics = &observed.metrics;
-    let response = match tokio::time::timeout(observed.request_timeout, handled)
+    let mut response = match tokio::time::timeout(observed.request_timeout, handled)
         .instrument(span.clone())
         .await
     {
@@ -94,6 +180,7 @@ async fn observe(
         }
         Err(_) => ApiError::Timeout.into_response(),
     };
+    response.headers_mut().insert(REQUEST_ID, request_id);
     let status = response.status().as_u16();
     let elapsed = started.elapsed();
     metrics
@@ -197,5 +284,40 @@ mod tests {
         );
         assert_eq!(metrics.http_panics.get(), 1);
         assert!(confab_runtime::metrics::render(&registry).contains("confab_http_panics_total 1"));
+    }
+}
+
+#[cfg(test)]
+mod compression_tests {
+    #![allow(clippy::unwrap_used)]
+
+    use axum::body::Body;
+    use axum::routing::get;
+    use tower::ServiceExt;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn large_answers_are_gzipped_when_asked_small_ones_and_unasked_ones_are_not() {
+        let big = || async { axum::Json(vec!["a fairly long string"; 200]) };
+        let router = layers(
+            Router::new()
+                .route("/big", get(big))
+                .route("/small", get(|| async { axum::Json("small") }))
+                .layer(axum::middleware::from_fn(etag)),
+            Duration::from_secs(5),
+            Metrics::register(&confab_runtime::metrics::registry()),
+        );
+        let get = |path: &str, gzip: bool| {
+            let mut request = Request::get(path);
+            if gzip {
+                request = request.header("accept-encoding", "gzip");
+            }
+            router.clone().oneshot(request.body(Body::empty()).unwrap())
+        };
+        let encoding = |response: &Response| response.headers().get("content-encoding").cloned();
+        assert_eq!(encoding(&get("/big", true).await.unwrap()).unwrap(), "gzip");
+        assert_eq!(encoding(&get("/big", false).await.unwrap()), None);
+        assert_eq!(encoding(&get("/small", true).await.unwrap()), None);
     }
 }

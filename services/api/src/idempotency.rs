@@ -94,6 +94,11 @@ pub struct Record {
     /// Applications: the `external_key` of the row the request inserts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub application_key: Option<String>,
+    /// Chats and messages: a request with this key claimed it at this time and has not recorded
+    /// its event yet. Until the claim is older than the creation horizon, another request with
+    /// the key is `409 idempotency_key_in_use` and takes no number.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_since: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 impl Record {
@@ -102,6 +107,7 @@ impl Record {
             fingerprint: key.fingerprint.clone(),
             envelope: Some(envelope.clone()),
             application_key: None,
+            pending_since: None,
         }
     }
 
@@ -110,6 +116,17 @@ impl Record {
             fingerprint: key.fingerprint.clone(),
             envelope: None,
             application_key: Some(application_key),
+            pending_since: None,
+        }
+    }
+
+    /// A claim on the key by a request about to take a number.
+    pub fn pending(key: &IdempotencyKey) -> Self {
+        Self {
+            fingerprint: key.fingerprint.clone(),
+            envelope: None,
+            application_key: None,
+            pending_since: Some(chrono::Utc::now()),
         }
     }
 
@@ -167,9 +184,14 @@ impl Idempotency {
                 .with_label_values(&["mismatch"])
                 .inc();
         })?;
+        let outcome = if record.pending_since.is_some() {
+            "in_progress"
+        } else {
+            "replayed"
+        };
         self.metrics
             .idempotent_requests
-            .with_label_values(&["replayed"])
+            .with_label_values(&[outcome])
             .inc();
         Ok(Some((record, message.sequence)))
     }

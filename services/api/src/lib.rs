@@ -8,9 +8,11 @@
 //! [`run`] starts the tenant API and the admin server on listeners the caller bound, and returns
 //! after `shutdown` resolved and in-flight requests finished.
 
+pub mod access;
 pub mod admin;
 pub mod allocate;
 pub mod config;
+pub mod cors;
 pub mod error;
 pub mod extract;
 pub mod http;
@@ -115,6 +117,7 @@ pub async fn connect(config: &ApiConfig, metrics: metrics::Metrics) -> Result<Ap
         quota_defaults: config.quota_defaults,
         hard_max_body_bytes: config.hard_max_body_bytes(),
         live: config.live.clone(),
+        cors_origins: config.cors_origins.clone(),
     }))
 }
 

@@ -79,7 +79,8 @@ impl Metrics {
                 registry,
                 "confab_idempotent_requests_total",
                 "Requests whose Idempotency-Key was seen before: replayed (answered as the \
-                 first), or mismatch (another body, 422).",
+                 first), mismatch (another body, 422), or in_progress (the first still running, \
+                 409).",
                 &["outcome"],
             ),
             quota_rejections: metrics::counter_vec(
@@ -129,7 +130,7 @@ impl Metrics {
         for source in ["replica", "primary"] {
             m.reads.with_label_values(&[source]);
         }
-        for outcome in ["replayed", "mismatch"] {
+        for outcome in ["replayed", "mismatch", "in_progress"] {
             m.idempotent_requests.with_label_values(&[outcome]);
         }
         m

@@ -34,7 +34,7 @@ impl AppState {
             .dependencies
             .mysql("application_by_token", started);
         let row = row.ok_or(ApiError::NotFound("application"))?;
-        let tenant = self.tenant_of(&row);
+        let (tenant, _) = self.remember_application(&row);
         self.tokens.insert(token.expose().to_owned(), tenant);
         Ok(tenant)
     }
@@ -163,18 +163,67 @@ impl AppState {
     }
 
     /// Marks a chat deleted for every api replica (no expiry): from here on the numbering script
-    /// refuses its messages and reads answer 404.
-    pub async fn mark_chat_deleted(&self, application_id: u64, number: u64) -> Result<()> {
-        let mut redis = self.redis.clone();
-        let started = std::time::Instant::now();
-        let () = redis
-            .set(self.keys.chat_deleted(application_id, number), 1u8)
-            .await?;
-        self.metrics
-            .dependencies
-            .redis("mark_chat_deleted", started);
+    /// refuses its messages and reads answer 404. `published`: its deletion is in the stream
+    /// (a second `DELETE` is 404); before that the mark says only "being deleted", and a
+    /// `DELETE` retried after a failed publish publishes it again.
+    pub async fn mark_chat_deleted(
+        &self,
+        application_id: u64,
+        number: u64,
+        published: bool,
+    ) -> Result<()> {
+        self.set_mark(
+            self.keys.chat_deleted(application_id, number),
+            published,
+            "mark_chat_deleted",
+        )
+        .await?;
         self.known_chats.invalidate(&(application_id, number));
         Ok(())
+    }
+
+    /// Marks a message deleted, as [`Self::mark_chat_deleted`] does a chat; the persister removes
+    /// the mark once the deletion is in MySQL.
+    pub async fn mark_message_deleted(
+        &self,
+        application_id: u64,
+        chat: u64,
+        number: u64,
+        published: bool,
+    ) -> Result<()> {
+        self.set_mark(
+            self.keys.message_deleted(application_id, chat, number),
+            published,
+            "mark_message_deleted",
+        )
+        .await
+    }
+
+    async fn set_mark(&self, key: String, published: bool, what: &'static str) -> Result<()> {
+        let mut redis = self.redis.clone();
+        let started = std::time::Instant::now();
+        let () = redis.set(key, if published { 2u8 } else { 1u8 }).await?;
+        self.metrics.dependencies.redis(what, started);
+        Ok(())
+    }
+
+    /// The deletion mark of a chat (`message: None`) or a message: `None` when it has none,
+    /// `Some(true)` when its deletion is published (see [`Self::mark_chat_deleted`]).
+    pub async fn deletion_mark(
+        &self,
+        application_id: u64,
+        chat: u64,
+        message: Option<u64>,
+    ) -> Result<Option<bool>> {
+        let key = match message {
+            None => self.keys.chat_deleted(application_id, chat),
+            Some(number) => self.keys.message_deleted(application_id, chat, number),
+        };
+        let mut redis = self.redis.clone();
+        let started = std::time::Instant::now();
+        let mark: Option<u8> = redis.get(key).await?;
+        self.metrics.dependencies.redis("deletion_mark", started);
+        Ok(mark.map(|value| value == 2))
     }
 
     /// The highest message number persisted in a chat, for re-seeding its sequence. Re-seeding
@@ -198,7 +247,7 @@ impl AppState {
             repo::max_message_number(&self.db, application_id, chat),
         )?;
         if state == Some(repo::State::Deleted) || deletion {
-            self.mark_chat_deleted(application_id, chat).await?;
+            self.mark_chat_deleted(application_id, chat, true).await?;
             return Err(ApiError::NotFound("chat"));
         }
         Ok(max)
@@ -214,6 +263,13 @@ impl AppState {
         chat: u64,
         number: u64,
     ) -> Result<bool> {
+        if self
+            .deletion_mark(application_id, chat, Some(number))
+            .await?
+            .is_some()
+        {
+            return Ok(false);
+        }
         let first = self
             .read(application_id, |db| async move {
                 repo::message_state(&db, application_id, chat, number).await

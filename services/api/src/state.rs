@@ -55,6 +55,12 @@ pub struct Shared {
     pub tenancy: crate::config::Tenancy,
     /// (application id, chat number) pairs known to exist.
     pub known_chats: Cache<(u64, u64), ()>,
+    /// Application id → its client-token key and tenant ([`crate::access`]).
+    pub client_apps: Cache<u64, crate::access::ClientApp>,
+    /// Application id → the browser origins it allows ([`crate::cors`]).
+    pub origins: Cache<u64, Arc<[String]>>,
+    /// Origins allowed for every application (`CONFAB_CORS_ALLOWED_ORIGINS`).
+    pub cors_origins: Vec<String>,
     /// The admin API's bearer credential; `None` locks the admin API.
     pub admin_token: Option<Secret<String>>,
     pub quota_defaults: Quotas,
@@ -118,6 +124,7 @@ pub struct StateParts {
     pub hard_max_body_bytes: u32,
     pub metrics: Metrics,
     pub live: crate::live::LiveConfig,
+    pub cors_origins: Vec<String>,
 }
 
 impl AppState {
@@ -153,6 +160,15 @@ impl AppState {
             list_tokens: parts.list_tokens,
             tenancy: parts.tenancy,
             known_chats: Cache::builder().max_capacity(KNOWN_CHATS_CAPACITY).build(),
+            client_apps: Cache::builder()
+                .max_capacity(TOKEN_CACHE_CAPACITY)
+                .time_to_live(parts.token_cache_ttl)
+                .build(),
+            origins: Cache::builder()
+                .max_capacity(TOKEN_CACHE_CAPACITY)
+                .time_to_live(parts.token_cache_ttl)
+                .build(),
+            cors_origins: parts.cors_origins,
             admin_token: parts.admin_token,
             quota_defaults: parts.quota_defaults,
             hard_max_body_bytes: parts.hard_max_body_bytes,

@@ -73,6 +73,14 @@ impl Keys {
         self.key("deleted:chat", application_id, &[chat_number])
     }
 
+    /// Marks a deleted message from its `DELETE` until the persister has committed the deletion
+    /// (it removes the mark then): reads and a second `DELETE` answer 404 at once in every api
+    /// replica. `1` while the deletion may not be published yet (a retried `DELETE` publishes
+    /// it again), `2` once it is.
+    pub fn message_deleted(&self, application_id: u64, chat_number: u64, number: u64) -> String {
+        self.key("deleted:message", application_id, &[chat_number, number])
+    }
+
     /// Set by the persister around a commit that changed or deleted an application's items,
     /// expiring after the read replica's allowed lag and a margin: while it exists, the api
     /// reads the application from the primary, so no reader sees a deleted item come back or an
@@ -104,6 +112,7 @@ mod tests {
             k.sequence_epoch(1),
             k.message_rate(1),
             k.recent_change(1),
+            k.message_deleted(1, 2, 3),
         ];
         assert!(all.iter().all(|x| x.starts_with("t1:")));
         assert!(

@@ -150,6 +150,9 @@ impl Worker {
                 result = self.mark_changed(&changed).await;
             }
             if result.is_ok() {
+                result = self.clear_deletion_marks(&plan).await;
+            }
+            if result.is_ok() {
                 result = self.raise_sequences(&plan).await;
             }
             match result {
@@ -187,6 +190,33 @@ impl Worker {
         let started = Instant::now();
         let result = self.redis.query_grouped::<()>(marks).await;
         self.metrics.dependencies.redis("mark_changed", started);
+        result.map(drop).map_err(StoreError::Marking)
+    }
+
+    /// Removes the api's deletion marks of the messages this batch deleted: MySQL shows the
+    /// deletions now (`confab_core::keys::Keys::message_deleted`).
+    async fn clear_deletion_marks(&self, plan: &batch::Plan) -> Result<(), StoreError> {
+        let marks: Vec<(String, redis::Cmd)> = plan
+            .messages
+            .iter()
+            .filter(|m| m.deleted)
+            .map(|m| {
+                let key = self
+                    .keys
+                    .message_deleted(m.chat.application_id, m.chat.number, m.number);
+                let mut del = redis::cmd("DEL");
+                del.arg(&key);
+                (key, del)
+            })
+            .collect();
+        if marks.is_empty() {
+            return Ok(());
+        }
+        let started = Instant::now();
+        let result = self.redis.query_grouped::<u64>(marks).await;
+        self.metrics
+            .dependencies
+            .redis("clear_deletion_marks", started);
         result.map(drop).map_err(StoreError::Marking)
     }
 

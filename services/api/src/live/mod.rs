@@ -27,7 +27,6 @@ use std::time::Duration;
 
 use confab_core::keys::Keys;
 use confab_core::live::Cursor;
-use confab_core::Token;
 use confab_runtime::cache::Redis;
 use confab_runtime::config::{millis_within, parse_within, secs_within};
 use confab_runtime::jetstream::JetStream;
@@ -288,7 +287,7 @@ impl Hub {
     pub async fn subscribe(
         &self,
         state: &AppState,
-        token: Token,
+        token: String,
         tenant: crate::state::Tenant,
         chat: u64,
         since: Option<Cursor>,
@@ -426,7 +425,9 @@ pub struct Subscription {
     check: tokio::time::Interval,
     closing: watch::Receiver<bool>,
     state: AppState,
-    token: Token,
+    /// The `{token}` segment it was opened with (an application or a client token; never
+    /// logged), checked again now and then.
+    token: String,
     lease: Option<lease::Lease>,
     transport: &'static str,
 }
@@ -483,8 +484,11 @@ impl Subscription {
                 _ = self.check.tick() => {
                     // Boxed: these futures are large and run rarely, and every idle subscriber
                     // would otherwise carry their space in its own (memory per subscriber).
-                    let tenant = Box::pin(self.state.tenant(&self.token)).await;
-                    if let Err(ApiError::NotFound(_)) = tenant {
+                    let access = Box::pin(self.state.access(&self.token)).await;
+                    if let Err(
+                        ApiError::NotFound(_) | ApiError::InvalidToken | ApiError::TokenExpired,
+                    ) = access
+                    {
                         return Next::End(End::Revoked);
                     }
                     // Renewed on its own clock: a busy stream sends no heartbeats.

@@ -34,6 +34,7 @@ use crate::views::{ApplicationInput, ApplicationView};
 pub async fn create(
     State(state): State<AppState>,
     peer: Option<Extension<ConnectInfo<SocketAddr>>>,
+    uri: axum::http::Uri,
     headers: HeaderMap,
     body: JsonObject,
 ) -> Result<axum::response::Response> {
@@ -73,6 +74,7 @@ pub async fn create(
                 .await?,
         );
     }
+    let replayed = recorded.is_some();
     let external_key = match &key {
         Some(key) => Some(application_key(&state, key, recorded).await?),
         None => None,
@@ -85,6 +87,7 @@ pub async fn create(
         .insert(row.token.clone(), state.tenant_of(&row));
     state.settle_new_application(row.id).await;
     tracing::info!("application created");
+    let created_token = row.token.clone();
     let mut response = axum::response::IntoResponse::into_response((
         StatusCode::CREATED,
         Json(ApplicationView::from(row)),
@@ -92,6 +95,7 @@ pub async fn create(
     if let Some(rate) = &rate {
         crate::error::rate_limit_headers(response.headers_mut(), rate);
     }
+    super::created_headers(&mut response, uri.path(), &created_token, replayed);
     Ok(response)
 }
 
@@ -175,6 +179,7 @@ pub async fn show(
     State(state): State<AppState>,
     Path(token): Path<String>,
 ) -> Result<Json<ApplicationView>> {
+    state.access(&token).await?.require_application()?;
     let token = extract::token(&token)?;
     let row = repo::application_by_token(&state.db, token.expose())
         .await?
@@ -193,6 +198,7 @@ pub async fn update(
     Path(token): Path<String>,
     body: JsonObject,
 ) -> Result<Json<ApplicationView>> {
+    state.access(&token).await?.require_application()?;
     let token = extract::token(&token)?;
     let id = state.application_id(&token).await?;
     let name = state.limits.name(body.string("application", "name")?)?;

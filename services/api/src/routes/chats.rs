@@ -4,6 +4,7 @@
 use axum::extract::{Extension, Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
+use confab_core::client_token::Right;
 use confab_core::event::{ChatCreated, ChatDeleted, Event};
 use confab_core::Envelope;
 use confab_runtime::trace::TraceContext;
@@ -33,11 +34,13 @@ pub async fn create(
     State(state): State<AppState>,
     Extension(trace): Extension<TraceContext>,
     Path(token): Path<String>,
+    uri: axum::http::Uri,
     headers: HeaderMap,
     body: JsonObject,
-) -> Result<(StatusCode, Json<ChatView>)> {
-    let token = extract::token(&token)?;
-    let tenant = state.tenant(&token).await?;
+) -> Result<axum::response::Response> {
+    let access = state.access(&token).await?;
+    access.require_application()?;
+    let tenant = access.tenant;
     let app = tenant.id;
     let sequence = Sequence {
         kind: "chat",
@@ -53,7 +56,7 @@ pub async fn create(
         trace: &trace,
         idempotency: IdempotencyKey::from_request(&headers, format_args!("chats {app}"), &body.0)?,
     };
-    let (number, envelope, _rate) = state
+    let published = state
         .publish_numbered(sequence, |number| {
             Event::ChatCreated(ChatCreated {
                 application_id: app,
@@ -61,14 +64,23 @@ pub async fn create(
             })
         })
         .await?;
+    let number = published.number;
     state.remember_chat(app, number);
     let view = ChatView {
         number,
         messages_count: 0,
-        created_at: Some(envelope.occurred_at),
-        updated_at: Some(envelope.occurred_at),
+        created_at: Some(published.envelope.occurred_at),
+        updated_at: Some(published.envelope.occurred_at),
     };
-    Ok((StatusCode::CREATED, Json(view)))
+    let mut response =
+        axum::response::IntoResponse::into_response((StatusCode::CREATED, Json(view)));
+    super::created_headers(
+        &mut response,
+        uri.path(),
+        itoa::Buffer::new().format(number),
+        published.replayed,
+    );
+    Ok(response)
 }
 
 #[utoipa::path(get, path = "/api/v1/applications/{token}/chats", tag = "chats",
@@ -80,7 +92,9 @@ pub async fn list(
     Path(token): Path<String>,
     page: Page,
 ) -> Result<axum::response::Response> {
-    let app = state.application_id(&extract::token(&token)?).await?;
+    let access = state.access(&token).await?;
+    access.require(Right::Read, None)?;
+    let app = access.tenant.id;
     let (limit, offset) = (page.probe_limit(), page.offset);
     let rows = state
         .read(app, |db| async move {
@@ -98,8 +112,14 @@ pub async fn show(
     State(state): State<AppState>,
     Path((token, number)): Path<(String, String)>,
 ) -> Result<Json<ChatView>> {
-    let app = state.application_id(&extract::token(&token)?).await?;
+    let access = state.access(&token).await?;
     let number = extract::number(&number, "chat")?;
+    access.require(Right::Read, Some(number))?;
+    let app = access.tenant.id;
+    // Deleted in any replica: 404 at once, before MySQL shows it.
+    if state.deletion_mark(app, number, None).await?.is_some() {
+        return Err(ApiError::NotFound("chat"));
+    }
     let row = state
         .read_one(app, |db| async move { repo::chat(&db, app, number).await })
         .await?
@@ -122,19 +142,29 @@ pub async fn delete(
     Extension(trace): Extension<TraceContext>,
     Path((token, number)): Path<(String, String)>,
 ) -> Result<StatusCode> {
-    let app = state.application_id(&extract::token(&token)?).await?;
+    let access = state.access(&token).await?;
+    access.require_application()?;
+    let app = access.tenant.id;
     let number = extract::number(&number, "chat")?;
-    // Not the Redis mark: a deletion that was marked but not published (a 503) can be retried.
-    if !state.chat_undeleted(app, number).await? {
-        return Err(ApiError::NotFound("chat"));
+    match state.deletion_mark(app, number, None).await? {
+        // Deleted (published) already, through any replica.
+        Some(true) => return Err(ApiError::NotFound("chat")),
+        // Marked, perhaps not published (a 503): publish it again (deletions dedup).
+        Some(false) => {}
+        None => {
+            if !state.chat_undeleted(app, number).await? {
+                return Err(ApiError::NotFound("chat"));
+            }
+        }
     }
     // Marked first: no message is numbered in the chat once its deletion may be in the stream.
-    state.mark_chat_deleted(app, number).await?;
+    state.mark_chat_deleted(app, number, false).await?;
     let envelope = Envelope::new(Event::ChatDeleted(ChatDeleted {
         application_id: app,
         number,
     }));
     // Deletions dedup on their chat: a repeated deletion is stored once.
     state.publisher.publish(&envelope, &trace).await?;
+    state.mark_chat_deleted(app, number, true).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -3,7 +3,8 @@
 //!
 //! Both transports carry the same events: `ready` first (with the cursor to resume from if
 //! nothing else arrives), then `message.created`, `message.updated` and `message.deleted`, each
-//! with its id, and `end` when the server closes the stream (why, and whether to reconnect).
+//! with its id, and `end` when the server closes the stream (why, and whether to reconnect),
+//! over WebSocket followed by a close frame whose code says the same ([`close_code`]).
 //! A client resumes with `Last-Event-ID` (what `EventSource` sends by itself) or `?since=`.
 
 use std::convert::Infallible;
@@ -20,7 +21,7 @@ use serde::Deserialize;
 use tokio::sync::mpsc;
 
 use crate::error::{ApiError, ErrorBody, Result};
-use crate::extract;
+
 use crate::live::{End, Next, Subscription};
 use crate::routes::messages::{chat_of, Use};
 use crate::state::AppState;
@@ -79,7 +80,14 @@ pub async fn events(
             Cursor::parse(&text).map_err(|e| ApiError::InvalidParameter(format!("event id: {e}")))
         })
         .transpose()?;
-    let (tenant, chat) = chat_of(&state, &token, &chat, Use::Existing).await?;
+    let (tenant, chat) = chat_of(
+        &state,
+        &token,
+        &chat,
+        Use::Existing,
+        confab_core::client_token::Right::Subscribe,
+    )
+    .await?;
     let transport = if upgrade.is_some() {
         "websocket"
     } else {
@@ -87,14 +95,7 @@ pub async fn events(
     };
     let opened = state
         .live
-        .subscribe(
-            &state,
-            extract::token(&token)?,
-            tenant,
-            chat,
-            since,
-            transport,
-        )
+        .subscribe(&state, token.clone(), tenant, chat, since, transport)
         .await;
     if let Err(crate::live::Error::Limit(_)) = &opened {
         state
@@ -200,9 +201,25 @@ async fn pump(mut subscription: Subscription, tx: mpsc::Sender<Box<Event>>) {
     }
 }
 
-/// The subscription over a WebSocket: a text frame per event, pings as heartbeats, and a close
-/// frame (with the reason) at the end. A client that does not take a frame within a heartbeat
-/// interval is cut off.
+/// How long a server that sent its close frame waits for the client's (a client that reads
+/// answers within a round trip; one that does not is not waited for longer).
+const CLOSE_REPLY: Duration = Duration::from_secs(2);
+
+/// What the WebSocket loop got: a frame to send, or the client's end.
+enum Step {
+    Frame(Next),
+    /// The client sent a close frame: it is answered.
+    ClientClosed,
+    /// The connection failed or ended without a close frame.
+    Gone,
+}
+
+/// The subscription over a WebSocket: a text frame per event, pings as heartbeats, and at the
+/// end the `end` event then a close frame whose code says why ([`close_code`]), after which the
+/// server waits (briefly) for the client's close frame before it closes the connection. A
+/// client's own close frame is echoed (RFC 6455 §5.5.1). A client that does not take a frame
+/// within a heartbeat interval is cut off (`too_slow`): its subscription goes at once, and its
+/// connection is given one more interval to take what was queued, the `end` and the close frame.
 async fn websocket(mut socket: WebSocket, mut subscription: Subscription) {
     let timeout = subscription.heartbeat();
     let cursor = subscription.ready_id();
@@ -212,56 +229,100 @@ async fn websocket(mut socket: WebSocket, mut subscription: Subscription) {
     {
         return;
     }
-    loop {
+    let (end, cut_off) = loop {
         // The same `next` is polled across the client's frames: dropping it half-way (in a
         // token re-check or a lease renewal) would skip that check.
-        let frame = {
+        let step = {
             let mut next = std::pin::pin!(subscription.next());
             loop {
                 tokio::select! {
-                    frame = &mut next => break frame,
+                    frame = &mut next => break Step::Frame(frame),
                     incoming = socket.recv() => match incoming {
-                        // Pings are answered by the library; what the client says is not read.
-                        Some(Ok(Message::Close(_)) | Err(_)) | None => return,
+                        // Pings are answered by the library; what else the client says is not
+                        // read.
+                        Some(Ok(Message::Close(_))) => break Step::ClientClosed,
+                        Some(Err(_)) | None => break Step::Gone,
                         Some(Ok(_)) => {}
                     },
                 }
             }
         };
-        let message = match frame {
-            Next::Event(delivery, id) => Message::Text(
+        let message = match step {
+            Step::Frame(Next::Event(delivery, id)) => Message::Text(
                 format!(
                     r#"{{"type":"{}","id":"{id}","data":{}}}"#,
                     delivery.kind, delivery.data
                 )
                 .into(),
             ),
-            Next::Heartbeat => Message::Ping(bytes::Bytes::from_static(b"confab")),
-            Next::End(end) => {
-                let cursor = subscription.cursor();
-                let _ = send(
-                    &mut socket,
-                    Message::Text(ended(end, &cursor).into()),
-                    timeout,
-                )
-                .await;
-                let close = CloseFrame {
-                    code: close_code(end),
-                    reason: end.as_str().into(),
-                };
-                let _ = send(&mut socket, Message::Close(Some(close)), timeout).await;
+            Step::Frame(Next::Heartbeat) => Message::Ping(bytes::Bytes::from_static(b"confab")),
+            Step::Frame(Next::End(end)) => break (end, false),
+            Step::ClientClosed => {
+                drop(subscription);
+                answer_close(&mut socket, timeout).await;
                 return;
             }
+            Step::Gone => return,
         };
         match send(&mut socket, message, timeout).await {
             Ok(()) => {}
+            // The frame stays queued (the library holds what the socket did not take), so the
+            // cursor after it is still the one to resume from once the end gets through.
             Err(Unsent::TimedOut) => {
                 subscription.cut_off();
-                return;
+                break (End::TooSlow, true);
             }
             Err(Unsent::Closed) => return,
         }
+    };
+    let text = ended(end, &subscription.cursor());
+    // A client that stopped reading may hold its connection for another interval: its
+    // subscription, lease and place in the feed go now. Any other keeps its subscription until
+    // its close is done, so that a shutdown waits for the end and close frames to go out.
+    let held = if cut_off {
+        drop(subscription);
+        None
+    } else {
+        Some(subscription)
+    };
+    close(&mut socket, end, text, timeout).await;
+    drop(held);
+}
+
+/// Ends a WebSocket from the server's side: the `end` event and the close frame, both within
+/// `timeout` (for a client cut off as too slow, what it still had queued goes first), then the
+/// client's close frame, read (with whatever it sent before it) for at most [`CLOSE_REPLY`].
+/// Once it came the library reports the connection closed, and the socket is dropped: the
+/// server closes TCP first (RFC 6455 §7.1.1).
+async fn close(socket: &mut WebSocket, end: End, text: String, timeout: Duration) {
+    let frame = CloseFrame {
+        code: close_code(end),
+        reason: end.as_str().into(),
+    };
+    let sent = tokio::time::timeout(timeout, async {
+        match socket.send(Message::Text(text.into())).await {
+            Ok(()) => socket.send(Message::Close(Some(frame))).await,
+            Err(error) => Err(error),
+        }
+    })
+    .await;
+    if !matches!(sent, Ok(Ok(()))) {
+        return;
     }
+    let _ = tokio::time::timeout(timeout.min(CLOSE_REPLY), async {
+        while let Some(Ok(_)) = socket.recv().await {}
+    })
+    .await;
+}
+
+/// Answers a client's close frame. The library queued the answer as it read the client's: a
+/// close frame with its code and reason (1002 for a code a peer may not send), which the next
+/// flush writes, reporting the connection closed (a close frame of the server's own would be
+/// refused as sent after closing, and dropping the socket unflushed is what left clients with
+/// 1006). The socket is then dropped: the server closes TCP first (RFC 6455 §7.1.1).
+async fn answer_close(socket: &mut WebSocket, timeout: Duration) {
+    let flushed = <WebSocket as futures::SinkExt<Message>>::flush(socket);
+    let _ = tokio::time::timeout(timeout.min(CLOSE_REPLY), flushed).await;
 }
 
 /// Why a WebSocket frame was not sent.
@@ -284,14 +345,39 @@ async fn send(
     }
 }
 
-/// RFC 6455 close codes: 1012 "service restart", 1013 "try again later", 1008 "policy
-/// violation", 1011 "internal error", 1000 "normal closure".
+/// The close frame's code for each end, as docs/api.md ("Live delivery") lists them: RFC 6455's
+/// 1001 "going away" for a server shutting down, 1008 "policy violation" for a token that no
+/// longer names the application and 1011 "internal error" for a feed that lost the stream; in
+/// the range private to applications, 4001 for a subscriber too slow and 4004 for a deleted
+/// chat. The close frame's reason is the `end` event's (`End::as_str`).
 fn close_code(end: End) -> u16 {
     match end {
-        End::ShuttingDown => 1012,
-        End::TooSlow => 1013,
+        End::ShuttingDown => 1001,
         End::Revoked => 1008,
         End::FeedLost => 1011,
-        End::ChatDeleted => 1000,
+        End::TooSlow => 4001,
+        End::ChatDeleted => 4004,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_end_closes_with_its_own_code_and_a_reason_that_fits_a_close_frame() {
+        let ends = [
+            End::TooSlow,
+            End::Revoked,
+            End::ShuttingDown,
+            End::FeedLost,
+            End::ChatDeleted,
+        ];
+        let codes: Vec<u16> = ends.iter().map(|end| close_code(*end)).collect();
+        assert_eq!(codes, [4001, 1008, 1001, 1011, 4004]);
+        for end in ends {
+            // A close frame's payload is at most 125 bytes, two of them the code.
+            assert!(end.as_str().len() <= 123, "{end:?}");
+        }
     }
 }

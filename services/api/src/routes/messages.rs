@@ -4,6 +4,7 @@
 use axum::extract::{Extension, Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
+use confab_core::client_token::Right;
 use confab_core::event::{Event, MessageDeleted, MessageWritten};
 use confab_core::Envelope;
 use confab_runtime::trace::TraceContext;
@@ -15,6 +16,7 @@ use crate::idempotency::IdempotencyKey;
 use crate::numbering::Admission;
 use crate::repo;
 use crate::state::{AppState, Tenant};
+
 use crate::views::{MessageInput, MessageView};
 
 /// What a request does with the chat its path names.
@@ -27,10 +29,19 @@ pub enum Use {
     Existing,
 }
 
-/// The application and chat a message path names, both checked to exist.
-pub async fn chat_of(state: &AppState, token: &str, chat: &str, to: Use) -> Result<(Tenant, u64)> {
-    let tenant = state.tenant(&extract::token(token)?).await?;
+/// The application and chat a message path names, both checked to exist, and the token checked
+/// to allow `right` on that chat.
+pub async fn chat_of(
+    state: &AppState,
+    token: &str,
+    chat: &str,
+    to: Use,
+    right: Right,
+) -> Result<(Tenant, u64)> {
+    let access = state.access(token).await?;
     let chat = extract::number(chat, "chat")?;
+    access.require(right, Some(chat))?;
+    let tenant = access.tenant;
     let exists = match to {
         Use::Post => state.chat_exists(tenant.id, chat).await?,
         // Boxed: the reads' check is large, and inline it would weigh on every post.
@@ -81,10 +92,11 @@ pub async fn create(
     State(state): State<AppState>,
     Extension(trace): Extension<TraceContext>,
     Path((token, chat)): Path<(String, String)>,
+    uri: axum::http::Uri,
     headers: HeaderMap,
     input: JsonObject,
 ) -> Result<axum::response::Response> {
-    let (tenant, chat) = chat_of(&state, &token, &chat, Use::Post).await?;
+    let (tenant, chat) = chat_of(&state, &token, &chat, Use::Post, Right::Post).await?;
     let app = tenant.id;
     let body = checked_body(&state, &tenant, &input)?;
     let sequence = Sequence {
@@ -113,7 +125,7 @@ pub async fn create(
             &input.0,
         )?,
     };
-    let (number, envelope, rate) = state
+    let published = state
         .publish_numbered(sequence, |number| {
             Event::MessageCreated(MessageWritten {
                 application_id: app,
@@ -125,16 +137,22 @@ pub async fn create(
         .await?;
     // A replay answers with the recorded body, which equals this one (same fingerprint).
     let view = MessageView {
-        number,
+        number: published.number,
         body,
-        created_at: Some(envelope.occurred_at),
-        updated_at: Some(envelope.occurred_at),
+        created_at: Some(published.envelope.occurred_at),
+        updated_at: Some(published.envelope.occurred_at),
     };
     let mut response =
         axum::response::IntoResponse::into_response((StatusCode::CREATED, Json(view)));
-    if let Some(rate) = &rate {
+    if let Some(rate) = &published.rate {
         crate::error::rate_limit_headers(response.headers_mut(), rate);
     }
+    super::created_headers(
+        &mut response,
+        uri.path(),
+        itoa::Buffer::new().format(published.number),
+        published.replayed,
+    );
     Ok(response)
 }
 
@@ -147,7 +165,7 @@ pub async fn list(
     Path((token, chat)): Path<(String, String)>,
     page: Page,
 ) -> Result<axum::response::Response> {
-    let (tenant, chat) = chat_of(&state, &token, &chat, Use::Existing).await?;
+    let (tenant, chat) = chat_of(&state, &token, &chat, Use::Existing, Right::Read).await?;
     let app = tenant.id;
     let (limit, offset) = (page.probe_limit(), page.offset);
     let rows = state
@@ -167,9 +185,17 @@ pub async fn show(
     State(state): State<AppState>,
     Path((token, chat, number)): Path<(String, String, String)>,
 ) -> Result<Json<MessageView>> {
-    let (tenant, chat) = chat_of(&state, &token, &chat, Use::Existing).await?;
+    let (tenant, chat) = chat_of(&state, &token, &chat, Use::Existing, Right::Read).await?;
     let app = tenant.id;
     let number = extract::number(&number, "message")?;
+    // Deleted through any replica: 404 at once, before MySQL shows it.
+    if state
+        .deletion_mark(app, chat, Some(number))
+        .await?
+        .is_some()
+    {
+        return Err(ApiError::NotFound("message"));
+    }
     let row = state
         .read_one(app, |db| async move {
             repo::message(&db, app, chat, number).await
@@ -194,7 +220,7 @@ pub async fn update(
     Path((token, chat, number)): Path<(String, String, String)>,
     body: JsonObject,
 ) -> Result<Json<MessageView>> {
-    let (tenant, chat) = chat_of(&state, &token, &chat, Use::Existing).await?;
+    let (tenant, chat) = chat_of(&state, &token, &chat, Use::Existing, Right::Edit).await?;
     let app = tenant.id;
     let number = extract::number(&number, "message")?;
     if !state.message_exists(app, chat, number).await? {
@@ -232,12 +258,22 @@ pub async fn delete(
     Extension(trace): Extension<TraceContext>,
     Path((token, chat, number)): Path<(String, String, String)>,
 ) -> Result<StatusCode> {
-    let (tenant, chat) = chat_of(&state, &token, &chat, Use::Existing).await?;
+    let (tenant, chat) = chat_of(&state, &token, &chat, Use::Existing, Right::Delete).await?;
     let app = tenant.id;
     let number = extract::number(&number, "message")?;
-    if !state.message_exists(app, chat, number).await? {
-        return Err(ApiError::NotFound("message"));
+    match state.deletion_mark(app, chat, Some(number)).await? {
+        // Deleted (published) already, through any replica.
+        Some(true) => return Err(ApiError::NotFound("message")),
+        // Marked, perhaps not published (a 503): publish it again (deletions dedup).
+        Some(false) => {}
+        None => {
+            if !state.message_exists(app, chat, number).await? {
+                return Err(ApiError::NotFound("message"));
+            }
+        }
     }
+    // Marked first: every replica answers 404 from the moment the deletion may be in the stream.
+    state.mark_message_deleted(app, chat, number, false).await?;
     let envelope = Envelope::new(Event::MessageDeleted(MessageDeleted {
         application_id: app,
         chat_number: chat,
@@ -245,5 +281,6 @@ pub async fn delete(
     }));
     // Deletions dedup on their message: a repeated deletion is stored once.
     state.publisher.publish(&envelope, &trace).await?;
+    state.mark_message_deleted(app, chat, number, true).await?;
     Ok(StatusCode::NO_CONTENT)
 }

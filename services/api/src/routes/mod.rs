@@ -3,16 +3,39 @@
 
 pub mod applications;
 pub mod chats;
+pub mod client_tokens;
 pub mod events;
 pub mod messages;
 pub mod search;
 
 use axum::extract::DefaultBodyLimit;
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 
 use crate::error::ApiError;
 use crate::state::AppState;
+
+/// The headers of a `201`: `Location` (the created item's path: the request's path and its
+/// number) and, for an answer replayed from an earlier request with the same `Idempotency-Key`,
+/// `Idempotent-Replayed: true`.
+pub fn created_headers(
+    response: &mut axum::response::Response,
+    request_path: &str,
+    id: &str,
+    replayed: bool,
+) {
+    use axum::http::{header::LOCATION, HeaderName, HeaderValue};
+    let location = format!("{}/{id}", request_path.trim_end_matches('/'));
+    if let Ok(value) = HeaderValue::from_str(&location) {
+        response.headers_mut().insert(LOCATION, value);
+    }
+    if replayed {
+        response.headers_mut().insert(
+            HeaderName::from_static("idempotent-replayed"),
+            HeaderValue::from_static("true"),
+        );
+    }
+}
 
 /// The resources under `prefix` (`""` or `/api/v1`). Each prefix's routes are registered in full
 /// rather than nested: a nested router strips its prefix from every request (a new URI to parse)
@@ -29,6 +52,10 @@ fn resources(router: Router<AppState>, prefix: &str) -> Router<AppState> {
             get(applications::show)
                 .patch(applications::update)
                 .put(applications::update),
+        )
+        .route(
+            &at("/applications/{token}/client_tokens"),
+            post(client_tokens::mint),
         )
         .route(
             &at("/applications/{token}/chats"),
@@ -71,5 +98,10 @@ pub fn router(state: AppState) -> Router {
         .fallback(|| async { ApiError::NoRoute })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(limit))
+        .layer(axum::middleware::from_fn(crate::http::etag))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::cors::cors,
+        ))
         .with_state(state)
 }

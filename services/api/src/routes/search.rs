@@ -16,9 +16,10 @@ use crate::views::MessageView;
 #[into_params(parameter_in = Query)]
 pub struct SearchQuery {
     /// The words to find (each as a substring, case-insensitive), 2 to 200 characters; words
-    /// are runs of letters or digits, and only those of 2 or more count. Without a word to look
-    /// for (no `query`, or one without such a word) the search finds nothing.
-    #[param(min_length = 2, max_length = 200)]
+    /// are runs of letters or digits, and only those of 2 or more count. Required (or its alias
+    /// `q`): without either the answer is `400 invalid_query`; a query without such a word
+    /// finds nothing.
+    #[param(required = true, min_length = 2, max_length = 200)]
     query: Option<String>,
     /// Alias of `query` (same rules), used when `query` is absent.
     #[param(min_length = 2, max_length = 200)]
@@ -38,9 +39,19 @@ pub async fn search(
     Query(query): Query<SearchQuery>,
     page: Page,
 ) -> Result<axum::response::Response> {
-    let (tenant, chat) =
-        super::messages::chat_of(&state, &token, &chat, super::messages::Use::Existing).await?;
+    let (tenant, chat) = super::messages::chat_of(
+        &state,
+        &token,
+        &chat,
+        super::messages::Use::Existing,
+        confab_core::client_token::Right::Read,
+    )
+    .await?;
     let app = tenant.id;
+    // A search needs something to look for: no query is a 400, as a one-letter query is.
+    if query.query.is_none() && query.q.is_none() {
+        return Err(QueryError::Empty.into());
+    }
     // Both spellings are checked when given, as the document says; `query` wins.
     for given in [&query.query, &query.q].into_iter().flatten() {
         if given.chars().count() < 2 {
