@@ -1,6 +1,7 @@
 //! Live delivery: a chat's events over SSE and WebSocket, resumed exactly after a disconnect or an
 //! api restart, in number order under concurrent writers, ended by revocation, slowness and
-//! shutdown, and limited per application.
+//! shutdown, and limited per application. How a WebSocket closes (close frames, codes):
+//! `websocket.rs`.
 
 use std::time::Duration;
 
@@ -11,10 +12,10 @@ use serde_json::json;
 
 use crate::quotas::{admin_env, register, ADMIN_TOKEN};
 
-const WAIT: Duration = Duration::from_secs(10);
+pub(crate) const WAIT: Duration = Duration::from_secs(10);
 
 /// The next event that is not `ready`; fails the test when none comes.
-async fn next(client: &mut LiveClient, what: &str) -> LiveEvent {
+pub(crate) async fn next(client: &mut LiveClient, what: &str) -> LiveEvent {
     loop {
         let event = client
             .next(WAIT)
@@ -27,7 +28,7 @@ async fn next(client: &mut LiveClient, what: &str) -> LiveEvent {
 }
 
 /// Reads `n` message events; fails on an `end` or when they stop coming.
-async fn take(client: &mut LiveClient, n: usize) -> Vec<LiveEvent> {
+pub(crate) async fn take(client: &mut LiveClient, n: usize) -> Vec<LiveEvent> {
     let mut events = Vec::new();
     while events.len() < n {
         let event = next(client, &format!("event {} of {n}", events.len() + 1)).await;
@@ -41,7 +42,7 @@ async fn take(client: &mut LiveClient, n: usize) -> Vec<LiveEvent> {
     events
 }
 
-fn created(events: &[LiveEvent]) -> Vec<u64> {
+pub(crate) fn created(events: &[LiveEvent]) -> Vec<u64> {
     events
         .iter()
         .filter(|e| e.kind == "message.created")
@@ -49,7 +50,7 @@ fn created(events: &[LiveEvent]) -> Vec<u64> {
         .collect()
 }
 
-async fn open(
+pub(crate) async fn open(
     transport: &str,
     base: &str,
     token: &str,

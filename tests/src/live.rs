@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
 use serde_json::Value;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
 
 /// One event as a client sees it.
@@ -21,6 +23,37 @@ pub struct LiveEvent {
 impl LiveEvent {
     pub fn number(&self) -> u64 {
         self.data["number"].as_u64().unwrap_or(0)
+    }
+}
+
+/// How a WebSocket closed, as its client saw it ([`LiveClient::closing`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Closing {
+    /// The peer's close frame: its code and reason (1005 and none for a close frame without
+    /// them); `None` when the connection ended, failed or went quiet without one (what a browser
+    /// reports as 1006, `wasClean` false).
+    pub frame: Option<(u16, String)>,
+    /// How it went: after the close frame, `Ok` when the library saw the closing handshake
+    /// complete and the connection end, with no error (a reset, a protocol error) and no frame
+    /// after it; otherwise (and when no close frame came) what happened instead.
+    pub then: Result<(), String>,
+}
+
+impl Closing {
+    fn failed(what: String) -> Self {
+        Self {
+            frame: None,
+            then: Err(what),
+        }
+    }
+}
+
+/// A frame, briefly (events can be large).
+fn describe(message: &Message) -> String {
+    let text = format!("{message:?}");
+    match text.char_indices().nth(120) {
+        Some((at, _)) => format!("{}…", &text[..at]),
+        None => text,
     }
 }
 
@@ -161,6 +194,61 @@ impl LiveClient {
     pub async fn close(self) {
         if let Transport::Ws(mut socket) = self.transport {
             let _ = socket.send(Message::Close(None)).await;
+        }
+    }
+
+    /// Starts a WebSocket's closing handshake with a close frame of `code` and `reason`, then
+    /// reads the server's answer as [`LiveClient::closing`] does.
+    pub async fn close_with(&mut self, code: u16, reason: &str, timeout: Duration) -> Closing {
+        let Transport::Ws(socket) = &mut self.transport else {
+            return Closing::failed("not a WebSocket".into());
+        };
+        let frame = CloseFrame {
+            code: CloseCode::from(code),
+            reason: reason.into(),
+        };
+        let sent = tokio::time::timeout(timeout, socket.send(Message::Close(Some(frame)))).await;
+        match sent {
+            Ok(Ok(())) => self.closing(timeout).await,
+            Ok(Err(e)) => Closing::failed(format!("sending the close frame: {e}")),
+            Err(_) => Closing::failed("sending the close frame timed out".into()),
+        }
+    }
+
+    /// Reads a WebSocket to its end, each step within `timeout`: its close frame (pings and pongs
+    /// are skipped; an event before it is reported instead), then, while the library answers it
+    /// (or has already sent the client's), the end of the connection.
+    pub async fn closing(&mut self, timeout: Duration) -> Closing {
+        let Transport::Ws(socket) = &mut self.transport else {
+            return Closing::failed("not a WebSocket".into());
+        };
+        let frame = loop {
+            match tokio::time::timeout(timeout, socket.next()).await {
+                Ok(Some(Ok(Message::Close(frame)))) => {
+                    break frame.map_or((1005, String::new()), |frame| {
+                        (u16::from(frame.code), frame.reason.as_str().to_owned())
+                    })
+                }
+                Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => {}
+                Ok(Some(Ok(other))) => {
+                    return Closing::failed(format!("before the close frame: {}", describe(&other)))
+                }
+                Ok(Some(Err(e))) => return Closing::failed(format!("before the close frame: {e}")),
+                Ok(None) => {
+                    return Closing::failed("the connection ended without a close frame".into())
+                }
+                Err(_) => return Closing::failed("no close frame came".into()),
+            }
+        };
+        let then = match tokio::time::timeout(timeout, socket.next()).await {
+            Ok(None) => Ok(()),
+            Ok(Some(Ok(other))) => Err(format!("after the close frame: {}", describe(&other))),
+            Ok(Some(Err(e))) => Err(format!("after the close frame: {e}")),
+            Err(_) => Err("the connection stayed open after the close frame".into()),
+        };
+        Closing {
+            frame: Some(frame),
+            then,
         }
     }
 }
