@@ -65,9 +65,9 @@ async fn the_web_example_follows_and_posts_from_an_allowed_origin_and_nothing_fr
     let http = reqwest::Client::new();
 
     // Two example servers, two origins: the application allows the first only.
-    let allowed_port = free_port();
+    let allowed_port = confab_tests::free_port();
     let other_port = loop {
-        let port = free_port();
+        let port = confab_tests::free_port();
         if port != allowed_port {
             break port;
         }
@@ -308,15 +308,6 @@ async fn the_web_example_follows_and_posts_from_an_allowed_origin_and_nothing_fr
     env.cleanup().await;
 }
 
-/// A port free on the loopback interface a moment ago.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// The processes this test started, each in a process group of its own (Chromium's helpers
 /// join its group); dropping this kills them all, also when the test panics.
 struct Processes {
@@ -510,7 +501,7 @@ impl Page {
             .call("Page.captureScreenshot", json!({"format": "png"}))
             .await
             .unwrap();
-        let png = base64_decode(result["data"].as_str().expect("screenshot data"));
+        let png = confab_tests::base64_decode(result["data"].as_str().expect("screenshot data"));
         assert!(png.starts_with(b"\x89PNG"), "not a PNG");
         png
     }
@@ -518,29 +509,4 @@ impl Page {
     async fn close(mut self) {
         let _ = self.socket.send(Message::Close(None)).await;
     }
-}
-
-/// Standard base64 (with or without padding), which is how DevTools sends binary data.
-fn base64_decode(text: &str) -> Vec<u8> {
-    let digit = |c: u8| -> u32 {
-        match c {
-            b'A'..=b'Z' => u32::from(c - b'A'),
-            b'a'..=b'z' => u32::from(c - b'a') + 26,
-            b'0'..=b'9' => u32::from(c - b'0') + 52,
-            b'+' => 62,
-            b'/' => 63,
-            _ => panic!("{c:?} is not a base64 digit"),
-        }
-    };
-    let digits: Vec<u32> = text.bytes().filter(|c| *c != b'=').map(digit).collect();
-    let mut out = Vec::with_capacity(digits.len() * 3 / 4);
-    for chunk in digits.chunks(4) {
-        let n = chunk
-            .iter()
-            .enumerate()
-            .fold(0u32, |n, (i, d)| n | (*d << (18 - 6 * i)));
-        let bytes = n.to_be_bytes();
-        out.extend_from_slice(&bytes[1..chunk.len()]);
-    }
-    out
 }

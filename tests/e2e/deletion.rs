@@ -98,7 +98,10 @@ async fn a_deleted_message_is_gone_everywhere_and_nothing_brings_it_back() {
     let (status, body) = c.raw(Method::DELETE, &format!("{messages}/2"), None).await;
     assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
     // 404 at once (the deletion mark), and out of the list once MySQL has it.
-    assert_eq!(c.get(&format!("{messages}/2")).await.0, StatusCode::NOT_FOUND);
+    assert_eq!(
+        c.get(&format!("{messages}/2")).await.0,
+        StatusCode::NOT_FOUND
+    );
     eventually(Duration::from_secs(20), "deletion applied", || async {
         numbers(&c.get(&messages).await.1) == vec![1, 3]
     })

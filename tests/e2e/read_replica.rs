@@ -24,21 +24,13 @@ fn script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("support/mariadb-pair")
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 impl Pair {
     fn start() -> Self {
         let dir = std::env::temp_dir().join(format!(
             "confab-mariadb-pair-{}",
             uuid::Uuid::new_v4().simple()
         ));
-        let (primary_port, replica_port) = (free_port(), free_port());
+        let (primary_port, replica_port) = (confab_tests::free_port(), confab_tests::free_port());
         let pair = Self {
             dir,
             primary_port,

@@ -496,3 +496,37 @@ where
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
+
+/// A port free on the loopback interface a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Standard base64 (with or without padding), which is how DevTools sends binary data.
+pub fn base64_decode(text: &str) -> Vec<u8> {
+    let digit = |c: u8| -> u32 {
+        match c {
+            b'A'..=b'Z' => u32::from(c - b'A'),
+            b'a'..=b'z' => u32::from(c - b'a') + 26,
+            b'0'..=b'9' => u32::from(c - b'0') + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => panic!("{c:?} is not a base64 digit"),
+        }
+    };
+    let digits: Vec<u32> = text.bytes().filter(|c| *c != b'=').map(digit).collect();
+    let mut out = Vec::with_capacity(digits.len() * 3 / 4);
+    for chunk in digits.chunks(4) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, d)| n | (*d << (18 - 6 * i)));
+        let bytes = n.to_be_bytes();
+        out.extend_from_slice(&bytes[1..chunk.len()]);
+    }
+    out
+}

@@ -35,6 +35,14 @@ const WATCH_EVERY: Duration = Duration::from_millis(200);
 /// What an application's change mark outlasts the allowed lag by (the persister's margin).
 const MARK_MARGIN: Duration = Duration::from_secs(2);
 
+/// What a read is for, and where it is counted.
+struct Target<'a> {
+    redis: &'a Redis,
+    keys: &'a Keys,
+    metrics: &'a Metrics,
+    application_id: u64,
+}
+
 /// The primary, and the replica when one is configured.
 #[derive(Clone)]
 pub struct Reads {
@@ -105,17 +113,13 @@ impl Reads {
         F: Fn(MySqlPool) -> Fut,
         Fut: Future<Output = sqlx::Result<T>>,
     {
-        if let Some(replica) = self.usable(redis, keys, application_id).await {
-            match read(replica.pool.clone()).await {
-                Ok(found) => {
-                    metrics.reads.with_label_values(&["replica"]).inc();
-                    return Ok(found);
-                }
-                Err(error) => replica.failed(&error),
-            }
-        }
-        metrics.reads.with_label_values(&["primary"]).inc();
-        read(self.primary.clone()).await
+        let on = Target {
+            redis,
+            keys,
+            metrics,
+            application_id,
+        };
+        self.read_where(on, read, |_| true).await
     }
 
     /// [`Self::read`] of one item: what the replica does not show (yet) is looked for on the
@@ -132,17 +136,38 @@ impl Reads {
         F: Fn(MySqlPool) -> Fut,
         Fut: Future<Output = sqlx::Result<Option<T>>>,
     {
-        if let Some(replica) = self.usable(redis, keys, application_id).await {
+        let on = Target {
+            redis,
+            keys,
+            metrics,
+            application_id,
+        };
+        self.read_where(on, read, Option::is_some).await
+    }
+
+    /// `read` on the replica when it may answer and its answer is `final_answer`, else on the
+    /// primary.
+    async fn read_where<T, F, Fut>(
+        &self,
+        on: Target<'_>,
+        read: F,
+        final_answer: impl Fn(&T) -> bool,
+    ) -> sqlx::Result<T>
+    where
+        F: Fn(MySqlPool) -> Fut,
+        Fut: Future<Output = sqlx::Result<T>>,
+    {
+        if let Some(replica) = self.usable(on.redis, on.keys, on.application_id).await {
             match read(replica.pool.clone()).await {
-                Ok(Some(found)) => {
-                    metrics.reads.with_label_values(&["replica"]).inc();
-                    return Ok(Some(found));
+                Ok(found) if final_answer(&found) => {
+                    on.metrics.reads.with_label_values(&["replica"]).inc();
+                    return Ok(found);
                 }
-                Ok(None) => {}
+                Ok(_) => {}
                 Err(error) => replica.failed(&error),
             }
         }
-        metrics.reads.with_label_values(&["primary"]).inc();
+        on.metrics.reads.with_label_values(&["primary"]).inc();
         read(self.primary.clone()).await
     }
 

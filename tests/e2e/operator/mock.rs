@@ -207,31 +207,7 @@ pub async fn expect_secret_and_status(
 
 pub fn decode(value: &Value) -> String {
     let b64 = value.as_str().expect("base64 string");
-    String::from_utf8(base64_decode(b64)).unwrap()
-}
-
-/// Standard base64 (what `ByteString` serializes to), decoded without another dependency.
-fn base64_decode(text: &str) -> Vec<u8> {
-    let value = |c: u8| -> u32 {
-        match c {
-            b'A'..=b'Z' => u32::from(c - b'A'),
-            b'a'..=b'z' => u32::from(c - b'a') + 26,
-            b'0'..=b'9' => u32::from(c - b'0') + 52,
-            b'+' => 62,
-            b'/' => 63,
-            _ => panic!("not base64: {c}"),
-        }
-    };
-    let mut out = Vec::new();
-    for chunk in text.trim_end_matches('=').as_bytes().chunks(4) {
-        let mut acc = 0u32;
-        for (i, c) in chunk.iter().enumerate() {
-            acc |= value(*c) << (18 - 6 * i);
-        }
-        let bytes = acc.to_be_bytes();
-        out.extend_from_slice(&bytes[1..chunk.len()]);
-    }
-    out
+    String::from_utf8(confab_tests::base64_decode(b64)).unwrap()
 }
 
 /// The condition of `type_`: (status, reason).
