@@ -28,6 +28,22 @@ const STATE: &str =
     "document.getElementById('status') && document.getElementById('status').dataset.state";
 /// Whether the messages written before the page opened are loaded.
 const HISTORY: &str = "document.getElementById('messages').dataset.history || ''";
+/// Opens a WebSocket on the page's chat with a fresh client token from the page's own server,
+/// closes it with 1000 once `ready` arrives, and answers what the browser's close event said.
+const WEBSOCKET_CLOSE: &str = r#"(async () => {
+    const t = await (await fetch('/token')).json();
+    const url = t.api.replace(/^http/, 'ws') + '/api/v1/applications/' + t.token + '/chats/' + t.chat + '/events';
+    return await new Promise(resolve => {
+        const ws = new WebSocket(url);
+        let ready = false;
+        ws.onmessage = e => {
+            if (!ready) { ready = JSON.parse(e.data).type; ws.close(1000, 'bye'); }
+        };
+        ws.onclose = e => resolve({ready, code: e.code, clean: e.wasClean});
+        setTimeout(() => resolve({ready, timeout: true}), 10000);
+    });
+})()"#;
+
 const COUNT: &str = "document.querySelectorAll('.message').length";
 const BODIES: &str = "Array.from(document.querySelectorAll('.message .body'), e => e.textContent)";
 const NUMBERS: &str =
@@ -259,6 +275,13 @@ async fn the_web_example_follows_and_posts_from_an_allowed_origin_and_nothing_fr
         "the page used the application token"
     );
 
+    // The browser's own WebSocket, with a fresh client token: `ready`, then a close the server
+    // answers, which the browser reports as clean with the client's code.
+    assert_eq!(
+        page.evaluate(WEBSOCKET_CLOSE).await.unwrap(),
+        json!({"ready": "ready", "code": 1000, "clean": true})
+    );
+
     if std::env::var("CONFAB_UPDATE_SCREENSHOT").as_deref() == Ok("1") {
         let png = page.screenshot().await;
         let path = root.join("docs/images/web-example.png");
@@ -285,6 +308,11 @@ async fn the_web_example_follows_and_posts_from_an_allowed_origin_and_nothing_fr
         .await;
     assert_eq!(stranger.evaluate(STATE).await.unwrap(), json!("error"));
     assert_eq!(stranger.evaluate(COUNT).await.unwrap(), json!(0));
+    // Its WebSocket is refused at the upgrade (403): never ready, never a clean close.
+    assert_eq!(
+        stranger.evaluate(WEBSOCKET_CLOSE).await.unwrap(),
+        json!({"ready": false, "code": 1006, "clean": false})
+    );
 
     // A sentinel proves it: had the refused post been created, it would hold number 5.
     assert_eq!(c.create_message(&token, 1, "sentinel").await, 5);

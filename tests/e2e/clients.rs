@@ -578,3 +578,47 @@ async fn concurrent_requests_with_one_key_take_one_number_and_deletions_read_at_
     persister.stop().await.unwrap();
     env.cleanup().await;
 }
+
+#[tokio::test]
+async fn a_request_refused_before_taking_a_number_frees_its_idempotency_key_at_once() {
+    let env = TestEnv::new().await;
+    let api = env.spawn_api_with(&[("CONFAB_ADMIN_TOKEN", ADMIN)]).await;
+    let admin = Client::with_bearer(&api.base, ADMIN);
+    let register = |max_chats: u64| {
+        let admin = admin.clone();
+        async move {
+            admin
+                .raw(
+                    Method::PUT,
+                    "/admin/v1/applications/limited",
+                    Some(
+                        &json!({"name": "limited", "quotas": {"max_chats": max_chats}}).to_string(),
+                    ),
+                )
+                .await
+        }
+    };
+    let (_, app) = register(1).await;
+    let token = app["token"].as_str().unwrap().to_owned();
+    let c = Client::new(&api.base);
+    let chats = format!("/api/v1/applications/{token}/chats");
+    assert_eq!(c.create_chat(&token).await, 1);
+    // Refused by the chat limit: no number taken, and the key is given back.
+    let (status, error) = c.post_idempotent(&chats, &json!({}), "retry-me").await;
+    assert_eq!(status, StatusCode::CONFLICT, "{error}");
+    assert_eq!(error["error"]["code"], "chat_limit_reached");
+    register(2).await;
+    // The retry goes ahead at once (a claim left behind would hold it for the publish
+    // deadline, 8 s, then answer 409 idempotency_key_in_use).
+    let started = std::time::Instant::now();
+    let (status, chat) = c.post_idempotent(&chats, &json!({}), "retry-me").await;
+    assert_eq!(status, StatusCode::CREATED, "{chat}");
+    assert_eq!(chat["number"], 2);
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "the retry waited {:?}",
+        started.elapsed()
+    );
+    api.stop().await.unwrap();
+    env.cleanup().await;
+}

@@ -91,12 +91,15 @@ impl AppState {
     {
         let mut recorded = Recorded::NotAsked;
         let mut raise = false;
+        // Whether the record this request holds is still its bare claim (no event recorded).
+        let mut claim_pending = false;
         if let Some(key) = &sequence.idempotency {
             let (held, collided) = match Box::pin(self.claim(key, sequence.trace)).await? {
                 Claimed::Answered(answer) => return Ok(Published::replayed(answer)),
                 Claimed::Held(revision, collided) => (revision, collided),
             };
             recorded = Recorded::Held(held);
+            claim_pending = true;
             raise = collided;
         }
         // The highest number seen taken: the sequence is raised at least past it.
@@ -118,7 +121,7 @@ impl AppState {
             };
             // Before the number is taken ([`Envelope::made_at`]).
             let made = chrono::Utc::now();
-            let Numbered { number, rate } = self
+            let numbered = self
                 .numbering
                 .next(
                     &sequence.key,
@@ -127,7 +130,20 @@ impl AppState {
                     raise,
                     seed,
                 )
-                .await?;
+                .await;
+            let Numbered { number, rate } = match numbered {
+                Ok(numbered) => numbered,
+                Err(error) => {
+                    // No number (a 429, a 409, Redis away): release a claim nobody else can
+                    // answer for, so that a retry with the key goes ahead at once.
+                    if let (Some(key), Recorded::Held(held), true) =
+                        (&sequence.idempotency, &recorded, claim_pending)
+                    {
+                        Box::pin(self.release(key, *held)).await;
+                    }
+                    return Err(error);
+                }
+            };
             let envelope = Envelope::made_at(event(number), made);
             if let (Some(key), Recorded::Held(held)) = (&sequence.idempotency, &recorded) {
                 let record = Record::for_envelope(key, &envelope);
@@ -139,12 +155,15 @@ impl AppState {
                     return match Box::pin(self.replay(key, sequence.trace)).await? {
                         Replay::Answered(answer) => Ok(Published::replayed(answer)),
                         Replay::Pending { .. } => Err(ApiError::IdempotencyKeyInUse),
-                        Replay::Absent | Replay::Collided(_) => Err(ApiError::Unavailable(
-                            "idempotency record changed concurrently".to_owned(),
-                        )),
+                        Replay::Absent | Replay::Released(_) | Replay::Collided(_) => {
+                            Err(ApiError::Unavailable(
+                                "idempotency record changed concurrently".to_owned(),
+                            ))
+                        }
                     };
                 };
                 recorded = Recorded::Held(revision);
+                claim_pending = false;
             }
             match self.publisher.publish(&envelope, sequence.trace).await? {
                 PublishOutcome::Stored | PublishOutcome::RetriedOwn => {
@@ -180,6 +199,7 @@ impl AppState {
             let (expected, collided) = match Box::pin(self.replay(key, trace)).await? {
                 Replay::Answered(answer) => return Ok(Claimed::Answered(answer)),
                 Replay::Absent => (0, false),
+                Replay::Released(revision) => (revision, false),
                 Replay::Collided(revision) => (revision, true),
                 Replay::Pending { revision, since } => {
                     let horizon = self.publisher.jetstream().config.creation_horizon();
@@ -234,6 +254,18 @@ impl AppState {
         }
     }
 
+    /// Releases this request's claim on `key` (at `revision`): best effort, since a claim left
+    /// behind only makes a retry wait, then be taken over after the creation horizon.
+    async fn release(&self, key: &IdempotencyKey, revision: u64) {
+        if let Err(error) = self
+            .idempotency
+            .replace(key, &Record::released(key), revision)
+            .await
+        {
+            tracing::debug!(%error, "releasing an idempotency claim");
+        }
+    }
+
     /// Answers from an earlier request's record, if there is one.
     async fn replay(&self, key: &IdempotencyKey, trace: &TraceContext) -> Result<Replay> {
         let Some((record, revision)) = self.idempotency.lookup(key).await? else {
@@ -241,6 +273,9 @@ impl AppState {
         };
         if let Some(since) = record.pending_since {
             return Ok(Replay::Pending { revision, since });
+        }
+        if record.released {
+            return Ok(Replay::Released(revision));
         }
         let envelope = record.envelope.ok_or(ApiError::IdempotencyMismatch)?;
         let number = envelope
@@ -300,6 +335,8 @@ enum Replay {
     Answered((u64, Envelope)),
     Absent,
     Collided(u64),
+    /// Released by a request that took no number: the key is free (at this revision).
+    Released(u64),
     /// Claimed by a request that has not recorded its event yet.
     Pending {
         revision: u64,

@@ -52,6 +52,9 @@ pub struct ApiConfig {
     /// application (comma-separated, e.g. `http://localhost:5173`), beside each application's own
     /// allowed origins. Meant for development.
     pub cors_origins: Vec<String>,
+    /// `CONFAB_COMPRESS`, default true: gzip answers over 1 KiB for clients that accept it
+    /// (false: leave it to a proxy in front).
+    pub compress: bool,
     /// Quotas of applications that did not ask for their own: `CONFAB_DEFAULT_MAX_CHATS`
     /// (100000, 0 to 2^53 - 1), `CONFAB_DEFAULT_MESSAGES_PER_SECOND` (1000, 0 to 10000000),
     /// `CONFAB_DEFAULT_MESSAGE_BURST` (2000, 1 to 10000000), `CONFAB_DEFAULT_MAX_BODY_BYTES`
@@ -208,6 +211,7 @@ impl ApiConfig {
             },
             admin_token: secret(env, "CONFAB_ADMIN_TOKEN"),
             cors_origins: cors_origins(env)?,
+            compress: boolean(env, "CONFAB_COMPRESS", true)?,
             quota_defaults: Quotas {
                 // The numbering script compares in Lua numbers, exact up to 2^53.
                 max_chats: parse_within(

@@ -31,24 +31,27 @@ use crate::metrics::Metrics;
 /// One middleware rather than a layer for each: axum boxes a route once per layer and clones and
 /// polls every box for every request (four layers were seven boxed clones per request).
 pub fn layers(router: Router, request_timeout: Duration, metrics: Metrics) -> Router {
+    router.layer(axum::middleware::from_fn_with_state(
+        // Shared: axum clones a route's layers and their state for every request, and the
+        // metrics are a few dozen reference-counted handles.
+        Arc::new(Observed {
+            metrics,
+            request_timeout,
+        }),
+        observe,
+    ))
+}
+
+/// gzip for answers over 1 KiB when the client accepts it (lists, search); never for event
+/// streams, whose events must leave as they are written. Small answers, as a created message
+/// is, go out as they are.
+pub fn compressed(router: Router) -> Router {
     use tower_http::compression::predicate::{NotForContentType, Predicate, SizeAbove};
     use tower_http::compression::CompressionLayer;
-    // gzip for answers over 1 KiB when the client accepts it (lists, search); never for event
-    // streams, whose events must leave as they are written. Small answers, as a created message
-    // is, go out as they are.
-    let compression = CompressionLayer::new()
-        .compress_when(SizeAbove::new(COMPRESS_ABOVE).and(NotForContentType::SSE));
-    router
-        .layer(axum::middleware::from_fn_with_state(
-            // Shared: axum clones a route's layers and their state for every request, and the
-            // metrics are a few dozen reference-counted handles.
-            Arc::new(Observed {
-                metrics,
-                request_timeout,
-            }),
-            observe,
-        ))
-        .layer(compression)
+    router.layer(
+        CompressionLayer::new()
+            .compress_when(SizeAbove::new(COMPRESS_ABOVE).and(NotForContentType::SSE)),
+    )
 }
 
 /// `ETag` on `GET` answers of JSON (one item, a list), and `304 Not Modified` when the client's
@@ -300,14 +303,14 @@ mod compression_tests {
     #[tokio::test]
     async fn large_answers_are_gzipped_when_asked_small_ones_and_unasked_ones_are_not() {
         let big = || async { axum::Json(vec!["a fairly long string"; 200]) };
-        let router = layers(
+        let router = compressed(layers(
             Router::new()
                 .route("/big", get(big))
                 .route("/small", get(|| async { axum::Json("small") }))
                 .layer(axum::middleware::from_fn(etag)),
             Duration::from_secs(5),
             Metrics::register(&confab_runtime::metrics::registry()),
-        );
+        ));
         let get = |path: &str, gzip: bool| {
             let mut request = Request::get(path);
             if gzip {

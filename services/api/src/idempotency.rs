@@ -99,6 +99,10 @@ pub struct Record {
     /// the key is `409 idempotency_key_in_use` and takes no number.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pending_since: Option<chrono::DateTime<chrono::Utc>>,
+    /// A claim given back by a request that took no number (refused, or a dependency away):
+    /// the key is free again.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub released: bool,
 }
 
 impl Record {
@@ -108,6 +112,7 @@ impl Record {
             envelope: Some(envelope.clone()),
             application_key: None,
             pending_since: None,
+            released: false,
         }
     }
 
@@ -117,6 +122,7 @@ impl Record {
             envelope: None,
             application_key: Some(application_key),
             pending_since: None,
+            released: false,
         }
     }
 
@@ -127,6 +133,18 @@ impl Record {
             envelope: None,
             application_key: None,
             pending_since: Some(chrono::Utc::now()),
+            released: false,
+        }
+    }
+
+    /// A claim given back.
+    pub fn released(key: &IdempotencyKey) -> Self {
+        Self {
+            fingerprint: key.fingerprint.clone(),
+            envelope: None,
+            application_key: None,
+            pending_since: None,
+            released: true,
         }
     }
 
@@ -186,6 +204,8 @@ impl Idempotency {
         })?;
         let outcome = if record.pending_since.is_some() {
             "in_progress"
+        } else if record.released {
+            "released"
         } else {
             "replayed"
         };

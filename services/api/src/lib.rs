@@ -71,9 +71,14 @@ pub struct Listeners {
 
 /// The full tenant router for a state, with the panic net and the observation and timeout
 /// layers.
-pub fn app(state: AppState, request_timeout: std::time::Duration) -> Router {
+pub fn app(state: AppState, request_timeout: std::time::Duration, compress: bool) -> Router {
     let metrics = state.metrics.clone();
-    http::layers(routes::router(state), request_timeout, metrics)
+    let app = http::layers(routes::router(state), request_timeout, metrics);
+    if compress {
+        http::compressed(app)
+    } else {
+        app
+    }
 }
 
 /// Connects to MySQL, Redis and NATS, and builds the state; its parts record into `metrics`.
@@ -168,7 +173,7 @@ pub async fn run(
     // With the peer address, which the per-client limit on application creation keys on.
     let serve = axum::serve(
         listeners.http,
-        app(state.clone(), config.request_timeout)
+        app(state.clone(), config.request_timeout, config.compress)
             .into_make_service_with_connect_info::<std::net::SocketAddr>(),
     )
     .with_graceful_shutdown(shutdown.wait());

@@ -79,8 +79,8 @@ impl Metrics {
                 registry,
                 "confab_idempotent_requests_total",
                 "Requests whose Idempotency-Key was seen before: replayed (answered as the \
-                 first), mismatch (another body, 422), or in_progress (the first still running, \
-                 409).",
+                 first), mismatch (another body, 422), in_progress (the first still running: \
+                 this one waits), or released (the first took no number).",
                 &["outcome"],
             ),
             quota_rejections: metrics::counter_vec(
@@ -130,7 +130,7 @@ impl Metrics {
         for source in ["replica", "primary"] {
             m.reads.with_label_values(&[source]);
         }
-        for outcome in ["replayed", "mismatch", "in_progress"] {
+        for outcome in ["replayed", "mismatch", "in_progress", "released"] {
             m.idempotent_requests.with_label_values(&[outcome]);
         }
         m
