@@ -175,6 +175,7 @@ impl AppState {
         self.set_mark(
             self.keys.chat_deleted(application_id, number),
             published,
+            None,
             "mark_chat_deleted",
         )
         .await?;
@@ -191,18 +192,33 @@ impl AppState {
         number: u64,
         published: bool,
     ) -> Result<()> {
+        // Expiring with the stream's maximum age as a backstop: by then the deletion is in MySQL
+        // or was never applied (a message of a chat deleted meanwhile, whose mark the persister
+        // does not clear).
+        let expiry = self.publisher.jetstream().config.max_age;
         self.set_mark(
             self.keys.message_deleted(application_id, chat, number),
             published,
+            Some(expiry),
             "mark_message_deleted",
         )
         .await
     }
 
-    async fn set_mark(&self, key: String, published: bool, what: &'static str) -> Result<()> {
+    async fn set_mark(
+        &self,
+        key: String,
+        published: bool,
+        expiry: Option<std::time::Duration>,
+        what: &'static str,
+    ) -> Result<()> {
         let mut redis = self.redis.clone();
         let started = std::time::Instant::now();
-        let () = redis.set(key, if published { 2u8 } else { 1u8 }).await?;
+        let value = if published { 2u8 } else { 1u8 };
+        let () = match expiry {
+            Some(expiry) => redis.set_ex(key, value, expiry.as_secs().max(1)).await?,
+            None => redis.set(key, value).await?,
+        };
         self.metrics.dependencies.redis(what, started);
         Ok(())
     }
