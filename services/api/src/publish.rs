@@ -84,6 +84,20 @@ impl Publisher {
             .to_std()
             .unwrap_or_default();
         let deadline = started + self.js.config.publish_deadline.saturating_sub(age);
+        // Already past it (numbering took that long, or a replay came late): sending now could
+        // store the event past its horizon, where consumers refuse it, and a timer's slack could
+        // still let an attempt answer. Nothing is sent; the request is a 503.
+        if age >= self.js.config.publish_deadline {
+            self.metrics
+                .events_published
+                .with_label_values(&[kind, "error"])
+                .inc();
+            return Err(ApiError::Unavailable(format!(
+                "the publish deadline passed before the event could be published ({} ms after \
+                 it was made)",
+                age.as_millis()
+            )));
+        }
         let mut attempt = 1u32;
         let retries = async {
             loop {
@@ -94,6 +108,11 @@ impl Publisher {
                 )
                 .await
                 {
+                    // Acknowledged after the deadline (a timer's slack): not answered 201. The
+                    // event may be stored, within its horizon, and an idempotent retry finds it.
+                    Ok(Attempt::Outcome(..)) if Instant::now() > deadline => {
+                        "acknowledged after the deadline".to_owned()
+                    }
                     Ok(Attempt::Outcome(outcome, sequence)) => {
                         if let Some(sequence) = sequence {
                             tracing::Span::current().record("messaging.message.id", sequence);
