@@ -274,3 +274,89 @@ async fn store_recorded_creation_late(env: &TestEnv, app: u64, chat: u64, number
     .await
     .unwrap();
 }
+
+/// A private `redis-server` on a free port, stopped when dropped.
+struct PrivateRedis(std::process::Child, u16);
+
+impl PrivateRedis {
+    fn start() -> Self {
+        let port = confab_tests::free_port();
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server runs (scripts/dev installs it)");
+        Self(child, port)
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.1)
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A creation whose number comes later than the publish deadline after it was made (Redis
+/// stalled, as while it comes back from a loss) is answered 503 and never sent: sent, it would
+/// be stored past its horizon and refused by the consumers, and a timer's slack could still
+/// have answered it 201.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_creation_numbered_after_its_deadline_is_503_and_never_stored() {
+    let redis = PrivateRedis::start();
+    let env = TestEnv::new().await;
+    let url = redis.url();
+    eventually(Duration::from_secs(10), "the private Redis up", || async {
+        redis::Client::open(url.as_str())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .is_ok()
+    })
+    .await;
+    let api = env
+        .spawn_api_with(&[("REDIS_URL", &url), ("CONFAB_PUBLISH_DEADLINE_MS", "1000")])
+        .await;
+    let c = Client::new(&api.base);
+    let token = c.create_app("stalled").await;
+    let chat = c.create_chat(&token).await;
+    assert_eq!(c.create_message(&token, chat, "before").await, 1);
+    let stored = env.stream_messages().await;
+
+    // Redis holds every write (the numbering script included) for 1.5 s.
+    let mut admin = redis::Client::open(url.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let () = redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(1_500)
+        .arg("WRITE")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    let (status, body) = c
+        .send(
+            reqwest::Method::POST,
+            &format!("/api/v1/applications/{token}/chats/{chat}/messages"),
+            Some(json!({"body": "numbered too late"})),
+        )
+        .await;
+    assert_eq!(status, reqwest::StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        env.stream_messages().await,
+        stored,
+        "a creation past its deadline was sent to the stream"
+    );
+    // Numbering goes on (its number is a gap).
+    assert_eq!(c.create_message(&token, chat, "after").await, 3);
+    api.stop().await.unwrap();
+    env.cleanup().await;
+}

@@ -28,7 +28,9 @@
 //!    starts with a settled epoch: none of its numbers can be in flight.
 //! 4. **A creation stored past its horizon is never applied.** A creation's `occurred_at` is read
 //!    before its number is taken, and the api answers `201` only when the acknowledgement comes
-//!    within `CONFAB_PUBLISH_DEADLINE_MS` of it. A creation the stream stored later than `H = deadline + skew` after its
+//!    within `CONFAB_PUBLISH_DEADLINE_MS` of it (one whose deadline passed before it could be
+//!    published, as when numbering stalled, is not sent at all, and an acknowledgement arriving
+//!    past the deadline is not answered 201). A creation the stream stored later than `H = deadline + skew` after its
 //!    `occurred_at` was therefore answered 503, and the persister and indexer dead-letter it
 //!    (`late`) instead of applying it ([`creation_is_late`]). A replayed `Idempotency-Key` whose
 //!    first request is over reads its event's fate from the stream and MySQL rather than
