@@ -206,6 +206,7 @@ impl AppState {
                     let age = (chrono::Utc::now() - since).to_std().unwrap_or_default();
                     if age <= horizon {
                         // The first request is still running: wait for its answer.
+                        self.idempotency.count_in_progress();
                         match Box::pin(self.await_answer(key, trace, since)).await? {
                             Some(answer) => return Ok(Claimed::Answered(answer)),
                             None => continue,

@@ -202,18 +202,28 @@ impl Idempotency {
                 .with_label_values(&["mismatch"])
                 .inc();
         })?;
-        let outcome = if record.pending_since.is_some() {
-            "in_progress"
-        } else if record.released {
-            "released"
-        } else {
-            "replayed"
-        };
+        // A claim in progress is counted once by the request that waits on it
+        // ([`Self::count_in_progress`]), not at every look while it waits.
+        if record.pending_since.is_none() {
+            let outcome = if record.released {
+                "released"
+            } else {
+                "replayed"
+            };
+            self.metrics
+                .idempotent_requests
+                .with_label_values(&[outcome])
+                .inc();
+        }
+        Ok(Some((record, message.sequence)))
+    }
+
+    /// Counts a request that found its key claimed by another one still running.
+    pub fn count_in_progress(&self) {
         self.metrics
             .idempotent_requests
-            .with_label_values(&[outcome])
+            .with_label_values(&["in_progress"])
             .inc();
-        Ok(Some((record, message.sequence)))
     }
 
     /// Records the first request with `key`; `None` if another request recorded it first (the
