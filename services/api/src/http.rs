@@ -58,15 +58,11 @@ pub fn compressed(router: Router) -> Router {
 /// `If-None-Match` names it: a weak tag over the body (and the `Link` header, which a list's
 /// page depends on), so a client polling an unchanged list gets no body. Event streams and
 /// WebSocket upgrades pass untouched.
-pub async fn etag(req: Request, next: Next) -> Response {
-    use axum::http::header::{CONTENT_TYPE, ETAG, IF_NONE_MATCH, LINK};
-    use axum::http::{Method, StatusCode};
+/// Done inside [`observe`] rather than as a layer of its own (see [`layers`]).
+async fn etag(response: Response, if_none_match: Option<HeaderValue>) -> Response {
+    use axum::http::header::{CONTENT_TYPE, ETAG, LINK};
+    use axum::http::StatusCode;
     use sha2::{Digest, Sha256};
-    if req.method() != Method::GET {
-        return next.run(req).await;
-    }
-    let if_none_match = req.headers().get(IF_NONE_MATCH).cloned();
-    let response = next.run(req).await;
     let json = response
         .headers()
         .get(CONTENT_TYPE)
@@ -170,6 +166,12 @@ async fn observe(
     let trace = continue_trace(&span, parent.as_ref());
     span.record("trace_id", tracing::field::display(trace.trace_id()));
     req.extensions_mut().insert(trace);
+    // Only a GET's answer is tagged ([`etag`]); what it needs of the request is read now.
+    let if_none_match = (req.method() == axum::http::Method::GET).then(|| {
+        req.headers()
+            .get(axum::http::header::IF_NONE_MATCH)
+            .cloned()
+    });
     let handled = AssertUnwindSafe(next.run(req)).catch_unwind();
     let metrics = &observed.metrics;
     let mut response = match tokio::time::timeout(observed.request_timeout, handled)
@@ -183,6 +185,9 @@ async fn observe(
         }
         Err(_) => ApiError::Timeout.into_response(),
     };
+    if let Some(if_none_match) = if_none_match {
+        response = etag(response, if_none_match).await;
+    }
     response.headers_mut().insert(REQUEST_ID, request_id);
     let status = response.status().as_u16();
     let elapsed = started.elapsed();
@@ -306,8 +311,7 @@ mod compression_tests {
         let router = compressed(layers(
             Router::new()
                 .route("/big", get(big))
-                .route("/small", get(|| async { axum::Json("small") }))
-                .layer(axum::middleware::from_fn(etag)),
+                .route("/small", get(|| async { axum::Json("small") })),
             Duration::from_secs(5),
             Metrics::register(&confab_runtime::metrics::registry()),
         ));

@@ -88,14 +88,14 @@ pub async fn connect(config: &ApiConfig, metrics: metrics::Metrics) -> Result<Ap
         db::migrate(&db).await?;
     }
     let redis = cache::connect(&config.common).await?;
+    let reads = reads::Reads::primary(db.clone(), metrics.clone());
     let reads = match &config.common.database_read_url {
-        None => reads::Reads::primary(db.clone()),
-        Some(url) => reads::Reads::with_replica(
-            db.clone(),
+        None => reads,
+        Some(url) => reads.with_replica(
             db::pool_at(&config.common, url.expose())?,
+            (redis.clone(), Keys::new(config.common.redis_prefix.clone())),
             config.common.read_replica_max_lag,
             config.common.stream.clock_skew,
-            metrics.read_replica_lag.clone(),
         ),
     };
     let js =

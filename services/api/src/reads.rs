@@ -35,23 +35,20 @@ const WATCH_EVERY: Duration = Duration::from_millis(200);
 /// What an application's change mark outlasts the allowed lag by (the persister's margin).
 const MARK_MARGIN: Duration = Duration::from_secs(2);
 
-/// What a read is for, and where it is counted.
-struct Target<'a> {
-    redis: &'a Redis,
-    keys: &'a Keys,
-    metrics: &'a Metrics,
-    application_id: u64,
-}
-
 /// The primary, and the replica when one is configured.
 #[derive(Clone)]
 pub struct Reads {
     pub primary: MySqlPool,
     replica: Option<Arc<Replica>>,
+    /// Where each read was answered (`confab_db_reads_total`).
+    metrics: Metrics,
 }
 
 struct Replica {
     pool: MySqlPool,
+    /// Where the applications' change marks and epochs are.
+    redis: Redis,
+    keys: Keys,
     /// The lag the last look measured, µs; `u64::MAX` while unknown or unreachable.
     lag_us: AtomicU64,
     max_lag: Duration,
@@ -61,33 +58,40 @@ struct Replica {
 
 impl Reads {
     /// Reads from the primary only.
-    pub fn primary(primary: MySqlPool) -> Self {
+    pub fn primary(primary: MySqlPool, metrics: Metrics) -> Self {
         Self {
             primary,
             replica: None,
+            metrics,
         }
     }
 
-    /// Reads from `replica` when it may answer (lag at most `max_lag`; `clock_skew` between
-    /// Redis's and this host's clocks); starts watching its lag into `lag_gauge` (the task ends
-    /// when the last clone of the returned value is dropped).
+    /// [`Self::primary`], and `replica` when it may answer (lag at most `max_lag`;
+    /// `clock_skew` between Redis's and this host's clocks, whose `redis` and `keys` hold the
+    /// marks); starts watching its lag (the task ends when the last clone of the returned value
+    /// is dropped).
     pub fn with_replica(
-        primary: MySqlPool,
+        self,
         replica: MySqlPool,
+        (redis, keys): (Redis, Keys),
         max_lag: Duration,
         clock_skew: Duration,
-        lag_gauge: confab_runtime::metrics::Gauge,
     ) -> Self {
         let replica = Arc::new(Replica {
             pool: replica,
+            redis,
+            keys,
             lag_us: AtomicU64::new(u64::MAX),
             max_lag,
             settle: max_lag + MARK_MARGIN + clock_skew,
         });
-        tokio::spawn(watch(Arc::downgrade(&replica), lag_gauge));
+        tokio::spawn(watch(
+            Arc::downgrade(&replica),
+            self.metrics.read_replica_lag.clone(),
+        ));
         Self {
-            primary,
             replica: Some(replica),
+            ..self
         }
     }
 
@@ -101,55 +105,29 @@ impl Reads {
 
     /// Runs `read` on the replica when it may answer for `application_id`, else (or when it
     /// fails there) on the primary.
-    pub async fn read<T, F, Fut>(
-        &self,
-        redis: &Redis,
-        keys: &Keys,
-        metrics: &Metrics,
-        application_id: u64,
-        read: F,
-    ) -> sqlx::Result<T>
+    pub async fn read<T, F, Fut>(&self, application_id: u64, read: F) -> sqlx::Result<T>
     where
         F: Fn(MySqlPool) -> Fut,
         Fut: Future<Output = sqlx::Result<T>>,
     {
-        let on = Target {
-            redis,
-            keys,
-            metrics,
-            application_id,
-        };
-        self.read_where(on, read, |_| true).await
+        self.read_where(application_id, read, |_| true).await
     }
 
     /// [`Self::read`] of one item: what the replica does not show (yet) is looked for on the
     /// primary too, so an item once found is never missing from a later lookup.
-    pub async fn read_one<T, F, Fut>(
-        &self,
-        redis: &Redis,
-        keys: &Keys,
-        metrics: &Metrics,
-        application_id: u64,
-        read: F,
-    ) -> sqlx::Result<Option<T>>
+    pub async fn read_one<T, F, Fut>(&self, application_id: u64, read: F) -> sqlx::Result<Option<T>>
     where
         F: Fn(MySqlPool) -> Fut,
         Fut: Future<Output = sqlx::Result<Option<T>>>,
     {
-        let on = Target {
-            redis,
-            keys,
-            metrics,
-            application_id,
-        };
-        self.read_where(on, read, Option::is_some).await
+        self.read_where(application_id, read, Option::is_some).await
     }
 
     /// `read` on the replica when it may answer and its answer is `final_answer`, else on the
     /// primary.
     async fn read_where<T, F, Fut>(
         &self,
-        on: Target<'_>,
+        application_id: u64,
         read: F,
         final_answer: impl Fn(&T) -> bool,
     ) -> sqlx::Result<T>
@@ -157,25 +135,24 @@ impl Reads {
         F: Fn(MySqlPool) -> Fut,
         Fut: Future<Output = sqlx::Result<T>>,
     {
-        if let Some(replica) = self.usable(on.redis, on.keys, on.application_id).await {
+        if let Some(replica) = self.usable(application_id).await {
             match read(replica.pool.clone()).await {
                 Ok(found) if final_answer(&found) => {
-                    on.metrics.reads.with_label_values(&["replica"]).inc();
+                    self.metrics.reads.with_label_values(&["replica"]).inc();
                     return Ok(found);
                 }
                 Ok(_) => {}
                 Err(error) => replica.failed(&error),
             }
         }
-        on.metrics.reads.with_label_values(&["primary"]).inc();
+        self.metrics.reads.with_label_values(&["primary"]).inc();
         read(self.primary.clone()).await
     }
 
     /// The replica, when it may answer a read of `application_id`.
-    async fn usable(&self, redis: &Redis, keys: &Keys, application_id: u64) -> Option<&Replica> {
+    async fn usable(&self, application_id: u64) -> Option<&Replica> {
         let replica = self.replica.as_deref()?;
-        (replica.fresh() && settled(redis, keys, application_id, replica.settle).await)
-            .then_some(replica)
+        (replica.fresh() && replica.settled(application_id).await).then_some(replica)
     }
 }
 
@@ -190,28 +167,29 @@ impl Replica {
         let lag = self.lag_us.load(Ordering::Relaxed);
         u128::from(lag) <= self.max_lag.as_micros()
     }
-}
 
-/// Whether the application has no change the replica may still lack, and Redis has kept its
-/// marks long enough to tell (see the module's note). Any doubt, a Redis error included, is a no.
-async fn settled(redis: &Redis, keys: &Keys, application_id: u64, settle: Duration) -> bool {
-    let mut redis = redis.clone();
-    let mut both = redis::cmd("MGET");
-    both.arg(keys.recent_change(application_id))
-        .arg(keys.sequence_epoch(application_id));
-    let Ok((changed, epoch)): Result<(Option<String>, Option<u64>), _> =
-        both.query_async(&mut redis).await
-    else {
-        return false;
-    };
-    let Some(epoch_us) = epoch else {
-        return false;
-    };
-    let now_us = chrono::Utc::now().timestamp_micros();
-    let settled_for = u128::try_from(now_us)
-        .unwrap_or(0)
-        .saturating_sub(u128::from(epoch_us));
-    changed.is_none() && settled_for > settle.as_micros()
+    /// Whether the application has no change the replica may still lack, and Redis has kept its
+    /// marks long enough to tell (see the module's note). Any doubt, a Redis error included, is a no.
+    async fn settled(&self, application_id: u64) -> bool {
+        let (keys, settle) = (&self.keys, self.settle);
+        let mut redis = self.redis.clone();
+        let mut both = redis::cmd("MGET");
+        both.arg(keys.recent_change(application_id))
+            .arg(keys.sequence_epoch(application_id));
+        let Ok((changed, epoch)): Result<(Option<String>, Option<u64>), _> =
+            both.query_async(&mut redis).await
+        else {
+            return false;
+        };
+        let Some(epoch_us) = epoch else {
+            return false;
+        };
+        let now_us = chrono::Utc::now().timestamp_micros();
+        let settled_for = u128::try_from(now_us)
+            .unwrap_or(0)
+            .saturating_sub(u128::from(epoch_us));
+        changed.is_none() && settled_for > settle.as_micros()
+    }
 }
 
 /// Measures the replica's lag every [`WATCH_EVERY`] while the replica is in use.

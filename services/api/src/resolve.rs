@@ -124,6 +124,7 @@ impl AppState {
         number: u64,
     ) -> Result<Option<repo::State>> {
         Ok(self
+            .reads
             .read(application_id, |db| async move {
                 repo::chat_state(&db, application_id, number).await
             })
@@ -287,6 +288,7 @@ impl AppState {
             return Ok(false);
         }
         let first = self
+            .reads
             .read(application_id, |db| async move {
                 repo::message_state(&db, application_id, chat, number).await
             })

@@ -73,31 +73,6 @@ pub struct Shared {
     pub token_cache_ttl: Duration,
 }
 
-impl AppState {
-    /// Runs `read` of `application_id`'s items on the read replica when it may answer, else on
-    /// the primary ([`crate::reads`]).
-    pub async fn read<T, F, Fut>(&self, application_id: u64, read: F) -> sqlx::Result<T>
-    where
-        F: Fn(MySqlPool) -> Fut,
-        Fut: std::future::Future<Output = sqlx::Result<T>>,
-    {
-        self.reads
-            .read(&self.redis, &self.keys, &self.metrics, application_id, read)
-            .await
-    }
-
-    /// [`Self::read`] of one item, which the primary is asked for when the replica lacks it.
-    pub async fn read_one<T, F, Fut>(&self, application_id: u64, read: F) -> sqlx::Result<Option<T>>
-    where
-        F: Fn(MySqlPool) -> Fut,
-        Fut: std::future::Future<Output = sqlx::Result<Option<T>>>,
-    {
-        self.reads
-            .read_one(&self.redis, &self.keys, &self.metrics, application_id, read)
-            .await
-    }
-}
-
 /// An application as a tenant request sees it: its id and the quotas in force.
 #[derive(Debug, Clone, Copy)]
 pub struct Tenant {

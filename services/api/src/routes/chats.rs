@@ -97,6 +97,7 @@ pub async fn list(
     let app = access.tenant.id;
     let (limit, offset) = (page.probe_limit(), page.offset);
     let rows = state
+        .reads
         .read(app, |db| async move {
             repo::list_chats(&db, app, limit, offset).await
         })
@@ -121,6 +122,7 @@ pub async fn show(
         return Err(ApiError::NotFound("chat"));
     }
     let row = state
+        .reads
         .read_one(app, |db| async move { repo::chat(&db, app, number).await })
         .await?
         .ok_or(ApiError::NotFound("chat"))?;

@@ -169,6 +169,7 @@ pub async fn list(
     let app = tenant.id;
     let (limit, offset) = (page.probe_limit(), page.offset);
     let rows = state
+        .reads
         .read(app, |db| async move {
             repo::list_messages(&db, app, chat, limit, offset).await
         })
@@ -197,6 +198,7 @@ pub async fn show(
         return Err(ApiError::NotFound("message"));
     }
     let row = state
+        .reads
         .read_one(app, |db| async move {
             repo::message(&db, app, chat, number).await
         })

@@ -98,7 +98,6 @@ pub fn router(state: AppState) -> Router {
         .fallback(|| async { ApiError::NoRoute })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(limit))
-        .layer(axum::middleware::from_fn(crate::http::etag))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             crate::cors::cors,
