@@ -40,7 +40,7 @@ SHARED = os.path.join(os.path.dirname(ROOT), "shared", "bench")
 BARE_SRC = os.path.join(SHARED, "bare-path")
 BARE_WORK = os.path.join(os.environ.get("TMPDIR", "/tmp"), "confab-side-by-side")
 BARE_BIN = os.path.join(BARE_WORK, "target", "release")
-API, API_ADMIN, PERSISTER, BARE = 18580, 18581, 18582, 18590
+API, API_ADMIN, PERSISTER, BARE, BARE_G = 18580, 18581, 18582, 18590, 18591
 
 # The chat limit too is checked on every request and never refuses.
 CONFAB_ENV = pipeline.confab_env("confab_side", "side2") | {
@@ -70,7 +70,8 @@ def build_bare():
 
 
 def reset():
-    mysql("DROP DATABASE IF EXISTS bare_path; CREATE DATABASE bare_path;")
+    mysql("DROP DATABASE IF EXISTS bare_path; CREATE DATABASE bare_path;"
+          "DROP DATABASE IF EXISTS bare_path_g; CREATE DATABASE bare_path_g;")
     pipeline.reset_confab(CONFAB_ENV)
 
 
@@ -112,7 +113,12 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--duration", type=int, default=15)
     ap.add_argument("--connections", type=int, default=64)
+    ap.add_argument("--indexer-consumer", action="store_true",
+                    help="keep the indexer's consumer (which nothing acks here), as "
+                         "../shared/bench/side-by-side does")
     a = ap.parse_args()
+    if a.indexer_consumer:
+        CONFAB_ENV["CONFAB_INDEXER_CONSUMER"] = "side2-indexer"
     os.makedirs(pipeline.RUN, exist_ok=True)
     print("==> building the bare path", file=sys.stderr, flush=True)
     build_bare()
@@ -128,8 +134,13 @@ def main():
     try:
         procs.append(Proc("bare-handler", [os.path.join(BARE_BIN, "e2e")],
                           {**bare_db, "ADDR": f"127.0.0.1:{BARE}"}, {}))
+        guarantee = {"GUARANTEE": "1", "STREAM": "GMSGS",
+                     "DB": "mysql://root@127.0.0.1:3306/bare_path_g"}
+        procs.append(Proc("bare-g-handler", [os.path.join(BARE_BIN, "e2e")],
+                          {**guarantee, "ADDR": f"127.0.0.1:{BARE_G}"}, {}))
         time.sleep(2)  # the handler (re)creates the stream the writer consumes
         procs.append(Proc("bare-writer", [os.path.join(BARE_BIN, "persister")], bare_db, {}))
+        procs.append(Proc("bare-g-writer", [os.path.join(BARE_BIN, "persister")], guarantee, {}))
         wait_ready(API_ADMIN, "api")
         wait_ready(PERSISTER, "persister")
         token = post(f"http://127.0.0.1:{API}/api/v1/applications", {"name": "side"})["token"]
@@ -141,27 +152,37 @@ def main():
         by_name = {p.name: p.pid for p in procs}
         bare_pids = {"handler/api": by_name["bare-handler"],
                      "writer/persister": by_name["bare-writer"]} | backing
+        bare_g_pids = {"handler/api": by_name["bare-g-handler"],
+                       "writer/persister": by_name["bare-g-writer"]} | backing
         confab_pids = {"handler/api": by_name["side-api"],
                        "writer/persister": by_name["side-persister"]} | backing
         bare_script, confab_script = SCRIPTS[a.what]
-        ratios, p99_ratios = [], []
+        ratios, p99_ratios, g_ratios, g_p99_ratios = [], [], [], []
         for round_ in range(1, a.rounds + 1):
             b = measured(BARE, bare_script, a, token, bare_pids)
+            time.sleep(3)
+            g = measured(BARE_G, bare_script, a, token, bare_g_pids)
             time.sleep(3)
             c = measured(API, confab_script, a, token, confab_pids)
             time.sleep(3)
             ratios.append(c[0] / b[0])
             p99_ratios.append(millis(c[2]) / millis(b[2]))
+            g_ratios.append(c[0] / g[0])
+            g_p99_ratios.append(millis(c[2]) / millis(g[2]))
             print(f"round {round_}  bare {b[0]:8.0f} req/s p50 {b[1]:>8} p99 {b[2]:>8} | "
+                  f"bare+guarantee {g[0]:8.0f} req/s p50 {g[1]:>8} p99 {g[2]:>8} | "
                   f"confab {c[0]:8.0f} req/s p50 {c[1]:>8} p99 {c[2]:>8} non-2xx {c[3]} | "
-                  f"ratio {ratios[-1]:.2f} p99 x{p99_ratios[-1]:.2f}", flush=True)
-            for label, r in (("bare", b), ("confab", c)):
+                  f"ratio {ratios[-1]:.2f} p99 x{p99_ratios[-1]:.2f}, to bare+guarantee "
+                  f"{g_ratios[-1]:.2f} p99 x{g_p99_ratios[-1]:.2f}", flush=True)
+            for label, r in (("bare", b), ("bare+g", g), ("confab", c)):
                 cpu = r[4]
                 print(f"    {label:>6} CPU us/request: "
                       + " ".join(f"{n} {v}" for n, v in cpu.items())
                       + f" total {sum(cpu.values())}", flush=True)
         print(f"{a.what}: median ratio confab/bare {statistics.median(ratios):.2f}, "
-              f"median p99 confab/bare {statistics.median(p99_ratios):.2f}", flush=True)
+              f"median p99 confab/bare {statistics.median(p99_ratios):.2f}; "
+              f"confab/bare+guarantee {statistics.median(g_ratios):.2f}, "
+              f"p99 {statistics.median(g_p99_ratios):.2f}", flush=True)
     finally:
         for p in procs:
             p.stop()

@@ -35,7 +35,6 @@ use crate::metrics::Metrics;
 
 static INCR_EXISTING: LazyLock<Script> = LazyLock::new(|| {
     Script::new(concat!(
-        "local GONE_KEY = 3\n",
         include_str!("lua/admission.lua"),
         include_str!("lua/incr_existing.lua")
     ))
@@ -43,7 +42,6 @@ static INCR_EXISTING: LazyLock<Script> = LazyLock::new(|| {
 
 static RAISE_THEN_INCR: LazyLock<Script> = LazyLock::new(|| {
     Script::new(concat!(
-        "local GONE_KEY = 4\n",
         include_str!("lua/admission.lua"),
         include_str!("lua/raise_then_incr.lua")
     ))
@@ -52,7 +50,6 @@ static RAISE_THEN_INCR: LazyLock<Script> = LazyLock::new(|| {
 /// What must hold before a number is taken.
 static RATE_ONLY: LazyLock<Script> = LazyLock::new(|| {
     Script::new(concat!(
-        "local GONE_KEY = 3\n",
         include_str!("lua/admission.lua"),
         include_str!("lua/rate_only.lua")
     ))
@@ -92,6 +89,8 @@ const FENCED: u8 = 6;
 #[derive(Clone)]
 pub struct Numbering {
     redis: Redis,
+    /// The hot path's script calls, shared by concurrent requests ([`batch`]).
+    batches: batch::Batches,
     metrics: Metrics,
     keys: Keys,
     /// How long after its epoch began an application's sequences may be seeded
@@ -107,6 +106,7 @@ impl Numbering {
         quiescence: std::time::Duration,
     ) -> Self {
         Self {
+            batches: batch::Batches::new(redis.clone()),
             redis,
             metrics,
             keys,
@@ -174,9 +174,17 @@ impl Numbering {
         let mut conn = self.redis.clone();
         if !raise_first {
             let started = std::time::Instant::now();
-            let answer: (u8, u64, i64) = invocation(&INCR_EXISTING, key, admission, None)
-                .invoke_async(&mut conn)
-                .await?;
+            let answer = self
+                .batches
+                .incr_existing(key.to_owned(), admission.clone())
+                .await
+                .map_err(|failed| {
+                    if failed.transient {
+                        ApiError::Unavailable(failed.message)
+                    } else {
+                        ApiError::Internal(crate::error::Internal::Other(failed.message))
+                    }
+                })?;
             self.metrics.dependencies.redis("next_number", started);
             if answer.0 != 1 {
                 return decide(answer, kind, admission, &self.metrics);
@@ -195,7 +203,7 @@ impl Numbering {
             Err(other) => return Err(other),
         };
         let seed = seed().await?;
-        let answer: (u8, u64, i64) = invocation(&RAISE_THEN_INCR, key, admission, Some(&epoch_key))
+        let answer: (u8, u64, i64) = raise_invocation(key, admission, &epoch_key)
             .arg(seed)
             .arg(&epoch)
             .invoke_async(&mut conn)
@@ -233,8 +241,6 @@ impl Numbering {
         let started = std::time::Instant::now();
         let (status, value, ahead): (u8, u64, i64) = RATE_ONLY
             .key(key)
-            .key(key)
-            .arg(0)
             .arg(params.emission_us)
             .arg(params.tolerance_us)
             .invoke_async(&mut self.redis.clone())
@@ -255,15 +261,14 @@ impl Numbering {
     }
 }
 
-/// The keys and arguments of a numbering script: the sequence, the rate state (or the sequence
-/// again), the epoch when the script fences on it, the deletion mark when there is one.
-fn invocation<'a>(
-    script: &'a Script,
+/// The keys and arguments of the raising script: the sequence, the rate state (or the sequence
+/// again), the epoch it fences on, the deletion mark when there is one.
+fn raise_invocation(
     key: &str,
     admission: &Admission,
-    fence: Option<&str>,
-) -> redis::ScriptInvocation<'a> {
-    let mut invocation = script.key(key);
+    fence: &str,
+) -> redis::ScriptInvocation<'static> {
+    let mut invocation = RAISE_THEN_INCR.key(key);
     match &admission.rate {
         Some((rate_key, params)) => {
             invocation
@@ -276,9 +281,7 @@ fn invocation<'a>(
             invocation.key(key).arg(admission.cap).arg(0).arg(0);
         }
     }
-    if let Some(fence) = fence {
-        invocation.key(fence);
-    }
+    invocation.key(fence);
     if let Some(gone) = &admission.gone {
         invocation.key(gone);
     }
@@ -321,6 +324,8 @@ fn decide(
         ))),
     }
 }
+
+mod batch;
 
 #[cfg(test)]
 mod tests;

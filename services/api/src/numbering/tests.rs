@@ -91,16 +91,92 @@ fn rate_limited(rate_key: &str, per_second: u32, burst: u32) -> Admission {
 
 /// One "increment an existing key" call on `conn`: the script's raw `{status, value}`.
 async fn take(conn: &Redis, key: &str, admission: &Admission) -> (u8, u64) {
-    let (status, value, _ahead): (u8, u64, i64) = invocation(&INCR_EXISTING, key, admission, None)
-        .invoke_async(&mut conn.clone())
-        .await
-        .unwrap();
-    (status, value)
+    let mut invocation = INCR_EXISTING.prepare_invoke();
+    batch::push(&mut invocation, key, admission);
+    let answer: Vec<i64> = invocation.invoke_async(&mut conn.clone()).await.unwrap();
+    assert_eq!(answer.len(), 3, "one request, three fields");
+    (answer[0] as u8, answer[1] as u64)
 }
 
 const ADMITTED: u8 = 0;
 const CAPPED: u8 = 2;
 const RATE_LIMITED: u8 = 3;
+
+/// One call of the script for several requests ([`batch`]) decides each as its own call would,
+/// in order: later requests see the sequences and the rate state earlier ones moved, a refused
+/// or unseeded request takes nothing, and the rate state is written once for the batch.
+#[tokio::test]
+async fn a_batch_decides_each_request_as_its_own_call_would_in_order() {
+    let f = Fixture::new().await;
+    let a = f.sequence("a", 10).await;
+    let b = f.sequence("b", 0).await;
+    let missing = f.key("missing");
+    let gone = f.key("gone");
+    let () = f.conn.clone().set(&gone, 1).await.unwrap();
+    let rate = f.key("rate");
+    let rated = rate_limited(&rate, 1, 2);
+    let in_deleted_chat = Admission {
+        gone: Some(gone),
+        ..rated.clone()
+    };
+    let capped = Admission {
+        cap: 1,
+        rate: None,
+        gone: None,
+        application_id: 1,
+    };
+    let requests = [
+        (&a, &rated),
+        (&missing, &rated),
+        (&b, &in_deleted_chat),
+        (&a, &rated),
+        (&b, &capped),
+        (&b, &capped),
+        (&a, &rated),
+    ];
+    let mut invocation = INCR_EXISTING.prepare_invoke();
+    for (key, admission) in requests {
+        batch::push(&mut invocation, key, admission);
+    }
+    let answer: Vec<i64> = invocation.invoke_async(&mut f.conn.clone()).await.unwrap();
+    let decided: Vec<(i64, i64)> = answer.chunks_exact(3).map(|r| (r[0], r[1])).collect();
+    assert_eq!(decided.len(), requests.len());
+    assert_eq!(decided[0], (ADMITTED.into(), 11));
+    assert_eq!(
+        decided[1],
+        (1, 0),
+        "a missing sequence is left to the seeding path"
+    );
+    assert_eq!(decided[2], (5, 0), "no number in a deleted chat");
+    assert_eq!(
+        decided[3],
+        (ADMITTED.into(), 12),
+        "the second of a burst of two"
+    );
+    assert_eq!(decided[4], (ADMITTED.into(), 1));
+    assert_eq!(decided[5], (CAPPED.into(), 0));
+    assert_eq!(
+        decided[6].0,
+        i64::from(RATE_LIMITED),
+        "the burst ran out within the batch"
+    );
+    assert!(decided[6].1 > 0 && decided[6].1 as u64 <= ONE_PER_SECOND);
+    assert_eq!(f.get(&a).await.as_deref(), Some("12"));
+    assert_eq!(f.get(&b).await.as_deref(), Some("1"));
+    assert_eq!(
+        f.get(&missing).await,
+        None,
+        "nothing creates a missing sequence"
+    );
+    // The state two admissions left: the TAT two emissions past the batch's instant.
+    let tat: u64 = f.get(&rate).await.unwrap().parse().unwrap();
+    let now = f.redis_now_us().await;
+    assert!(
+        tat > now + ONE_PER_SECOND && tat <= now + 2 * ONE_PER_SECOND,
+        "{tat} vs {now}"
+    );
+    f.cleanup().await;
+}
 
 #[tokio::test]
 async fn a_burst_up_to_the_tolerance_is_admitted_and_the_next_waits_one_emission() {
@@ -401,13 +477,12 @@ async fn seeding_waits_out_the_quiescence_of_a_new_epoch_and_is_fenced_by_it() {
     // The fence: a seed read under one epoch is not written under another.
     let () = f.conn.clone().del(&missing).await.unwrap();
     let epoch: String = f.conn.clone().get(&epoch_key).await.unwrap();
-    let (status, _, _): (u8, u64, i64) =
-        invocation(&RAISE_THEN_INCR, &missing, &admission, Some(&epoch_key))
-            .arg(7)
-            .arg(format!("{epoch}0"))
-            .invoke_async(&mut f.conn.clone())
-            .await
-            .unwrap();
+    let (status, _, _): (u8, u64, i64) = raise_invocation(&missing, &admission, &epoch_key)
+        .arg(7)
+        .arg(format!("{epoch}0"))
+        .invoke_async(&mut f.conn.clone())
+        .await
+        .unwrap();
     assert_eq!(status, FENCED);
     assert_eq!(f.get(&missing).await, None, "a fenced seed writes nothing");
     f.cleanup().await;

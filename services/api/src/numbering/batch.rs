@@ -1,0 +1,189 @@
+//! Numbering in batches: the requests of one replica that wait for a number at the same time
+//! share one call of the numbering script, as a group commit shares one flush.
+//!
+//! A script call costs Redis far more than the commands it runs (its setup, and each
+//! `redis.call`), and a round trip costs both ends a write and a read. So a request that finds
+//! no call of its group in flight sends one at once, alone (no waiting at a light load); requests
+//! that arrive while it is in flight queue, and the next call takes them all (at most
+//! [`MAX_BATCH`]). The script decides them one after the other, each as its own call would
+//! (later requests see the TAT and sequences earlier ones wrote), so a batch answers what the
+//! same requests sent one by one in that order would.
+//!
+//! A group is every request on one Redis, and one application on a Redis Cluster: a script's keys
+//! must share a slot, and an application's keys share its hash tag.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use confab_runtime::cache::Redis;
+use tokio::sync::oneshot;
+
+use super::{Admission, INCR_EXISTING};
+
+/// At most this many requests per script call: Redis runs a script alone, so a call is kept to
+/// well under a millisecond (each request costs it a few µs).
+pub const MAX_BATCH: usize = 128;
+
+/// One request's answer: the script's `(status, value, ahead)`, or why the call failed.
+pub type Answer = std::result::Result<(u8, u64, i64), Failed>;
+
+/// A failed script call, for every request of its batch.
+#[derive(Debug, Clone)]
+pub struct Failed {
+    /// Redis away, a cluster between states: the request may be retried (`503`).
+    pub transient: bool,
+    pub message: String,
+}
+
+struct Waiting {
+    key: String,
+    admission: Admission,
+    answer: oneshot::Sender<Answer>,
+}
+
+/// The queues of requests waiting for a call, by group; a group is present while its call is in
+/// flight.
+#[derive(Clone)]
+pub struct Batches {
+    redis: Redis,
+    queues: Arc<Mutex<HashMap<u64, Vec<Waiting>>>>,
+}
+
+impl Batches {
+    pub fn new(redis: Redis) -> Self {
+        Self {
+            redis,
+            queues: Arc::default(),
+        }
+    }
+
+    /// Takes the next number of the sequence at `key` if it exists and `admission` allows it:
+    /// the increment-existing script's answer for this request.
+    pub async fn incr_existing(&self, key: String, admission: Admission) -> Answer {
+        let group = if self.redis.is_cluster() {
+            admission.application_id
+        } else {
+            0
+        };
+        let (answer, answered) = oneshot::channel();
+        let waiting = Waiting {
+            key,
+            admission,
+            answer,
+        };
+        let start = {
+            let mut queues = self
+                .queues
+                .lock()
+                .unwrap_or_else(|poison| poison.into_inner());
+            match queues.get_mut(&group) {
+                Some(queue) => {
+                    queue.push(waiting);
+                    false
+                }
+                None => {
+                    queues.insert(group, vec![waiting]);
+                    true
+                }
+            }
+        };
+        if start {
+            // A task of its own: a request that gives up (its client left, its timeout) must not
+            // leave the others of its batch unanswered.
+            tokio::spawn(self.clone().drain(group));
+        }
+        answered.await.unwrap_or_else(|_| {
+            Err(Failed {
+                transient: true,
+                message: "the numbering call was dropped".to_owned(),
+            })
+        })
+    }
+
+    /// Sends the group's queued requests, a batch at a time, until none is left.
+    async fn drain(self, group: u64) {
+        loop {
+            let batch: Vec<Waiting> = {
+                let mut queues = self
+                    .queues
+                    .lock()
+                    .unwrap_or_else(|poison| poison.into_inner());
+                let Some(queue) = queues.get_mut(&group) else {
+                    return;
+                };
+                if queue.is_empty() {
+                    queues.remove(&group);
+                    return;
+                }
+                let take = queue.len().min(MAX_BATCH);
+                queue.drain(..take).collect()
+            };
+            let mut invocation = INCR_EXISTING.prepare_invoke();
+            for waiting in &batch {
+                push(&mut invocation, &waiting.key, &waiting.admission);
+            }
+            let answers: redis::RedisResult<Vec<i64>> =
+                invocation.invoke_async(&mut self.redis.clone()).await;
+            match answers {
+                Ok(values) if values.len() == 3 * batch.len() => {
+                    for (waiting, answer) in batch.into_iter().zip(values.chunks_exact(3)) {
+                        let status = u8::try_from(answer[0]).unwrap_or(u8::MAX);
+                        let value = u64::try_from(answer[1]).unwrap_or(0);
+                        let _ = waiting.answer.send(Ok((status, value, answer[2])));
+                    }
+                }
+                Ok(values) => {
+                    let message = format!(
+                        "the numbering script answered {} values for {} requests",
+                        values.len(),
+                        batch.len()
+                    );
+                    fail(
+                        batch,
+                        Failed {
+                            transient: false,
+                            message,
+                        },
+                    );
+                }
+                Err(error) => {
+                    let failed = Failed {
+                        transient: confab_runtime::cache::is_transient(&error),
+                        message: format!("redis: {error}"),
+                    };
+                    fail(batch, failed);
+                }
+            }
+        }
+    }
+}
+
+fn fail(batch: Vec<Waiting>, failed: Failed) {
+    for waiting in batch {
+        let _ = waiting.answer.send(Err(failed.clone()));
+    }
+}
+
+/// One request's three keys and four arguments ([`INCR_EXISTING`]'s layout).
+pub fn push(invocation: &mut redis::ScriptInvocation<'_>, key: &str, admission: &Admission) {
+    invocation.key(key);
+    match &admission.rate {
+        Some((rate_key, params)) => {
+            invocation
+                .key(rate_key)
+                .key(admission.gone.as_deref().unwrap_or(key))
+                .arg(admission.cap)
+                .arg(params.emission_us)
+                .arg(params.tolerance_us);
+        }
+        None => {
+            invocation
+                .key(key)
+                .key(admission.gone.as_deref().unwrap_or(key))
+                .arg(admission.cap)
+                .arg(0)
+                .arg(0);
+        }
+    }
+    invocation.arg(u8::from(admission.gone.is_some()));
+}
