@@ -4,7 +4,8 @@ process spent per request (issue 13, items 1 and 2).
 
 `../shared/bench/side-by-side` is the reference benchmark for message creation. This script runs
 the same comparison (the same bare binaries, built from `../shared/bench/bare-path` unmodified,
-wrk with 64 connections for 15 s, alternating runs, the ratio per round and its median) and adds:
+wrk with 64 connections for 15 s, alternating runs of the plain bare path, the bare path carrying
+the guarantee (`GUARANTEE=1`) and Confab, the ratios per round and their medians) and adds:
 
   * `--what chats`: Confab's chat creation (`POST /applications/{token}/chats`, one application,
     its chat limit checked on every request but never reached) against the bare path numbering
@@ -14,12 +15,15 @@ wrk with 64 connections for 15 s, alternating runs, the ratio per round and its 
   * every process's CPU microseconds per request during each run, from /proc: the api or the
     bare handler, the persister or the bare writer, and Redis, NATS and MariaDB.
 
-  scripts/dev side-by-side [--what chats|messages] [--rounds 3] [--duration 15]
+  scripts/dev side-by-side [--what chats|messages] [--rounds 3] [--duration 15] [--indexer-consumer]
+
+`--indexer-consumer` keeps the indexer's durable consumer (nothing acks it here), as
+../shared/bench/side-by-side leaves it; without it only the persister's consumer exists.
 
 Needs MariaDB, Redis, NATS (scripts/dev services), wrk and a release build of the api and the
 persister (scripts/dev side-by-side builds them). Uses database confab_side, streams
 SIDE2_EVENTS/SIDE2_DLQ, Redis prefix side2:, ports 18580-18582 for Confab; database bare_path,
-stream MSGS and port 18590 for the bare path (as ../shared/bench/side-by-side does: do not run
+stream MSGS and port 18590 for the bare path, bare_path_g, GMSGS and 18591 with the guarantee (as ../shared/bench/side-by-side does: do not run
 both at once).
 """
 

@@ -1,8 +1,9 @@
 //! Numbers from Redis `INCR`, re-seeded when the sequence key is missing, with the quotas that
 //! guard them decided in the same atomic step.
 //!
-//! Two Lua scripts keep each step atomic in Redis: "increment only if the key exists", and
-//! "raise to at least the seed, then increment". The seed is computed between them (highest
+//! Two Lua scripts keep each step atomic in Redis: "increment only if the key exists" (the hot
+//! path, which decides a batch of concurrent requests in one call: [`batch`]), and "raise to at
+//! least the seed, then increment". The seed is computed between them (highest
 //! number in MySQL or in flight in JetStream, see [`confab_core::sequence`]) when the key is
 //! missing or a number collided. Raising is a `max`, so concurrent re-seeders (and the persister,
 //! which raises sequences after each commit) never move a sequence backwards.
