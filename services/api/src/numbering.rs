@@ -34,13 +34,6 @@ use redis::Script;
 use crate::error::{ApiError, Result};
 use crate::metrics::Metrics;
 
-static INCR_EXISTING: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(concat!(
-        include_str!("lua/admission.lua"),
-        include_str!("lua/incr_existing.lua")
-    ))
-});
-
 static RAISE_THEN_INCR: LazyLock<Script> = LazyLock::new(|| {
     Script::new(concat!(
         include_str!("lua/admission.lua"),
@@ -178,14 +171,7 @@ impl Numbering {
             let answer = self
                 .batches
                 .incr_existing(key.to_owned(), admission.clone())
-                .await
-                .map_err(|failed| {
-                    if failed.transient {
-                        ApiError::Unavailable(failed.message)
-                    } else {
-                        ApiError::Internal(crate::error::Internal::Other(failed.message))
-                    }
-                })?;
+                .await?;
             self.metrics.dependencies.redis("next_number", started);
             if answer.0 != 1 {
                 return decide(answer, kind, admission, &self.metrics);

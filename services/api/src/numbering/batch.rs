@@ -13,12 +13,21 @@
 //! must share a slot, and an application's keys share its hash tag.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, LazyLock, Mutex};
 
 use confab_runtime::cache::Redis;
+use redis::Script;
 use tokio::sync::oneshot;
 
-use super::{Admission, INCR_EXISTING};
+use super::Admission;
+
+/// The hot path's script: "increment only if the key exists", for each request of a batch.
+pub(super) static INCR_EXISTING: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(concat!(
+        include_str!("../lua/admission.lua"),
+        include_str!("../lua/incr_existing.lua")
+    ))
+});
 
 /// At most this many requests per script call: Redis runs a script alone, so a call is kept to
 /// well under a millisecond (each request costs it a few µs).
@@ -33,6 +42,16 @@ pub struct Failed {
     /// Redis away, a cluster between states: the request may be retried (`503`).
     pub transient: bool,
     pub message: String,
+}
+
+impl From<Failed> for crate::error::ApiError {
+    fn from(failed: Failed) -> Self {
+        if failed.transient {
+            Self::Unavailable(failed.message)
+        } else {
+            Self::Internal(crate::error::Internal::Other(failed.message))
+        }
+    }
 }
 
 struct Waiting {

@@ -11,6 +11,7 @@ use confab_core::quota::RateParams;
 use confab_runtime::cache::Redis;
 use redis::AsyncCommands;
 
+use super::batch::INCR_EXISTING;
 use super::*;
 
 /// Emission interval of 1/s: long enough that no test's own latency can earn an extra admission.
