@@ -121,6 +121,11 @@ impl Batches {
 
     /// Sends the group's queued requests, a batch at a time, until none is left.
     async fn drain(self, group: u64) {
+        let mut draining = Draining {
+            queues: self.queues.clone(),
+            group,
+            armed: true,
+        };
         loop {
             let batch: Vec<Waiting> = {
                 let mut queues = self
@@ -128,10 +133,12 @@ impl Batches {
                     .lock()
                     .unwrap_or_else(|poison| poison.into_inner());
                 let Some(queue) = queues.get_mut(&group) else {
+                    draining.armed = false;
                     return;
                 };
                 if queue.is_empty() {
                     queues.remove(&group);
+                    draining.armed = false;
                     return;
                 }
                 let take = queue.len().min(MAX_BATCH);
@@ -177,6 +184,38 @@ impl Batches {
     }
 }
 
+/// Ends a group's drain however its task ends. A drain that stops abnormally (a panic, or its
+/// task dropped as the runtime shuts down) would otherwise leave its group looking in flight,
+/// with nobody to send what queues behind it: its queue is failed and the group removed, so the
+/// next request starts a drain of its own. Disarmed when the drain removes its group itself.
+struct Draining {
+    queues: Arc<Mutex<HashMap<u64, Vec<Waiting>>>>,
+    group: u64,
+    armed: bool,
+}
+
+impl Drop for Draining {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let queued = self
+            .queues
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .remove(&self.group);
+        if let Some(queued) = queued {
+            fail(
+                queued,
+                Failed {
+                    transient: true,
+                    message: "the numbering call ended before it answered".to_owned(),
+                },
+            );
+        }
+    }
+}
+
 fn fail(batch: Vec<Waiting>, failed: Failed) {
     for waiting in batch {
         let _ = waiting.answer.send(Err(failed.clone()));
@@ -205,4 +244,76 @@ pub fn push(invocation: &mut redis::ScriptInvocation<'_>, key: &str, admission: 
         }
     }
     invocation.arg(u8::from(admission.gone.is_some()));
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn queued(
+        queues: &Arc<Mutex<HashMap<u64, Vec<Waiting>>>>,
+        group: u64,
+    ) -> oneshot::Receiver<Answer> {
+        let (answer, answered) = oneshot::channel();
+        let admission = Admission {
+            cap: 0,
+            rate: None,
+            gone: None,
+            application_id: group,
+        };
+        queues
+            .lock()
+            .unwrap()
+            .entry(group)
+            .or_default()
+            .push(Waiting {
+                key: "k".to_owned(),
+                admission,
+                answer,
+            });
+        answered
+    }
+
+    /// A drain that ends without removing its group (a panic, a dropped task) fails what queued
+    /// behind it and frees the group for the next request; one that removed its group itself
+    /// leaves alone whatever a newer drain of that group holds.
+    #[tokio::test]
+    async fn a_drain_that_ends_abnormally_fails_its_queue_and_frees_its_group() {
+        let queues: Arc<Mutex<HashMap<u64, Vec<Waiting>>>> = Arc::default();
+        let waiting = queued(&queues, 7);
+        drop(Draining {
+            queues: queues.clone(),
+            group: 7,
+            armed: true,
+        });
+        let failed = tokio::time::timeout(std::time::Duration::from_secs(1), waiting)
+            .await
+            .expect("the queued request is answered")
+            .unwrap()
+            .unwrap_err();
+        assert!(failed.transient);
+        assert!(
+            !queues.lock().unwrap().contains_key(&7),
+            "the group is free again"
+        );
+
+        let newer = queued(&queues, 7);
+        drop(Draining {
+            queues: queues.clone(),
+            group: 7,
+            armed: false,
+        });
+        assert_eq!(
+            queues.lock().unwrap()[&7].len(),
+            1,
+            "a newer drain's queue is left alone"
+        );
+        drop(queues);
+        assert!(
+            newer.await.is_err(),
+            "only dropping the queue itself drops its senders"
+        );
+    }
 }
