@@ -165,7 +165,6 @@ impl Numbering {
     where
         F: Future<Output = Result<u64>>,
     {
-        let mut conn = self.redis.clone();
         if !raise_first {
             let started = std::time::Instant::now();
             let answer = self
@@ -193,7 +192,7 @@ impl Numbering {
         let answer: (u8, u64, i64) = raise_invocation(key, admission, &epoch_key)
             .arg(seed)
             .arg(&epoch)
-            .invoke_async(&mut conn)
+            .invoke_async(&mut self.redis.clone())
             .await?;
         if answer.0 == FENCED {
             tracing::warn!(kind, "redis lost its data while a sequence was seeded");
@@ -248,30 +247,16 @@ impl Numbering {
     }
 }
 
-/// The keys and arguments of the raising script: the sequence, the rate state (or the sequence
-/// again), the epoch it fences on, the deletion mark when there is one.
+/// The raising script's invocation: the request's keys and arguments as a batch of one lays them
+/// out ([`batch::push`]), then the epoch it fences on.
 fn raise_invocation(
     key: &str,
     admission: &Admission,
     fence: &str,
 ) -> redis::ScriptInvocation<'static> {
-    let mut invocation = RAISE_THEN_INCR.key(key);
-    match &admission.rate {
-        Some((rate_key, params)) => {
-            invocation
-                .key(rate_key)
-                .arg(admission.cap)
-                .arg(params.emission_us)
-                .arg(params.tolerance_us);
-        }
-        None => {
-            invocation.key(key).arg(admission.cap).arg(0).arg(0);
-        }
-    }
+    let mut invocation = RAISE_THEN_INCR.prepare_invoke();
+    batch::push(&mut invocation, key, admission);
     invocation.key(fence);
-    if let Some(gone) = &admission.gone {
-        invocation.key(gone);
-    }
     invocation
 }
 

@@ -75,8 +75,8 @@ impl Keys {
 
     /// Marks a deleted message from its `DELETE` until the persister has committed the deletion
     /// (it removes the mark then; the mark also expires after the stream's maximum age): reads
-    /// and a second `DELETE` answer 404 at once in every api replica. `1` while the deletion may not be published yet (a retried `DELETE` publishes
-    /// it again), `2` once it is.
+    /// and a second `DELETE` answer 404 at once in every api replica. `1` while the deletion may
+    /// not be published yet (a retried `DELETE` publishes it again), `2` once it is.
     pub fn message_deleted(&self, application_id: u64, chat_number: u64, number: u64) -> String {
         self.key("deleted:message", application_id, &[chat_number, number])
     }

@@ -30,9 +30,9 @@
 //!    before its number is taken, and the api answers `201` only when the acknowledgement comes
 //!    within `CONFAB_PUBLISH_DEADLINE_MS` of it (one whose deadline passed before it could be
 //!    published, as when numbering stalled, is not sent at all, and an acknowledgement arriving
-//!    past the deadline is not answered 201). A creation the stream stored later than `H = deadline + skew` after its
-//!    `occurred_at` was therefore answered 503, and the persister and indexer dead-letter it
-//!    (`late`) instead of applying it ([`creation_is_late`]). A replayed `Idempotency-Key` whose
+//!    past the deadline is not answered 201). A creation the stream stored later than
+//!    `H = deadline + skew` after its `occurred_at` was therefore answered 503, and the persister
+//!    and indexer dead-letter it (`late`) instead of applying it ([`creation_is_late`]). A replayed `Idempotency-Key` whose
 //!    first request is over reads its event's fate from the stream and MySQL rather than
 //!    publishing it again. A copy of its own event stored past the horizon does not count: only
 //!    a row answers for it, or the request takes a new number.

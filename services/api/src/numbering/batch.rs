@@ -31,7 +31,7 @@ pub(super) static INCR_EXISTING: LazyLock<Script> = LazyLock::new(|| {
 
 /// At most this many requests per script call: Redis runs a script alone, so a call is kept to
 /// well under a millisecond (each request costs it a few µs).
-pub const MAX_BATCH: usize = 128;
+const MAX_BATCH: usize = 128;
 
 /// One request's answer: the script's `(status, value, ahead)`, or why the call failed.
 pub type Answer = std::result::Result<(u8, u64, i64), Failed>;
@@ -132,10 +132,7 @@ impl Batches {
                     .queues
                     .lock()
                     .unwrap_or_else(|poison| poison.into_inner());
-                let Some(queue) = queues.get_mut(&group) else {
-                    draining.armed = false;
-                    return;
-                };
+                let queue = queues.entry(group).or_default();
                 if queue.is_empty() {
                     queues.remove(&group);
                     draining.armed = false;
@@ -222,7 +219,8 @@ fn fail(batch: Vec<Waiting>, failed: Failed) {
     }
 }
 
-/// One request's three keys and four arguments ([`INCR_EXISTING`]'s layout).
+/// One request's three keys and four arguments ([`INCR_EXISTING`]'s layout; the raising script
+/// starts with the same).
 pub fn push(invocation: &mut redis::ScriptInvocation<'_>, key: &str, admission: &Admission) {
     invocation.key(key);
     match &admission.rate {
