@@ -218,8 +218,9 @@ enum Step {
 /// end the `end` event then a close frame whose code says why ([`close_code`]), after which the
 /// server waits (briefly) for the client's close frame before it closes the connection. A
 /// client's own close frame is echoed (RFC 6455 §5.5.1). A client that does not take a frame
-/// within a heartbeat interval is cut off (`too_slow`): its subscription goes at once, and its
-/// connection is given one more interval to take what was queued, the `end` and the close frame.
+/// within a heartbeat interval, or falls behind the feed, is cut off (`too_slow`): its
+/// subscription goes at once, and its connection is given one more interval to take what was
+/// queued, the `end` and the close frame.
 async fn websocket(mut socket: WebSocket, mut subscription: Subscription) {
     let timeout = subscription.heartbeat();
     let cursor = subscription.ready_id();
@@ -256,7 +257,9 @@ async fn websocket(mut socket: WebSocket, mut subscription: Subscription) {
                 .into(),
             ),
             Step::Frame(Next::Heartbeat) => Message::Ping(bytes::Bytes::from_static(b"confab")),
-            Step::Frame(Next::End(end)) => break (end, false),
+            // A subscriber that fell behind the feed is as slow as one that takes no frame,
+            // and as likely not to be reading: its subscription goes at once too.
+            Step::Frame(Next::End(end)) => break (end, end == End::TooSlow),
             Step::ClientClosed => {
                 drop(subscription);
                 answer_close(&mut socket, timeout).await;
