@@ -79,9 +79,10 @@ class Nats:
         answer = self.request("$JS.API.STREAM.CREATE.EXP", json.dumps(config).encode())
         assert b'"error"' not in answer, answer
 
-    def publish_all(self, subject, headers, n, window=64):
-        """Publishes n events with `window` unacknowledged at a time; returns the errors."""
-        payload, sent, acked, errors = b"x" * 260, 0, 0, 0
+    def publish_all(self, subject, headers, n, window=64, size=260):
+        """Publishes n events of `size` bytes with `window` unacknowledged at a time; returns the
+        errors."""
+        payload, sent, acked, errors = b"x" * size, 0, 0, 0
         while acked < n:
             batch = []
             while sent < n and sent - acked < window:

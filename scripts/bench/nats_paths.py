@@ -4,7 +4,9 @@
 number published with `Nats-Expected-Last-Subject-Sequence: 0`, one consumer acking each event),
 and Confab's events stream (interest retention: an event leaves at its last ack), with and without
 the live stream sourced from it, with an idle second consumer (as `../shared/bench/side-by-side`
-leaves the indexer's), and with the live copy published by a client instead of sourced.
+leaves the indexer's), and with the live copy published by a client instead of sourced: one event
+per message, or 2 or 5 events of a chat per message (what a writer copying each persisted batch
+chat by chat would send).
 
     python3 scripts/bench/nats_paths.py [rounds]      # NATS 2.10+ with JetStream on 127.0.0.1:4222
 
@@ -56,7 +58,7 @@ def messages(nats, stream):
 
 
 def path_cost(label, retention, live=None, idle_consumer=False, headers=(EXPECT_NEW, TRACEPARENT),
-              live_storage="file"):
+              live_storage="file", group=1):
     nats = Nats()
     for stream in ("EXPL", "EXP"):
         nats.request(f"$JS.API.STREAM.DELETE.{stream}")
@@ -76,7 +78,9 @@ def path_cost(label, retention, live=None, idle_consumer=False, headers=(EXPECT_
     before = server_ticks()
     nats.publish_all(CREATION, list(headers), EVENTS)
     if live == "publish":
-        nats.publish_all(lambda i: f"live.1.{i % 100}", [], EVENTS, window=256)
+        # `group` events of a chat in one live message, as a writer batching them would send
+        nats.publish_all(lambda i: f"live.1.{i % 100}", [], EVENTS // group, window=256,
+                         size=260 * group)
     consume(nats, "p", EVENTS)
     if live == "source":
         while messages(nats, "EXPL") < EVENTS:
@@ -100,3 +104,6 @@ if __name__ == "__main__":
         path_cost("interest + live copy published by a client", "interest", "publish")
         path_cost("interest + live stream sourced, in memory", "interest", "source",
                   live_storage="memory")
+        for group in (2, 5):
+            path_cost(f"interest + live copy published, {group} events per message", "interest",
+                      "publish", group=group)

@@ -20,6 +20,11 @@ the guarantee (`GUARANTEE=1`) and Confab, the ratios per round and their medians
 `--indexer-consumer` keeps the indexer's durable consumer (nothing acks it here), as
 ../shared/bench/side-by-side leaves it; without it only the persister's consumer exists.
 
+`--no-live-copy` adds a fourth run per round: a second Confab (database confab_side_nl, streams
+SIDE3_*, Redis prefix side3:, ports 18583-18585) whose live stream has its source removed once the
+services are up, so no event is copied into it. Live delivery there receives nothing: it is not a
+configuration of the product but the ceiling of any redesign of the live stream's copy (issue 33).
+
 Needs MariaDB, Redis, NATS (scripts/dev services), wrk and a release build of the api and the
 persister (scripts/dev side-by-side builds them). Uses database confab_side, streams
 SIDE2_EVENTS/SIDE2_DLQ, Redis prefix side2:, ports 18580-18582 for Confab; database bare_path,
@@ -28,6 +33,7 @@ both at once).
 """
 
 import argparse
+import asyncio
 import json
 import os
 import statistics
@@ -51,6 +57,10 @@ CONFAB_ENV = pipeline.confab_env("confab_side", "side2") | {
     # Only the api and the persister run: no indexer consumer may hold the message events.
     "CONFAB_INDEXER_CONSUMER": "",
     "CONFAB_DEFAULT_MAX_CHATS": str(2**53 - 1)}
+# The second Confab of `--no-live-copy`.
+NO_LIVE_ENV = pipeline.confab_env("confab_side_nl", "side3") | {
+    "CONFAB_INDEXER_CONSUMER": "", "CONFAB_DEFAULT_MAX_CHATS": str(2**53 - 1)}
+NL_API, NL_API_ADMIN, NL_PERSISTER = 18583, 18584, 18585
 
 # What wrk posts: (bare path's script, Confab's script) per kind of creation.
 SCRIPTS = {
@@ -73,10 +83,43 @@ def build_bare():
                    env={**os.environ, "CARGO_TARGET_DIR": os.path.join(BARE_WORK, "target")})
 
 
-def reset():
+def reset(no_live_copy):
     mysql("DROP DATABASE IF EXISTS bare_path; CREATE DATABASE bare_path;"
           "DROP DATABASE IF EXISTS bare_path_g; CREATE DATABASE bare_path_g;")
     pipeline.reset_confab(CONFAB_ENV)
+    if no_live_copy:
+        pipeline.reset_confab(NO_LIVE_ENV)
+
+
+def confab_procs(prefix, env, api, admin, persister):
+    return [
+        Proc(f"{prefix}-api", [os.path.join(pipeline.BIN, "confab-api")],
+             {"CONFAB_MIGRATE": "false", "CONFAB_HTTP_ADDR": f"127.0.0.1:{api}",
+              "CONFAB_ADMIN_ADDR": f"127.0.0.1:{admin}"}, env),
+        Proc(f"{prefix}-persister", [os.path.join(pipeline.BIN, "confab-persister")],
+             {"CONFAB_ADMIN_ADDR": f"127.0.0.1:{persister}"}, env),
+    ]
+
+
+def unsource(stream):
+    """Removes the live stream's source (the services declared it at start-up, and declare it
+    again only when they restart), so no event is copied into it from now on."""
+    info = asyncio.run(pipeline.nats_request(4222, f"$JS.API.STREAM.INFO.{stream}"))
+    config = info["config"]
+    config.pop("sources", None)
+    config["subjects"] = [f"{stream.lower()}.unsourced"]
+    answer = asyncio.run(pipeline.nats_request(4222, f"$JS.API.STREAM.UPDATE.{stream}",
+                                               json.dumps(config).encode()))
+    assert "error" not in answer, answer
+
+
+def setup(api, what):
+    """An application (and 100 chats for messages) in the Confab at `api`; its token."""
+    token = post(f"http://127.0.0.1:{api}/api/v1/applications", {"name": "side"})["token"]
+    if what == "messages":
+        for _ in range(100):
+            post(f"http://127.0.0.1:{api}/api/v1/applications/{token}/chats", {})
+    return token
 
 
 def post(url, body):
@@ -120,20 +163,19 @@ def main():
     ap.add_argument("--indexer-consumer", action="store_true",
                     help="keep the indexer's consumer (which nothing acks here), as "
                          "../shared/bench/side-by-side does")
+    ap.add_argument("--no-live-copy", action="store_true",
+                    help="also run a Confab whose live stream copies nothing (a ceiling)")
     a = ap.parse_args()
     if a.indexer_consumer:
         CONFAB_ENV["CONFAB_INDEXER_CONSUMER"] = "side2-indexer"
+        NO_LIVE_ENV["CONFAB_INDEXER_CONSUMER"] = "side3-indexer"
     os.makedirs(pipeline.RUN, exist_ok=True)
     print("==> building the bare path", file=sys.stderr, flush=True)
     build_bare()
-    reset()
-    procs = [
-        Proc("side-api", [os.path.join(pipeline.BIN, "confab-api")],
-             {"CONFAB_MIGRATE": "false", "CONFAB_HTTP_ADDR": f"127.0.0.1:{API}",
-              "CONFAB_ADMIN_ADDR": f"127.0.0.1:{API_ADMIN}"}, CONFAB_ENV),
-        Proc("side-persister", [os.path.join(pipeline.BIN, "confab-persister")],
-             {"CONFAB_ADMIN_ADDR": f"127.0.0.1:{PERSISTER}"}, CONFAB_ENV),
-    ]
+    reset(a.no_live_copy)
+    procs = confab_procs("side", CONFAB_ENV, API, API_ADMIN, PERSISTER)
+    if a.no_live_copy:
+        procs += confab_procs("side-nl", NO_LIVE_ENV, NL_API, NL_API_ADMIN, NL_PERSISTER)
     bare_db = {"DB": "mysql://root@127.0.0.1:3306/bare_path"}
     try:
         procs.append(Proc("bare-handler", [os.path.join(BARE_BIN, "e2e")],
@@ -147,10 +189,12 @@ def main():
         procs.append(Proc("bare-g-writer", [os.path.join(BARE_BIN, "persister")], guarantee, {}))
         wait_ready(API_ADMIN, "api")
         wait_ready(PERSISTER, "persister")
-        token = post(f"http://127.0.0.1:{API}/api/v1/applications", {"name": "side"})["token"]
-        if a.what == "messages":
-            for _ in range(100):
-                post(f"http://127.0.0.1:{API}/api/v1/applications/{token}/chats", {})
+        token = setup(API, a.what)
+        if a.no_live_copy:
+            wait_ready(NL_API_ADMIN, "api")
+            wait_ready(NL_PERSISTER, "persister")
+            unsource(NO_LIVE_ENV["CONFAB_LIVE_STREAM"])
+            nl_token = setup(NL_API, a.what)
         time.sleep(1)
         backing = backing_pids()
         by_name = {p.name: p.pid for p in procs}
@@ -160,8 +204,11 @@ def main():
                        "writer/persister": by_name["bare-g-writer"]} | backing
         confab_pids = {"handler/api": by_name["side-api"],
                        "writer/persister": by_name["side-persister"]} | backing
+        if a.no_live_copy:
+            nl_pids = {"handler/api": by_name["side-nl-api"],
+                       "writer/persister": by_name["side-nl-persister"]} | backing
         bare_script, confab_script = SCRIPTS[a.what]
-        ratios, p99_ratios, g_ratios, g_p99_ratios = [], [], [], []
+        ratios, p99_ratios, g_ratios, g_p99_ratios, nl_ratios = [], [], [], [], []
         for round_ in range(1, a.rounds + 1):
             b = measured(BARE, bare_script, a, token, bare_pids)
             time.sleep(3)
@@ -169,6 +216,12 @@ def main():
             time.sleep(3)
             c = measured(API, confab_script, a, token, confab_pids)
             time.sleep(3)
+            runs = [("bare", b), ("bare+g", g), ("confab", c)]
+            if a.no_live_copy:
+                n = measured(NL_API, confab_script, a, nl_token, nl_pids)
+                time.sleep(3)
+                nl_ratios.append(n[0] / g[0])
+                runs.append(("no live copy", n))
             ratios.append(c[0] / b[0])
             p99_ratios.append(millis(c[2]) / millis(b[2]))
             g_ratios.append(c[0] / g[0])
@@ -178,15 +231,22 @@ def main():
                   f"confab {c[0]:8.0f} req/s p50 {c[1]:>8} p99 {c[2]:>8} non-2xx {c[3]} | "
                   f"ratio {ratios[-1]:.2f} p99 x{p99_ratios[-1]:.2f}, to bare+guarantee "
                   f"{g_ratios[-1]:.2f} p99 x{g_p99_ratios[-1]:.2f}", flush=True)
-            for label, r in (("bare", b), ("bare+g", g), ("confab", c)):
+            if a.no_live_copy:
+                print(f"    no live copy {n[0]:8.0f} req/s p50 {n[1]:>8} p99 {n[2]:>8} "
+                      f"non-2xx {n[3]} | to bare+guarantee {nl_ratios[-1]:.2f} "
+                      f"p99 x{millis(n[2]) / millis(g[2]):.2f}", flush=True)
+            for label, r in runs:
                 cpu = r[4]
-                print(f"    {label:>6} CPU us/request: "
+                print(f"    {label:>12} CPU us/request: "
                       + " ".join(f"{n} {v}" for n, v in cpu.items())
                       + f" total {sum(cpu.values())}", flush=True)
         print(f"{a.what}: median ratio confab/bare {statistics.median(ratios):.2f}, "
               f"median p99 confab/bare {statistics.median(p99_ratios):.2f}; "
               f"confab/bare+guarantee {statistics.median(g_ratios):.2f}, "
               f"p99 {statistics.median(g_p99_ratios):.2f}", flush=True)
+        if a.no_live_copy:
+            print(f"{a.what}: median ratio confab with no live copy/bare+guarantee "
+                  f"{statistics.median(nl_ratios):.2f}", flush=True)
     finally:
         for p in procs:
             p.stop()
