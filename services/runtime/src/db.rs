@@ -16,7 +16,8 @@ pub const HEARTBEAT_EVERY: Duration = Duration::from_millis(250);
 
 /// Rewrites the replication heartbeat (`replication_heartbeat`) with the primary's clock every
 /// [`HEARTBEAT_EVERY`] until `stop`: read on a replica, its age is the replica's lag. A failed
-/// beat is logged and the next one tried; a stale heartbeat only sends reads to the primary.
+/// beat is logged and the next one tried; a stale heartbeat only sends reads to the primary. A
+/// beat in flight when `stop` resolves is dropped.
 pub async fn heartbeat(pool: MySqlPool, stop: impl std::future::Future<Output = ()>) {
     let mut tick = tokio::time::interval(HEARTBEAT_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -30,8 +31,13 @@ pub async fn heartbeat(pool: MySqlPool, stop: impl std::future::Future<Output = 
             "INSERT INTO replication_heartbeat (id, at) VALUES (1, UTC_TIMESTAMP(6)) \
              ON DUPLICATE KEY UPDATE at = VALUES(at)",
         )
-        .execute(&pool)
-        .await;
+        .execute(&pool);
+        // Raced against `stop`: with MySQL down, a beat waits out the pool's acquire timeout,
+        // and a shutdown must not wait for it.
+        let beat = tokio::select! {
+            () = &mut stop => return,
+            beat = beat => beat,
+        };
         if let Err(error) = beat {
             tracing::debug!(%error, "replication heartbeat");
         }
@@ -191,4 +197,34 @@ pub fn push_pairs_in<'args>(
         query.push_bind(a).push(", ").push_bind(b).push(")");
     }
     query.push(")");
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use super::*;
+    use crate::config::env;
+
+    /// With MySQL down, a beat waits out the pool's acquire timeout (5 s). A shutdown meanwhile
+    /// must not wait for it: the persister once took 10 s to stop so, and a test's 30 s limit on
+    /// its stop ran out under a loaded machine.
+    #[tokio::test]
+    async fn a_heartbeat_with_mysql_down_stops_as_soon_as_asked() {
+        // Nothing listens on port 1: every connection attempt is refused.
+        let config = CommonConfig::from_env(
+            &env(&[("DATABASE_URL", "mysql://root@127.0.0.1:1/confab")]),
+            9090,
+        )
+        .unwrap();
+        let pool = pool(&config).unwrap();
+        let asked = Duration::from_millis(500);
+        let started = Instant::now();
+        heartbeat(pool, tokio::time::sleep(asked)).await;
+        let stopped_after = started.elapsed() - asked;
+        assert!(
+            stopped_after < Duration::from_secs(1),
+            "the heartbeat stopped {stopped_after:?} after it was asked to"
+        );
+    }
 }
