@@ -237,7 +237,11 @@ impl Envelope {
     }
 
     pub fn encode(&self) -> Vec<u8> {
-        serde_json::to_vec(self).expect("an envelope always serializes")
+        // Sized for the envelope around a short body (a message's is 295 bytes with a 100-byte
+        // body), so it is written without growing its buffer six times on the way.
+        let mut out = Vec::with_capacity(ENCODED_CAPACITY);
+        serde_json::to_writer(&mut out, self).expect("an envelope always serializes");
+        out
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
@@ -262,6 +266,10 @@ impl Envelope {
         Ok(envelope)
     }
 }
+
+/// The buffer [`Envelope::encode`] starts with: the envelope's fields (about 200 bytes) and a
+/// body of up to about 300.
+const ENCODED_CAPACITY: usize = 512;
 
 /// Subject names under one prefix.
 #[derive(Debug, Clone)]
