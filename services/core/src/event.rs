@@ -238,7 +238,7 @@ impl Envelope {
 
     pub fn encode(&self) -> Vec<u8> {
         // Sized for the envelope around a short body (a message's is 295 bytes with a 100-byte
-        // body), so it is written without growing its buffer six times on the way.
+        // body): `serde_json::to_vec` starts at 128 bytes and grew its buffer twice on the way.
         let mut out = Vec::with_capacity(ENCODED_CAPACITY);
         serde_json::to_writer(&mut out, self).expect("an envelope always serializes");
         out

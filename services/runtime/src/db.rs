@@ -207,8 +207,8 @@ mod tests {
     use crate::config::env;
 
     /// With MySQL down, a beat waits out the pool's acquire timeout (5 s). A shutdown meanwhile
-    /// must not wait for it: the persister once took 10 s to stop so, and a test's 30 s limit on
-    /// its stop ran out under a loaded machine.
+    /// must not wait for it: the persister once took 10 s to stop so, the likely reason a test's
+    /// 30 s limit on its stop once ran out on a loaded machine.
     #[tokio::test]
     async fn a_heartbeat_with_mysql_down_stops_as_soon_as_asked() {
         // Nothing listens on port 1: every connection attempt is refused.
