@@ -1,5 +1,5 @@
 -- Takes the next number of each request's sequence, in order, each only if its key exists (a
--- batch of one or more requests; Rust's `numbering::Batch`). Request i (from 0) has the keys
+-- batch of one or more requests; Rust's `numbering::batch`). Request i (from 0) has the keys
 -- KEYS[3i+1] (the sequence), KEYS[3i+2] (the rate state, or the sequence when the rate is not
 -- limited) and KEYS[3i+3] (the parent's deletion mark, or the sequence when there is none), and
 -- the arguments ARGV[4i+1..4i+4]: the cap, the emission interval and the tolerance in µs, and 1

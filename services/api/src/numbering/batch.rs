@@ -62,10 +62,19 @@ struct Waiting {
 
 /// The queues of requests waiting for a call, by group; a group is present while its call is in
 /// flight.
+type Queues = Arc<Mutex<HashMap<u64, Vec<Waiting>>>>;
+
+/// The queues, locked. A panic while they were held leaves them as they were (every change under
+/// the lock is one push, insert, drain or remove), so a poisoned lock is taken as it is.
+fn lock(queues: &Queues) -> std::sync::MutexGuard<'_, HashMap<u64, Vec<Waiting>>> {
+    queues.lock().unwrap_or_else(|poison| poison.into_inner())
+}
+
+/// The hot path's script calls, shared by the concurrent requests of one replica.
 #[derive(Clone)]
 pub struct Batches {
     redis: Redis,
-    queues: Arc<Mutex<HashMap<u64, Vec<Waiting>>>>,
+    queues: Queues,
 }
 
 impl Batches {
@@ -91,10 +100,7 @@ impl Batches {
             answer,
         };
         let start = {
-            let mut queues = self
-                .queues
-                .lock()
-                .unwrap_or_else(|poison| poison.into_inner());
+            let mut queues = lock(&self.queues);
             match queues.get_mut(&group) {
                 Some(queue) => {
                     queue.push(waiting);
@@ -128,10 +134,7 @@ impl Batches {
         };
         loop {
             let batch: Vec<Waiting> = {
-                let mut queues = self
-                    .queues
-                    .lock()
-                    .unwrap_or_else(|poison| poison.into_inner());
+                let mut queues = lock(&self.queues);
                 let queue = queues.entry(group).or_default();
                 if queue.is_empty() {
                     queues.remove(&group);
@@ -186,7 +189,7 @@ impl Batches {
 /// with nobody to send what queues behind it: its queue is failed and the group removed, so the
 /// next request starts a drain of its own. Disarmed when the drain removes its group itself.
 struct Draining {
-    queues: Arc<Mutex<HashMap<u64, Vec<Waiting>>>>,
+    queues: Queues,
     group: u64,
     armed: bool,
 }
@@ -196,11 +199,7 @@ impl Drop for Draining {
         if !self.armed {
             return;
         }
-        let queued = self
-            .queues
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner())
-            .remove(&self.group);
+        let queued = lock(&self.queues).remove(&self.group);
         if let Some(queued) = queued {
             fail(
                 queued,
@@ -222,26 +221,19 @@ fn fail(batch: Vec<Waiting>, failed: Failed) {
 /// One request's three keys and four arguments ([`INCR_EXISTING`]'s layout; the raising script
 /// starts with the same).
 pub fn push(invocation: &mut redis::ScriptInvocation<'_>, key: &str, admission: &Admission) {
-    invocation.key(key);
-    match &admission.rate {
-        Some((rate_key, params)) => {
-            invocation
-                .key(rate_key)
-                .key(admission.gone.as_deref().unwrap_or(key))
-                .arg(admission.cap)
-                .arg(params.emission_us)
-                .arg(params.tolerance_us);
-        }
-        None => {
-            invocation
-                .key(key)
-                .key(admission.gone.as_deref().unwrap_or(key))
-                .arg(admission.cap)
-                .arg(0)
-                .arg(0);
-        }
-    }
-    invocation.arg(u8::from(admission.gone.is_some()));
+    // Without a rate limit the sequence stands in for the rate key, with emission 0.
+    let (rate_key, emission_us, tolerance_us) = match &admission.rate {
+        Some((rate_key, params)) => (rate_key.as_str(), params.emission_us, params.tolerance_us),
+        None => (key, 0, 0),
+    };
+    invocation
+        .key(key)
+        .key(rate_key)
+        .key(admission.gone.as_deref().unwrap_or(key))
+        .arg(admission.cap)
+        .arg(emission_us)
+        .arg(tolerance_us)
+        .arg(u8::from(admission.gone.is_some()));
 }
 
 #[cfg(test)]
@@ -250,10 +242,7 @@ mod tests {
 
     use super::*;
 
-    fn queued(
-        queues: &Arc<Mutex<HashMap<u64, Vec<Waiting>>>>,
-        group: u64,
-    ) -> oneshot::Receiver<Answer> {
+    fn queued(queues: &Queues, group: u64) -> oneshot::Receiver<Answer> {
         let (answer, answered) = oneshot::channel();
         let admission = Admission {
             cap: 0,
@@ -279,7 +268,7 @@ mod tests {
     /// leaves alone whatever a newer drain of that group holds.
     #[tokio::test]
     async fn a_drain_that_ends_abnormally_fails_its_queue_and_frees_its_group() {
-        let queues: Arc<Mutex<HashMap<u64, Vec<Waiting>>>> = Arc::default();
+        let queues = Queues::default();
         let waiting = queued(&queues, 7);
         drop(Draining {
             queues: queues.clone(),
