@@ -72,6 +72,22 @@ class Nats:
                 subject.encode(), self.sent, len(block), len(block) + len(payload), block, payload)
         return b"PUB %s _I.%d %d\r\n%s\r\n" % (subject.encode(), self.sent, len(payload), payload)
 
+    def pull_acked(self, durable, n, batch=500, ack="explicit"):
+        """Pulls n stored events from consumer `durable` of stream EXP, `batch` per pull, and acks
+        each (`explicit`) or each pull's last (`all`); returns once the server has read the acks."""
+        done = 0
+        while done < n:
+            pull = json.dumps({"batch": batch, "no_wait": True}).encode()
+            self.sock.sendall(b"PUB $JS.API.CONSUMER.MSG.NEXT.EXP.%s _I.f %d\r\n%s\r\n"
+                              % (durable.encode(), len(pull), pull))
+            replies = [self.message()[0] for _ in range(min(batch, n - done))]
+            done += len(replies)
+            acks = replies if ack == "explicit" else replies[-1:]
+            self.sock.sendall(b"".join(b"PUB %s 0\r\n\r\n" % r for r in acks))
+        self.sock.sendall(b"PING\r\n")
+        while self.line() != b"PONG":
+            pass
+
     def fresh_stream(self):
         self.request("$JS.API.STREAM.DELETE.EXP")
         config = {"name": "EXP", "subjects": ["exp.>"], "storage": "file", "retention": "limits",
@@ -127,17 +143,8 @@ def consume_cost(policy, n=40_000, batch=500):
                                                "max_ack_pending": 100_000}}
     answer = nats.request("$JS.API.CONSUMER.DURABLE.CREATE.EXP.d", json.dumps(config).encode())
     assert b'"error"' not in answer, answer
-    before, done = server_ticks(), 0
-    while done < n:
-        pull = json.dumps({"batch": batch, "no_wait": True}).encode()
-        nats.sock.sendall(b"PUB $JS.API.CONSUMER.MSG.NEXT.EXP.d _I.f %d\r\n%s\r\n" % (len(pull), pull))
-        replies = [nats.message()[0] for _ in range(min(batch, n - done))]
-        done += len(replies)
-        acks = replies if policy == "explicit" else replies[-1:]
-        nats.sock.sendall(b"".join(b"PUB %s 0\r\n\r\n" % r for r in acks))
-    nats.sock.sendall(b"PING\r\n")
-    while nats.line() != b"PONG":
-        pass
+    before = server_ticks()
+    nats.pull_acked("d", n, batch, policy)
     time.sleep(0.5)  # the server applies the last acks
     us = (server_ticks() - before) * TICK_US / n
     print(f"{'consume, ack ' + policy:52s} {us:5.1f} µs per event", flush=True)

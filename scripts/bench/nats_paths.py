@@ -38,21 +38,6 @@ def consumer(nats, durable):
                                              "max_ack_pending": 100_000}})
 
 
-def consume(nats, durable, n, batch=500):
-    """Pulls n events from `durable` and acks each."""
-    done = 0
-    while done < n:
-        pull = json.dumps({"batch": batch, "expires": 200_000_000}).encode()
-        nats.sock.sendall(b"PUB $JS.API.CONSUMER.MSG.NEXT.EXP.%s _I.f %d\r\n%s\r\n"
-                          % (durable.encode(), len(pull), pull))
-        replies = [nats.message()[0] for _ in range(min(batch, n - done))]
-        done += len(replies)
-        nats.sock.sendall(b"".join(b"PUB %s 0\r\n\r\n" % r for r in replies))
-    nats.sock.sendall(b"PING\r\n")
-    while nats.line() != b"PONG":
-        pass
-
-
 def messages(nats, stream):
     return json.loads(nats.request(f"$JS.API.STREAM.INFO.{stream}"))["state"]["messages"]
 
@@ -81,7 +66,7 @@ def path_cost(label, retention, live=None, idle_consumer=False, headers=(EXPECT_
         # `group` events of a chat in one live message, as a writer batching them would send
         nats.publish_all(lambda i: f"live.1.{i % 100}", [], EVENTS // group, window=256,
                          size=260 * group)
-    consume(nats, "p", EVENTS)
+    nats.pull_acked("p", EVENTS)
     if live == "source":
         while messages(nats, "EXPL") < EVENTS:
             time.sleep(0.05)
