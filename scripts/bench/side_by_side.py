@@ -198,15 +198,16 @@ def main():
         time.sleep(1)
         backing = backing_pids()
         by_name = {p.name: p.pid for p in procs}
-        bare_pids = {"handler/api": by_name["bare-handler"],
-                     "writer/persister": by_name["bare-writer"]} | backing
-        bare_g_pids = {"handler/api": by_name["bare-g-handler"],
-                       "writer/persister": by_name["bare-g-writer"]} | backing
-        confab_pids = {"handler/api": by_name["side-api"],
-                       "writer/persister": by_name["side-persister"]} | backing
+
+        def pids(handler, writer):
+            """The processes whose CPU one run counts: its two, and the backing services."""
+            return {"handler/api": by_name[handler], "writer/persister": by_name[writer]} | backing
+
+        bare_pids = pids("bare-handler", "bare-writer")
+        bare_g_pids = pids("bare-g-handler", "bare-g-writer")
+        confab_pids = pids("side-api", "side-persister")
         if a.no_live_copy:
-            nl_pids = {"handler/api": by_name["side-nl-api"],
-                       "writer/persister": by_name["side-nl-persister"]} | backing
+            nl_pids = pids("side-nl-api", "side-nl-persister")
         bare_script, confab_script = SCRIPTS[a.what]
         ratios, p99_ratios, g_ratios, g_p99_ratios, nl_ratios = [], [], [], [], []
         for round_ in range(1, a.rounds + 1):
@@ -218,10 +219,10 @@ def main():
             time.sleep(3)
             runs = [("bare", b), ("bare+g", g), ("confab", c)]
             if a.no_live_copy:
-                n = measured(NL_API, confab_script, a, nl_token, nl_pids)
+                nl = measured(NL_API, confab_script, a, nl_token, nl_pids)
                 time.sleep(3)
-                nl_ratios.append(n[0] / g[0])
-                runs.append(("no live copy", n))
+                nl_ratios.append(nl[0] / g[0])
+                runs.append(("no live copy", nl))
             ratios.append(c[0] / b[0])
             p99_ratios.append(millis(c[2]) / millis(b[2]))
             g_ratios.append(c[0] / g[0])
@@ -232,9 +233,9 @@ def main():
                   f"ratio {ratios[-1]:.2f} p99 x{p99_ratios[-1]:.2f}, to bare+guarantee "
                   f"{g_ratios[-1]:.2f} p99 x{g_p99_ratios[-1]:.2f}", flush=True)
             if a.no_live_copy:
-                print(f"    no live copy {n[0]:8.0f} req/s p50 {n[1]:>8} p99 {n[2]:>8} "
-                      f"non-2xx {n[3]} | to bare+guarantee {nl_ratios[-1]:.2f} "
-                      f"p99 x{millis(n[2]) / millis(g[2]):.2f}", flush=True)
+                print(f"    no live copy {nl[0]:8.0f} req/s p50 {nl[1]:>8} p99 {nl[2]:>8} "
+                      f"non-2xx {nl[3]} | to bare+guarantee {nl_ratios[-1]:.2f} "
+                      f"p99 x{millis(nl[2]) / millis(g[2]):.2f}", flush=True)
             for label, r in runs:
                 cpu = r[4]
                 print(f"    {label:>12} CPU us/request: "
