@@ -14,7 +14,7 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Request, State};
+use axum::extract::Request;
 use axum::http::header::{
     ACCESS_CONTROL_ALLOW_HEADERS, ACCESS_CONTROL_ALLOW_METHODS, ACCESS_CONTROL_ALLOW_ORIGIN,
     ACCESS_CONTROL_EXPOSE_HEADERS, ACCESS_CONTROL_MAX_AGE, ACCESS_CONTROL_REQUEST_METHOD, ORIGIN,
@@ -40,8 +40,9 @@ const EXPOSE_HEADERS: &str =
 /// How long a browser may reuse a preflight's answer (10 minutes).
 const MAX_AGE_SECS: &str = "600";
 
-/// The middleware: see the module's note.
-pub async fn cors(State(state): State<AppState>, req: Request, next: Next) -> Response {
+/// The check, before `next` (the handler): see the module's note. Called by the observation
+/// middleware ([`crate::http::layers`]) rather than being a layer of its own.
+pub async fn cors(state: &AppState, req: Request, next: Next) -> Response {
     let Some(origin) = req.headers().get(ORIGIN).cloned() else {
         return next.run(req).await;
     };

@@ -11,7 +11,7 @@ use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::extract::{MatchedPath, Request, State};
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::{HeaderName, HeaderValue};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -19,39 +19,67 @@ use axum::Router;
 use confab_runtime::metrics::status_class;
 use confab_runtime::trace::{continue_trace, extract, HeaderExtractor};
 use futures::FutureExt;
+use tower::util::MapResponse;
+use tower::Layer;
+use tower_http::compression::predicate::{And, NotForContentType, Predicate, SizeAbove};
+use tower_http::compression::{Compression, CompressionBody, CompressionLayer};
 use tracing::Instrument;
 
 use crate::error::{ApiError, Internal};
 use crate::metrics::Metrics;
+use crate::state::AppState;
 
 /// Wraps every route of `router` in [`observe`]: the panic net, the request timeout with its JSON
 /// answer, and the metrics, log line and trace context, so a panicking or timed-out request is
-/// still timed, logged and counted as a 5xx.
+/// still timed, logged and counted as a 5xx. With `cors` (the api's state), the CORS check
+/// ([`crate::cors`]) runs inside all that, before the handler.
 ///
 /// One middleware rather than a layer for each: axum boxes a route once per layer and clones and
-/// polls every box for every request (four layers were seven boxed clones per request).
-pub fn layers(router: Router, request_timeout: Duration, metrics: Metrics) -> Router {
+/// polls every box for every request (four layers were seven boxed clones per request; CORS as
+/// a layer of its own cost a message post 2,500 instructions of 103,500: `scripts/dev
+/// callgrind`).
+pub fn layers(
+    router: Router,
+    request_timeout: Duration,
+    metrics: Metrics,
+    cors: Option<AppState>,
+) -> Router {
     router.layer(axum::middleware::from_fn_with_state(
         // Shared: axum clones a route's layers and their state for every request, and the
         // metrics are a few dozen reference-counted handles.
         Arc::new(Observed {
             metrics,
             request_timeout,
+            cors,
         }),
         observe,
     ))
 }
 
-/// gzip for answers over 1 KiB when the client accepts it (lists, search); never for event
-/// streams, whose events must leave as they are written. Small answers, as a created message
-/// is, go out as they are.
-pub fn compressed(router: Router) -> Router {
-    use tower_http::compression::predicate::{NotForContentType, Predicate, SizeAbove};
-    use tower_http::compression::CompressionLayer;
-    router.layer(
-        CompressionLayer::new()
-            .compress_when(SizeAbove::new(COMPRESS_ABOVE).and(NotForContentType::SSE)),
-    )
+/// What wraps the whole tenant service rather than each of its routes: the request body limit
+/// and the answers' compression need no matched route, and a layer of the [`Router`] is a boxed
+/// service per route that every request clones, polls and drops (wrapping them once took a
+/// message post from 105,142 to 103,539 instructions: `scripts/dev callgrind`).
+pub type Outer<S> = MapResponse<
+    Compression<<DefaultBodyLimit as Layer<S>>::Service, CompressWhen>,
+    fn(axum::http::Response<CompressionBody<axum::body::Body>>) -> Response,
+>;
+
+type CompressWhen = And<SizeAbove, NotForContentType>;
+
+/// Wraps `service` (the router, in [`layers`]) in [`Outer`]'s two layers:
+/// - requests bodies over `max_request_bytes` are refused by the extractors (`413`);
+/// - with `compress`, gzip for answers over 1 KiB when the client accepts it (lists, search);
+///   never for event streams, whose events must leave as they are written. Small answers, as a
+///   created message is, go out as they are. Without `compress`, nothing is compressed.
+pub fn outer<S>(service: S, max_request_bytes: usize, compress: bool) -> Outer<S> {
+    let limited = DefaultBodyLimit::max(max_request_bytes).layer(service);
+    let compressed = CompressionLayer::new()
+        .gzip(compress)
+        .compress_when(SizeAbove::new(COMPRESS_ABOVE).and(NotForContentType::SSE))
+        .layer(limited);
+    // axum serves answers with its own body type.
+    MapResponse::new(compressed, |response| response.map(axum::body::Body::new))
 }
 
 /// `ETag` on `GET` answers of JSON (one item, a list), and `304 Not Modified` when the client's
@@ -128,6 +156,7 @@ const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 struct Observed {
     metrics: Metrics,
     request_timeout: Duration,
+    cors: Option<AppState>,
 }
 
 /// The answer to a panicked handler: the standard `500 internal` body; the panic message goes to
@@ -172,7 +201,13 @@ async fn observe(
             .get(axum::http::header::IF_NONE_MATCH)
             .cloned()
     });
-    let handled = AssertUnwindSafe(next.run(req)).catch_unwind();
+    let handled = AssertUnwindSafe(async {
+        match &observed.cors {
+            Some(state) => crate::cors::cors(state, req, next).await,
+            None => next.run(req).await,
+        }
+    })
+    .catch_unwind();
     let metrics = &observed.metrics;
     let mut response = match tokio::time::timeout(observed.request_timeout, handled)
         .instrument(span.clone())
@@ -244,6 +279,7 @@ mod tests {
                 .route("/fast", get(|| async { "ok" })),
             Duration::from_millis(50),
             Metrics::register(&confab_runtime::metrics::registry()),
+            None,
         );
         let started = Instant::now();
         let response = router
@@ -278,6 +314,7 @@ mod tests {
             Router::new().route("/boom", get(boom)),
             Duration::from_secs(5),
             metrics.clone(),
+            None,
         );
         assert!(confab_runtime::metrics::render(&registry).contains("confab_http_panics_total 0"));
         let response = router
@@ -300,6 +337,7 @@ mod compression_tests {
     #![allow(clippy::unwrap_used)]
 
     use axum::body::Body;
+    use axum::http::StatusCode;
     use axum::routing::get;
     use tower::ServiceExt;
 
@@ -308,23 +346,55 @@ mod compression_tests {
     #[tokio::test]
     async fn large_answers_are_gzipped_when_asked_small_ones_and_unasked_ones_are_not() {
         let big = || async { axum::Json(vec!["a fairly long string"; 200]) };
-        let router = compressed(layers(
-            Router::new()
-                .route("/big", get(big))
-                .route("/small", get(|| async { axum::Json("small") })),
-            Duration::from_secs(5),
-            Metrics::register(&confab_runtime::metrics::registry()),
-        ));
-        let get = |path: &str, gzip: bool| {
+        let service = |compress: bool| {
+            let router = layers(
+                Router::new()
+                    .route("/big", get(big))
+                    .route("/small", get(|| async { axum::Json("small") })),
+                Duration::from_secs(5),
+                Metrics::register(&confab_runtime::metrics::registry()),
+                None,
+            );
+            outer(router, 1024, compress)
+        };
+        let (on, off) = (service(true), service(false));
+        let request = |path: &str, gzip: bool| {
             let mut request = Request::get(path);
             if gzip {
                 request = request.header("accept-encoding", "gzip");
             }
-            router.clone().oneshot(request.body(Body::empty()).unwrap())
+            request.body(Body::empty()).unwrap()
         };
-        let encoding = |response: &Response| response.headers().get("content-encoding").cloned();
+        let encoding = |response: &axum::http::Response<_>| {
+            response.headers().get("content-encoding").cloned()
+        };
+        let get = |path: &str, gzip: bool| on.clone().oneshot(request(path, gzip));
         assert_eq!(encoding(&get("/big", true).await.unwrap()).unwrap(), "gzip");
         assert_eq!(encoding(&get("/big", false).await.unwrap()), None);
         assert_eq!(encoding(&get("/small", true).await.unwrap()), None);
+        let unzipped = off.oneshot(request("/big", true)).await.unwrap();
+        assert_eq!(encoding(&unzipped), None);
+    }
+
+    #[tokio::test]
+    async fn a_body_over_the_limit_is_refused_whichever_route_reads_it() {
+        let echo = |body: axum::body::Bytes| async move { body.len().to_string() };
+        let service = outer(
+            Router::new().route("/echo", axum::routing::post(echo)),
+            16,
+            true,
+        );
+        let post = |bytes: usize| {
+            service.clone().oneshot(
+                Request::post("/echo")
+                    .body(Body::from(vec![b'x'; bytes]))
+                    .unwrap(),
+            )
+        };
+        assert_eq!(post(16).await.unwrap().status(), StatusCode::OK);
+        assert_eq!(
+            post(17).await.unwrap().status(),
+            StatusCode::PAYLOAD_TOO_LARGE
+        );
     }
 }

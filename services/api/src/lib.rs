@@ -69,16 +69,20 @@ pub struct Listeners {
     pub admin: TcpListener,
 }
 
-/// The full tenant router for a state, with the panic net and the observation and timeout
-/// layers.
-pub fn app(state: AppState, request_timeout: std::time::Duration, compress: bool) -> Router {
-    let metrics = state.metrics.clone();
-    let app = http::layers(routes::router(state), request_timeout, metrics);
-    if compress {
-        http::compressed(app)
-    } else {
-        app
-    }
+/// The whole tenant service for a state: its routes with the panic net and the observation and
+/// timeout layers, inside the body limit and compression.
+pub fn app(
+    state: AppState,
+    request_timeout: std::time::Duration,
+    compress: bool,
+) -> http::Outer<Router> {
+    let (metrics, limit) = (state.metrics.clone(), state.max_request_bytes);
+    let cors = Some(state.clone());
+    http::outer(
+        http::layers(routes::router(state), request_timeout, metrics, cors),
+        limit,
+        compress,
+    )
 }
 
 /// Connects to MySQL, Redis and NATS, and builds the state; its parts record into `metrics`.
@@ -173,8 +177,9 @@ pub async fn run(
     // With the peer address, which the per-client limit on application creation keys on.
     let serve = axum::serve(
         listeners.http,
-        app(state.clone(), config.request_timeout, config.compress)
-            .into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        axum::ServiceExt::<axum::extract::Request>::into_make_service_with_connect_info::<
+            std::net::SocketAddr,
+        >(app(state.clone(), config.request_timeout, config.compress)),
     )
     .with_graceful_shutdown(shutdown.wait());
     // In-flight requests finish within the request timeout and live streams end within two

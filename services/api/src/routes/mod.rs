@@ -8,7 +8,6 @@ pub mod events;
 pub mod messages;
 pub mod search;
 
-use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 
@@ -86,9 +85,10 @@ fn resources(router: Router<AppState>, prefix: &str) -> Router<AppState> {
         )
 }
 
-/// Every tenant route, with JSON errors for unknown paths (404) and methods (405).
+/// Every tenant route, with JSON errors for unknown paths (404) and methods (405). CORS is
+/// checked by the observation layer ([`crate::http::layers`]), and the request body limit wraps
+/// the whole service ([`crate::http::outer`]), not each route.
 pub fn router(state: AppState) -> Router {
-    let limit = state.max_request_bytes;
     let api = resources(Router::new(), "/api/v1").route(
         "/api/v1/openapi.json",
         get(|| async { Json(crate::openapi::document()) }),
@@ -97,10 +97,5 @@ pub fn router(state: AppState) -> Router {
         .merge(crate::admin::router(state.clone()))
         .fallback(|| async { ApiError::NoRoute })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
-        .layer(DefaultBodyLimit::max(limit))
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            crate::cors::cors,
-        ))
         .with_state(state)
 }
