@@ -15,12 +15,11 @@
 //! first attempt can never be stored beside a second number. For applications the record holds
 //! the key under which the application row is inserted, so a retry finds that row.
 
-use async_nats::jetstream::context::PublishErrorKind;
 use async_nats::jetstream::stream::{self, LastRawMessageErrorKind};
 use axum::http::HeaderMap;
 use confab_core::event::headers;
 use confab_core::Envelope;
-use confab_runtime::jetstream::JetStream;
+use confab_runtime::jetstream::{JetStream, PublishFailure};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -264,7 +263,7 @@ impl Idempotency {
         );
         match self.js.within(ack).await {
             Some(Ok(ack)) => Ok(Some(ack.sequence)),
-            Some(Err(e)) if e.kind() == PublishErrorKind::WrongLastSequence => Ok(None),
+            Some(Err(PublishFailure::WrongLastSequence(_))) => Ok(None),
             Some(Err(e)) => Err(ApiError::Unavailable(format!("idempotency record: {e}"))),
             None => Err(ApiError::Unavailable(
                 "idempotency record timed out".to_owned(),

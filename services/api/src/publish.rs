@@ -15,13 +15,12 @@
 
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream::context::PublishErrorKind;
 use async_nats::HeaderMap;
 use confab_core::event::headers;
 use confab_core::sequence::{classify_publish, PublishOutcome};
 use confab_core::Envelope;
 use confab_runtime::backoff::Backoff;
-use confab_runtime::jetstream::JetStream;
+use confab_runtime::jetstream::{JetStream, PublishFailure};
 use confab_runtime::trace::{HeaderInjector, TraceContext};
 use tracing::Instrument;
 
@@ -184,7 +183,7 @@ impl Publisher {
                 Some(ack.sequence),
             ),
             // The creation subject already holds an event: read it.
-            Err(error) if error.kind() == PublishErrorKind::WrongLastSequence => {
+            Err(PublishFailure::WrongLastSequence(_)) => {
                 (Box::pin(self.last_event_id_on(subject)).await, None)
             }
             Err(error) => return Attempt::Retry(error.to_string()),

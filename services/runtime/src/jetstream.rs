@@ -370,17 +370,93 @@ pub async fn connect_consumer(
     Ok((js, consumer))
 }
 
+/// A stream's acknowledgement of a publish.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ack {
+    /// The event's sequence in the stream (the earlier one's, for a duplicate).
+    pub sequence: u64,
+    /// The stream already held an event with this `Nats-Msg-Id` (within its duplicate window).
+    pub duplicate: bool,
+}
+
+/// Why a publish was not stored.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PublishFailure {
+    /// `Nats-Expected-Last-Subject-Sequence` did not hold: the subject has another event.
+    #[error("wrong last sequence: {0}")]
+    WrongLastSequence(String),
+    /// Anything else: no stream, a stream error, no answer, a broken connection.
+    #[error("{0}")]
+    Other(String),
+}
+
 /// Publishes and waits for the stream's acknowledgement: the one way every service publishes.
+///
+/// A plain request whose answer is read here, rather than the client's JetStream publish: that
+/// one reads the answer through an untagged enum (serde buffers it and tries each shape in
+/// turn), 3,300 instructions of a message post's 101,000 (`scripts/dev callgrind`).
 pub async fn publish_acked(
     js: &JetStream,
     subject: String,
     headers: async_nats::HeaderMap,
     payload: bytes::Bytes,
-) -> Result<jetstream::publish::PublishAck, jetstream::context::PublishError> {
-    js.context
-        .publish_with_headers(subject, headers, payload)
-        .await?
+) -> Result<Ack, PublishFailure> {
+    use async_nats::RequestErrorKind;
+    match js
+        .client
+        .request_with_headers(subject, headers, payload)
         .await
+    {
+        Ok(answer) => read_ack(&answer.payload),
+        Err(error) if error.kind() == RequestErrorKind::NoResponders => Err(PublishFailure::Other(
+            "no stream stores this subject (no responders)".to_owned(),
+        )),
+        Err(error) => Err(PublishFailure::Other(error.to_string())),
+    }
+}
+
+/// JetStream's error code for a failed `Nats-Expected-Last-Subject-Sequence`.
+const WRONG_LAST_SEQUENCE: u64 = 10071;
+
+/// A stream's answer to a publish: `{"stream":…,"seq":…[,"duplicate":true]}`, or
+/// `{"error":{"code":…,"err_code":…,"description":…}}`.
+fn read_ack(payload: &[u8]) -> Result<Ack, PublishFailure> {
+    #[derive(serde::Deserialize)]
+    struct Answer<'a> {
+        #[serde(borrow)]
+        stream: Option<std::borrow::Cow<'a, str>>,
+        #[serde(default)]
+        seq: u64,
+        #[serde(default)]
+        duplicate: bool,
+        #[serde(borrow)]
+        error: Option<Refusal<'a>>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Refusal<'a> {
+        #[serde(default)]
+        err_code: u64,
+        #[serde(borrow, default)]
+        description: std::borrow::Cow<'a, str>,
+    }
+    let answer: Answer<'_> = serde_json::from_slice(payload)
+        .map_err(|e| PublishFailure::Other(format!("unreadable publish acknowledgement: {e}")))?;
+    match (answer.error, answer.stream) {
+        (Some(refusal), _) if refusal.err_code == WRONG_LAST_SEQUENCE => Err(
+            PublishFailure::WrongLastSequence(refusal.description.into_owned()),
+        ),
+        (Some(refusal), _) => Err(PublishFailure::Other(format!(
+            "stream refused the publish ({}): {}",
+            refusal.err_code, refusal.description
+        ))),
+        (None, Some(_)) => Ok(Ack {
+            sequence: answer.seq,
+            duplicate: answer.duplicate,
+        }),
+        (None, None) => Err(PublishFailure::Other(
+            "a publish acknowledgement without a stream".to_owned(),
+        )),
+    }
 }
 
 /// Whether the NATS connection is up, for `/readyz`.
@@ -412,6 +488,39 @@ mod tests {
         );
         let d = dead_letter_stream_config(&c, &Subjects::new("confab"));
         assert_eq!(d.subjects, vec!["confab.dlq.>".to_string()]);
+    }
+
+    #[test]
+    fn acknowledgements_are_read_as_the_server_writes_them() {
+        assert_eq!(
+            read_ack(br#"{"stream":"CONFAB_EVENTS","seq":41}"#),
+            Ok(Ack {
+                sequence: 41,
+                duplicate: false
+            })
+        );
+        assert_eq!(
+            read_ack(br#"{"stream":"CONFAB_EVENTS","domain":"hub","seq":7,"duplicate":true}"#),
+            Ok(Ack {
+                sequence: 7,
+                duplicate: true
+            })
+        );
+        assert_eq!(
+            read_ack(
+                br#"{"error":{"code":400,"err_code":10071,"description":"wrong last sequence: 12"},"stream":"CONFAB_EVENTS","seq":0}"#
+            ),
+            Err(PublishFailure::WrongLastSequence("wrong last sequence: 12".into()))
+        );
+        let other = read_ack(
+            br#"{"error":{"code":503,"err_code":10077,"description":"maximum messages exceeded"}}"#,
+        );
+        assert!(matches!(other, Err(PublishFailure::Other(ref m)) if m.contains("10077")));
+        assert!(matches!(read_ack(b"{}"), Err(PublishFailure::Other(_))));
+        assert!(matches!(
+            read_ack(b"not json"),
+            Err(PublishFailure::Other(_))
+        ));
     }
 
     #[test]
