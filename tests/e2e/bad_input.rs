@@ -19,7 +19,7 @@ async fn bad_input_gets_the_documented_error_and_writes_nothing() {
         env.count("SELECT COUNT(*) FROM chats").await == 1
     })
     .await;
-    let events_before = env.stream_messages().await;
+    let events_before = env.stream_last_sequence().await;
 
     let unknown = "0".repeat(48);
     let too_long_name = format!(r#"{{"name":"{}"}}"#, "a".repeat(256));
@@ -365,7 +365,7 @@ async fn bad_input_gets_the_documented_error_and_writes_nothing() {
             .await,
         1
     );
-    assert_eq!(env.stream_messages().await, events_before + 1);
+    assert_eq!(env.stream_last_sequence().await, events_before + 1);
     let (_, app_now) = c.get(&app).await;
     assert_eq!(app_now["name"], "target");
 

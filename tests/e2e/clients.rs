@@ -291,7 +291,7 @@ async fn cors_answers_allowed_origins_and_refuses_the_rest_before_anything_is_wr
         .headers()
         .contains_key("access-control-allow-origin"));
     // A simple cross-origin POST (no preflight: text/plain, or a form) creates nothing.
-    let before = env.stream_messages().await;
+    let before = env.stream_last_sequence().await;
     for (content_type, body) in [
         ("text/plain", r#"{"body":"csrf"}"#),
         ("application/x-www-form-urlencoded", "body=csrf"),
@@ -310,7 +310,7 @@ async fn cors_answers_allowed_origins_and_refuses_the_rest_before_anything_is_wr
         assert_eq!(error["error"]["code"], "origin_not_allowed");
     }
     assert_eq!(
-        env.stream_messages().await,
+        env.stream_last_sequence().await,
         before,
         "a refused origin wrote an event"
     );

@@ -245,11 +245,22 @@ impl TestEnv {
                 == 0
     }
 
-    /// Messages in this test's events stream.
+    /// Messages in this test's events stream now: it keeps an event only until its consumers
+    /// ack it, so this falls as they do.
     pub async fn stream_messages(&self) -> u64 {
+        self.stream_state().await.messages
+    }
+
+    /// The last sequence of this test's events stream: how many events were ever stored, which
+    /// consumers' acks do not lower. What a "nothing was written" check compares.
+    pub async fn stream_last_sequence(&self) -> u64 {
+        self.stream_state().await.last_sequence
+    }
+
+    async fn stream_state(&self) -> async_nats::jetstream::stream::State {
         let js = async_nats::jetstream::new(async_nats::connect(nats_url()).await.unwrap());
         let mut stream = js.get_stream(format!("T_{}", self.id)).await.unwrap();
-        stream.info().await.unwrap().state.messages
+        stream.info().await.unwrap().state.clone()
     }
 
     /// Subjects the NATS server holds state for in each of this test's streams (events, live,
