@@ -68,7 +68,7 @@ pub type Outer<S> = MapResponse<
 type CompressWhen = And<SizeAbove, NotForContentType>;
 
 /// Wraps `service` (the router, in [`layers`]) in [`Outer`]'s two layers:
-/// - requests bodies over `max_request_bytes` are refused by the extractors (`413`);
+/// - request bodies over `max_request_bytes` are refused by the extractors (`413`);
 /// - with `compress`, gzip for answers over 1 KiB when the client accepts it (lists, search);
 ///   never for event streams, whose events must leave as they are written. Small answers, as a
 ///   created message is, go out as they are. Without `compress`, nothing is compressed.
