@@ -198,6 +198,7 @@ const API_TIMEOUT: Duration = Duration::from_secs(10);
 fn api_timeout(config: &StreamConfig) -> Duration {
     API_TIMEOUT.max(config.publish_timeout)
 }
+
 /// How long start-up keeps trying to create or update a stream.
 const ENSURE_DEADLINE: Duration = Duration::from_secs(90);
 /// Pauses between those attempts: from 250 ms, doubling, at most 5 s, jittered (replicas
@@ -386,11 +387,11 @@ pub struct Ack {
 }
 
 /// Why a publish was not stored.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum PublishFailure {
     /// `Nats-Expected-Last-Subject-Sequence` did not hold: the subject has another event.
     #[error("{0}")]
-    WrongLastSequence(String),
+    WrongLastSequence(jetstream::Error),
     /// Anything else: no stream, a stream error, no answer, a broken connection.
     #[error("{0}")]
     Other(String),
@@ -422,39 +423,28 @@ pub async fn publish_acked(
     }
 }
 
-/// JetStream's error code for a failed `Nats-Expected-Last-Subject-Sequence`.
-const WRONG_LAST_SEQUENCE: u64 = 10071;
-
 /// A stream's answer to a publish: `{"stream":…,"seq":…[,"duplicate":true]}`, or
-/// `{"error":{"code":…,"err_code":…,"description":…}}`.
+/// `{"error":{"code":…,"err_code":…,"description":…}}` (the client's own [`jetstream::Error`]).
 fn read_ack(payload: &[u8]) -> Result<Ack, PublishFailure> {
     #[derive(serde::Deserialize)]
-    struct Answer<'a> {
-        #[serde(borrow)]
-        stream: Option<std::borrow::Cow<'a, str>>,
+    struct Answer {
+        stream: Option<serde::de::IgnoredAny>,
         #[serde(default)]
         seq: u64,
         #[serde(default)]
         duplicate: bool,
-        #[serde(borrow)]
-        error: Option<Refusal<'a>>,
+        error: Option<jetstream::Error>,
     }
-    #[derive(serde::Deserialize)]
-    struct Refusal<'a> {
-        #[serde(default)]
-        err_code: u64,
-        #[serde(borrow, default)]
-        description: std::borrow::Cow<'a, str>,
-    }
-    let answer: Answer<'_> = serde_json::from_slice(payload)
+    let answer: Answer = serde_json::from_slice(payload)
         .map_err(|e| PublishFailure::Other(format!("unreadable publish acknowledgement: {e}")))?;
     match (answer.error, answer.stream) {
-        (Some(refusal), _) if refusal.err_code == WRONG_LAST_SEQUENCE => Err(
-            PublishFailure::WrongLastSequence(refusal.description.into_owned()),
-        ),
-        (Some(refusal), _) => Err(PublishFailure::Other(format!(
-            "stream refused the publish ({}): {}",
-            refusal.err_code, refusal.description
+        (Some(error), _)
+            if error.error_code() == jetstream::ErrorCode::STREAM_WRONG_LAST_SEQUENCE =>
+        {
+            Err(PublishFailure::WrongLastSequence(error))
+        }
+        (Some(error), _) => Err(PublishFailure::Other(format!(
+            "stream refused the publish: {error}"
         ))),
         (None, Some(_)) => Ok(Ack {
             sequence: answer.seq,
@@ -513,11 +503,12 @@ mod tests {
                 duplicate: true
             })
         );
-        assert_eq!(
-            read_ack(
-                br#"{"error":{"code":400,"err_code":10071,"description":"wrong last sequence: 12"},"stream":"CONFAB_EVENTS","seq":0}"#
-            ),
-            Err(PublishFailure::WrongLastSequence("wrong last sequence: 12".into()))
+        let refused = read_ack(
+            br#"{"error":{"code":400,"err_code":10071,"description":"wrong last sequence: 12"},"stream":"CONFAB_EVENTS","seq":0}"#,
+        );
+        assert!(
+            matches!(refused, Err(PublishFailure::WrongLastSequence(ref e)) if e.to_string().starts_with("wrong last sequence: 12")),
+            "{refused:?}"
         );
         let other = read_ack(
             br#"{"error":{"code":503,"err_code":10077,"description":"maximum messages exceeded"}}"#,
